@@ -1,0 +1,265 @@
+"""The `recscale` command line. The only module that imports everything.
+
+Every failure caused by the user's input is a RecscaleError: one line on stderr, exit code 2, no
+traceback unless --debug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from recscale import __version__
+from recscale.config import PrepareConfig, TrainConfig, add_arguments, build, from_namespace, read_config_file
+from recscale.data.prepare import prepare
+from recscale.data.prepared import PreparedDataset
+from recscale.data.readers import read_movies_csv, read_ratings_csv
+from recscale.data.sources import DATASETS, RawDataset, load_dataset
+from recscale.errors import RecscaleError
+from recscale.evaluation.protocols import evaluate
+from recscale.fsutil import atomic_file
+from recscale.models.registry import MODELS
+from recscale.recommend import recommend
+from recscale.training.run import load_run, start_run
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but its errors are one line (no usage dump) with exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+# ----------------------------------------------------------------------------- prepare
+
+def _raw_from_args(args) -> RawDataset:
+    if bool(args.dataset) == bool(args.ratings):
+        raise RecscaleError("prepare: give exactly one of --dataset NAME or --ratings FILE")
+    if args.dataset:
+        return load_dataset(args.dataset)
+    ratings = read_ratings_csv(args.ratings)
+    movies = read_movies_csv(args.movies) if args.movies else None
+    files = tuple(Path(p) for p in (args.ratings, args.movies) if p)
+    return RawDataset(Path(args.ratings).stem, ratings, movies, files)
+
+
+def cmd_prepare(args) -> int:
+    cfg = build(PrepareConfig, from_namespace(PrepareConfig, args), source="flags")
+    started = time.perf_counter()
+    meta = prepare(_raw_from_args(args), cfg, args.out, overwrite=args.overwrite)
+    counts = ", ".join(f"{k}={v}" for k, v in meta["counts"].items())
+    print(f"prepared {meta['source']['dataset']} ({cfg.protocol}) in {time.perf_counter() - started:.1f}s "
+          f"-> {args.out}\n  {counts}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- train
+
+def cmd_train(args) -> int:
+    file_sections = read_config_file(args.config) if args.config else {}
+    cfg = build(TrainConfig, file_sections.get("train", {}), from_namespace(TrainConfig, args),
+                source=args.config or "flags")
+    record = start_run(cfg, file_sections.get("model", {}), args.out, overwrite=args.overwrite)
+    print(f"trained {cfg.model} -> {args.out}")
+    print(format_table({f"{cfg.model} ({record['split']})": record}, cfg.ks, record["protocol"]))
+    return 0
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+def _parse_ks(text: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(sorted({int(k) for k in text.split(",") if k.strip()}))
+    except ValueError:
+        raise RecscaleError(f"--k: expected comma-separated integers, got {text!r}") from None
+    if not ks or ks[0] < 1:
+        raise RecscaleError(f"--k: cut-offs must be positive integers, got {text!r}")
+    return ks
+
+
+TABLE_METRICS = {"sampled": ("hr", "ndcg"), "full": ("recall", "ndcg")}
+
+
+def format_table(rows: dict[str, dict], ks, protocol: str) -> str:
+    """One line per model: HR/NDCG (ncf, sampled) or Recall/NDCG (full ranking) at each K, and MRR."""
+    kinds = TABLE_METRICS["sampled" if protocol == "ncf" else "full"]
+    names = [f"{m}@{k}" for k in ks for m in kinds] + ["mrr"]
+    present = [n for n in names if any(n in r for r in rows.values())]
+    width = max(len(r) for r in rows) + 2
+    lines = ["model".ljust(width) + "".join(n.rjust(11) for n in present) + "users".rjust(8)]
+    for label, metrics in rows.items():
+        lines.append(label.ljust(width) + "".join(f"{metrics.get(n, float('nan')):11.4f}" for n in present)
+                     + f"{metrics.get('users', 0):8d}")
+    return "\n".join(lines)
+
+
+def run_evaluate(run: Path, split: str, ks, device: str) -> dict:
+    model, data, cfg, target = load_run(run, device)
+    if split == "valid" and not (data.has("valid") or data.has("valid_heldout")):
+        raise RecscaleError(f"--split: {cfg.data} has no validation split")
+    metrics = evaluate(model, data, split, ks=ks, device=target, batch_size=cfg.eval_batch_size)
+    result = {"run": str(run), "model": cfg.model, "split": split, "protocol": data.protocol, **metrics}
+    with atomic_file(run / f"eval-{split}.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def cmd_evaluate(args) -> int:
+    ks = _parse_ks(args.k)
+    result = run_evaluate(Path(args.run), args.split, ks, args.device)
+    print(format_table({f"{result['model']} ({args.split})": result}, ks, result["protocol"]))
+    print(f"wrote {Path(args.run) / f'eval-{args.split}.json'}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- recommend
+
+def read_user_file(path: str, data: PreparedDataset) -> np.ndarray:
+    """Contiguous ids of the users listed in `path` (one original id per line, optional header);
+    malformed or unknown ids are reported line by line on stderr and skipped."""
+    lookup = {int(u): i for i, u in enumerate(data.original_user_ids())}
+    found: list[int] = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as exc:
+        raise RecscaleError(f"--users: {path}: cannot read: {exc.strerror}") from None
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or (number == 1 and text.lower() in ("user", "userid", "user_id")):
+            continue
+        try:
+            user = int(text)
+        except ValueError:
+            print(f"{path}:{number}: not a user id: {text!r} (skipped)", file=sys.stderr)
+            continue
+        if user not in lookup:
+            print(f"{path}:{number}: unknown user id {user} (skipped)", file=sys.stderr)
+            continue
+        found.append(lookup[user])
+    return np.array(found, dtype=np.int64)
+
+
+def run_recommend(run: Path, k: int, out: Path, users_file: str | None, device: str) -> int:
+    model, data, cfg, target = load_run(run, device)
+    users = read_user_file(users_file, data) if users_file else np.arange(data.n_users)
+    return recommend(model, data, users, k, out, device=target, batch_size=cfg.eval_batch_size)
+
+
+def cmd_recommend(args) -> int:
+    if args.k < 1:
+        raise RecscaleError("--k: must be >= 1")
+    if bool(args.users) == bool(args.all):
+        raise RecscaleError("recommend: give exactly one of --users FILE or --all")
+    rows = run_recommend(Path(args.run), args.k, Path(args.out), args.users, args.device)
+    print(f"wrote {rows} recommendations -> {args.out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- datasets, demo
+
+def cmd_datasets(args) -> int:
+    for name in DATASETS:
+        print(name)
+    return 0
+
+
+DEMO_MODELS = {"ncf": ["popularity"], "vae": ["popularity"]}
+DEMO_KS = {"ncf": (10, 20), "vae": (20, 50, 100)}
+
+
+def cmd_demo(args) -> int:
+    """prepare -> fit -> evaluate -> recommend on the embedded MovieLens ml-latest-small."""
+    out = Path(args.out)
+    raw = load_dataset("ml-latest-small")
+    for protocol, models in DEMO_MODELS.items():
+        data_dir = out / f"ml-latest-small-{protocol}"
+        meta = prepare(raw, PrepareConfig(protocol=protocol, seed=args.seed), data_dir, overwrite=True)
+        print(f"[prepare] {protocol}: {meta['counts']['users']} users, {meta['counts']['items']} items "
+              f"-> {data_dir}")
+        rows = {}
+        for name in models:
+            run = out / f"{name}-{protocol}"
+            cfg = TrainConfig(data=str(data_dir), model=name, seed=args.seed, device=args.device)
+            start_run(cfg, {}, run, overwrite=True)
+            rows[f"{name} (test)"] = run_evaluate(run, "test", cfg.ks, args.device)
+            n = run_recommend(run, 10, run / "recs.tsv", None, args.device)
+            print(f"[train] {name}: run -> {run}; metrics -> {run / 'eval-test.json'}; "
+                  f"top-10 recommendations ({n} rows) -> {run / 'recs.tsv'}")
+        print(f"\nTest metrics, {protocol} protocol "
+              f"({'100 sampled negatives' if protocol == 'ncf' else 'full ranking'}):")
+        print(format_table(rows, DEMO_KS[protocol], protocol))
+    return 0
+
+
+COMMANDS = {
+    "prepare": cmd_prepare,
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "recommend": cmd_recommend,
+    "datasets": cmd_datasets,
+    "demo": cmd_demo,
+}
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="recscale", description="Train deep-learning recommender models fast.")
+    parser.add_argument("--version", action="version", version=f"recscale {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("prepare", help="raw interactions -> prepared dataset (Parquet + meta.json)")
+    p.add_argument("--dataset", choices=list(DATASETS), help="a dataset recscale knows by name")
+    p.add_argument("--ratings", help="CSV in MovieLens ratings.csv layout (userId,movieId,rating,timestamp)")
+    p.add_argument("--movies", help="optional movies.csv (movieId,title,genres) for item features")
+    p.add_argument("--out", required=True, help="prepared dataset directory to write")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    add_arguments(p, PrepareConfig)
+
+    p = sub.add_parser("train", help="fit a model on a prepared dataset")
+    p.add_argument("--config", help="TOML/YAML file with [train] and [model] sections; flags override it")
+    p.add_argument("--out", required=True, help="run directory to write (runs/NAME)")
+    p.add_argument("--overwrite", action="store_true", help="replace a run in --out")
+    add_arguments(p, TrainConfig)
+    p.set_defaults(models=list(MODELS))
+
+    p = sub.add_parser("evaluate", help="score a trained run on a split")
+    p.add_argument("--run", required=True, help="run directory from `recscale train`")
+    p.add_argument("--split", choices=["valid", "test"], default="test")
+    p.add_argument("--k", default="10,20,50,100", help="cut-offs, comma-separated")
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("recommend", help="write top-k unseen items per user")
+    p.add_argument("--run", required=True, help="run directory from `recscale train`")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--users", help="file with one original user id per line")
+    p.add_argument("--all", action="store_true", help="every user of the dataset")
+    p.add_argument("--out", required=True, help="recs.tsv or recs.parquet")
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("datasets", help="list the datasets recscale knows by name")
+    p.add_argument("action", choices=["list"], nargs="?", default="list")
+
+    p = sub.add_parser("demo", help="the whole pipeline on the embedded MovieLens data")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except RecscaleError as exc:
+        if args.debug:
+            raise
+        print(f"recscale {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"recscale {args.command}: interrupted", file=sys.stderr)
+        return 130

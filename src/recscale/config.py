@@ -1,0 +1,238 @@
+"""Small frozen dataclasses, one per concern, that double as CLI flags and config-file sections.
+
+A field's `help` metadata is its `--help` text. Config files (TOML, or YAML when PyYAML is installed)
+are checked strictly: an unknown key or a value of the wrong type is an error naming the key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, Mapping
+
+from recscale.errors import RecscaleError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+
+def option(default: Any, help: str, **extra: Any) -> Any:
+    """A dataclass field whose `help` becomes the flag's --help text."""
+    return dataclasses.field(default=default, metadata={"help": help, **extra})
+
+
+PROTOCOLS = ("ncf", "vae", "random")
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareConfig:
+    """How `recscale prepare` turns raw interactions into a prepared dataset."""
+
+    protocol: str = option("ncf", "split protocol: ncf (leave-latest-out + sampled test negatives), "
+                           "vae (strong generalization with fold-in), random (per-user ratio split)",
+                           choices=PROTOCOLS)
+    seed: int = option(0, "seed for every random choice of the split (same seed, same files)")
+    min_rating: float | None = option(None, "keep only ratings >= this (default: all for ncf and "
+                                      "random, 4.0 for vae as in Liang et al. 2018)")
+    min_user_interactions: int | None = option(None, "drop users with fewer interactions after "
+                                               "filtering (default: 5 for vae, 1 otherwise)")
+    valid: bool = option(True, "ncf: also hold out each user's next-latest interaction for validation")
+    test_negatives: int = option(100, "ncf: sampled negatives per held-out positive (never a "
+                                 "positive of that user)")
+    heldout_users: int | None = option(None, "vae: users held out for validation and again for test "
+                                       "(default: 10,000 as in the paper, capped at 10%% of users)")
+    holdout_fraction: float = option(0.2, "vae: fraction of each held-out user's items to predict "
+                                     "from the rest (fold-in)")
+    ratios: tuple[float, float, float] = option((0.8, 0.1, 0.1), "random: train,valid,test "
+                                                "fractions of each user's interactions")
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise RecscaleError(f"--protocol: unknown protocol {self.protocol!r} "
+                                f"(choose from {', '.join(PROTOCOLS)})")
+        if self.test_negatives < 0:
+            raise RecscaleError("--test-negatives: must be >= 0")
+        if not 0.0 < self.holdout_fraction < 1.0:
+            raise RecscaleError("--holdout-fraction: must lie strictly between 0 and 1")
+        if len(self.ratios) != 3 or any(r < 0 for r in self.ratios) or abs(sum(self.ratios) - 1) > 1e-6:
+            raise RecscaleError("--ratios: need three non-negative fractions that sum to 1, e.g. 0.8,0.1,0.1")
+        if self.heldout_users is not None and self.heldout_users < 1:
+            raise RecscaleError("--heldout-users: must be >= 1")
+
+    @property
+    def effective_min_rating(self) -> float | None:
+        if self.min_rating is not None:
+            return self.min_rating
+        return 4.0 if self.protocol == "vae" else None
+
+    @property
+    def effective_min_user_interactions(self) -> int:
+        if self.min_user_interactions is not None:
+            return self.min_user_interactions
+        return 5 if self.protocol == "vae" else 1
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """What `recscale train` fits and how; model hyperparameters live in each model's Config."""
+
+    data: str = option("", "prepared dataset directory (from `recscale prepare`)")
+    model: str = option("popularity", "model name (see `recscale train --help` for the list)")
+    device: str = option("auto", "auto (CUDA when available), cpu, cuda, cuda:N")
+    seed: int = option(0, "seed for initialization, shuffling and sampling")
+    eval_batch_size: int = option(1024, "users per evaluation batch (results do not depend on it)")
+    ks: tuple[int, int, int, int] = option((10, 20, 50, 100), "cut-offs K of the ranking metrics")
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            raise RecscaleError("--data: a prepared dataset directory is required")
+        if self.eval_batch_size < 1:
+            raise RecscaleError("--eval-batch-size: must be >= 1")
+
+
+# ----------------------------------------------------------------------------- argparse bridge
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _parse_tuple(item_type: type, length: int, flag: str):
+    def parse(text: str) -> tuple:
+        parts = [p for p in text.split(",") if p.strip()]
+        try:
+            values = tuple(item_type(p) for p in parts)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {length} comma-separated numbers, got {text!r}")
+        if len(values) != length:
+            raise argparse.ArgumentTypeError(f"expected {length} comma-separated numbers, got {text!r}")
+        return values
+
+    return parse
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """Add one `--flag` per field of dataclass `cls`; defaults stay None so that we can tell
+    which flags the user really gave (CLI overrides config file overrides dataclass default)."""
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        if field.name in skip:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        tp, _ = _unwrap_optional(hints[field.name])
+        help_text = field.metadata.get("help", "")
+        if field.default is not None and field.default is not dataclasses.MISSING:
+            default_text = ",".join(map(str, field.default)) if isinstance(field.default, tuple) else field.default
+            help_text += f" [default: {default_text}]"
+        kwargs: dict[str, Any] = {"dest": field.name, "default": None, "help": help_text}
+        if tp is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(tp) is tuple:
+            args = typing.get_args(tp)
+            kwargs["type"] = _parse_tuple(args[0], len(args), flag)
+            kwargs["metavar"] = ",".join(["X"] * len(args))
+        else:
+            kwargs["type"] = tp
+            if "choices" in field.metadata:
+                kwargs["choices"] = field.metadata["choices"]
+        parser.add_argument(flag, **kwargs)
+
+
+def _check_type(value: Any, tp: Any, where: str) -> Any:
+    tp, optional = _unwrap_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise RecscaleError(f"{where}: must not be empty")
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if typing.get_origin(tp) is tuple:
+        args = typing.get_args(tp)
+        if isinstance(value, (list, tuple)) and len(value) == len(args):
+            return tuple(_check_type(v, a, where) for v, a in zip(value, args))
+        raise RecscaleError(f"{where}: expected a list of {len(args)} values, got {value!r}")
+    if isinstance(tp, type) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+        return value
+    raise RecscaleError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def build(cls: type, *layers: Mapping[str, Any], source: str = "config") -> Any:
+    """Instantiate `cls` from layered mappings (later wins; None values are ignored).
+
+    Unknown keys and wrong types are errors that name `source` and the key.
+    """
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            name = key.replace("-", "_")
+            if name not in names:
+                raise RecscaleError(f"{source}: unknown key {key!r} for {cls.__name__} "
+                                    f"(known: {', '.join(sorted(names))})")
+            if value is not None:
+                values[name] = _check_type(value, hints[name], f"{source}: {key}")
+    return cls(**values)
+
+
+def from_namespace(cls: type, namespace: argparse.Namespace) -> dict[str, Any]:
+    """The fields of `cls` that the user set on the command line."""
+    return {f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls)
+            if getattr(namespace, f.name, None) is not None}
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML (or, with PyYAML installed, YAML) config file into a dict of sections."""
+    path = Path(path)
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise RecscaleError(f"{path}: cannot read config file: {exc.strerror}") from exc
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError as exc:
+            raise RecscaleError(f"{path}: YAML config needs PyYAML (pip install pyyaml), or use TOML") from exc
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise RecscaleError(f"{path}: invalid YAML: {str(exc).splitlines()[0]}") from exc
+    else:
+        try:
+            data = tomllib.loads(text.decode("utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise RecscaleError(f"{path}: invalid TOML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise RecscaleError(f"{path}: top level must be a table of sections")
+    return data
+
+
+def to_toml(sections: Mapping[str, Any]) -> str:
+    """Write a flat two-level mapping of sections as TOML (enough for our resolved configs)."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    lines: list[str] = []
+    for section, body in sections.items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {value(v)}" for k, v in body.items() if v is not None]
+        lines.append("")
+    return "\n".join(lines)

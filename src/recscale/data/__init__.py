@@ -1,0 +1,1 @@
+"""The data path: raw files -> prepared dataset -> batches. Imports no model, trainer or metric."""

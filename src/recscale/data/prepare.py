@@ -1,0 +1,174 @@
+"""`recscale prepare`: raw interactions -> a prepared dataset directory (Parquet + meta.json).
+
+Steps: filter (minimum rating, one row per (user, item) keeping the latest, minimum interactions per
+user), split by protocol, encode ids as contiguous integers, sample the NCF evaluation negatives,
+encode the genre vocabulary, then write everything into a temporary directory renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+from recscale import __version__
+from recscale.config import PrepareConfig
+from recscale.data.sampling import positive_keys, sample_distinct_negatives
+from recscale.data.sources import RawDataset
+from recscale.data.splits import leave_last_out, random_split, strong_generalization
+from recscale.errors import RecscaleError
+from recscale.fsutil import atomic_directory, sha256_file
+
+SCHEMA_VERSION = 1
+PAPER_HELDOUT_USERS = 10_000
+
+
+def embedding_size(cardinality: int) -> int:
+    """NVTabular's rule of thumb for an embedding's width."""
+    return int(min(512, max(16, round(1.6 * cardinality ** 0.56))))
+
+
+def filter_interactions(frame: pl.DataFrame, cfg: PrepareConfig) -> pl.DataFrame:
+    """Minimum rating; one row per (user, item), keeping the latest; minimum interactions per user."""
+    if cfg.effective_min_rating is not None:
+        frame = frame.filter(pl.col("rating") >= cfg.effective_min_rating)
+    frame = frame.sort("user", "item", "timestamp").unique(["user", "item"], keep="last", maintain_order=True)
+    if cfg.effective_min_user_interactions > 1:
+        frame = frame.filter(pl.len().over("user") >= cfg.effective_min_user_interactions)
+    if frame.height == 0:
+        raise RecscaleError(f"no interactions left after filtering (min_rating={cfg.effective_min_rating}, "
+                            f"min_user_interactions={cfg.effective_min_user_interactions})")
+    return frame
+
+
+def _id_map(original_ids: np.ndarray, name: str) -> pl.DataFrame:
+    """Contiguous ids 0..n-1 in the given order, with the original ids beside them."""
+    return pl.DataFrame({name: np.arange(original_ids.size, dtype=np.int32),
+                         "original_id": original_ids})
+
+
+def _encode(frame: pl.DataFrame, users: pl.DataFrame, items: pl.DataFrame) -> pl.DataFrame:
+    """Replace original ids by contiguous ones (rows whose ids are not in the maps are dropped)."""
+    return (frame.join(users.rename({"user": "_u"}), left_on="user", right_on="original_id")
+                 .join(items.rename({"item": "_i"}), left_on="item", right_on="original_id")
+                 .select(pl.col("_u").alias("user"), pl.col("_i").alias("item"),
+                         *[c for c in frame.columns if c not in ("user", "item")])
+                 .sort("user", "item"))
+
+
+def _heldout_users(cfg: PrepareConfig, n_users: int) -> int:
+    if cfg.heldout_users is None:
+        return max(1, min(PAPER_HELDOUT_USERS, n_users // 10))
+    if 2 * cfg.heldout_users >= n_users:
+        raise RecscaleError(f"--heldout-users: {cfg.heldout_users} validation + {cfg.heldout_users} test "
+                            f"users leave no training users out of {n_users}")
+    return cfg.heldout_users
+
+
+def _item_table(items: pl.DataFrame, raw_items: pl.DataFrame | None) -> tuple[pl.DataFrame, list[str]]:
+    """The item id map with titles and genre ids; returns it and the genre vocabulary."""
+    if raw_items is None:
+        return items, []
+    table = items.join(raw_items.rename({"item": "original_id"}), on="original_id", how="left", maintain_order="left")
+    vocab = sorted(table["genres"].explode().drop_nulls().unique().to_list())
+    lookup = {g: i for i, g in enumerate(vocab)}
+    table = table.with_columns(
+        pl.col("title").fill_null(""),
+        pl.col("genres").fill_null([]).list.eval(pl.element().replace_strict(lookup, return_dtype=pl.Int32)),
+    )
+    return table, vocab
+
+
+def split(frame: pl.DataFrame, cfg: PrepareConfig) -> tuple[dict[str, pl.DataFrame], pl.DataFrame, pl.DataFrame, dict]:
+    """Split by protocol and encode ids. Returns encoded parts, user map, item map, and the protocol
+    parameters actually used."""
+    params: dict = {"seed": cfg.seed, "min_rating": cfg.effective_min_rating,
+                    "min_user_interactions": cfg.effective_min_user_interactions}
+    if cfg.protocol == "ncf":
+        parts = leave_last_out(frame, 2 if cfg.valid else 1)
+        users = _id_map(np.sort(frame["user"].unique().to_numpy()), "user")
+        items = _id_map(np.sort(frame["item"].unique().to_numpy()), "item")
+        params |= {"valid": cfg.valid, "test_negatives": cfg.test_negatives}
+    elif cfg.protocol == "vae":
+        n_heldout = _heldout_users(cfg, frame["user"].n_unique())
+        parts, groups = strong_generalization(frame, n_heldout, cfg.holdout_fraction, cfg.seed)
+        order = np.concatenate([np.sort(groups[g]) for g in ("train", "valid", "test")])
+        users = _id_map(order, "user").with_columns(
+            pl.Series("group", np.repeat(["train", "valid", "test"], [groups[g].size for g in ("train", "valid", "test")])))
+        items = _id_map(np.sort(parts["train"]["item"].unique().to_numpy()), "item")
+        params |= {"heldout_users": n_heldout, "holdout_fraction": cfg.holdout_fraction}
+    else:
+        parts = random_split(frame, cfg.ratios, cfg.seed)
+        users = _id_map(np.sort(frame["user"].unique().to_numpy()), "user")
+        items = _id_map(np.sort(frame["item"].unique().to_numpy()), "item")
+        params |= {"ratios": list(cfg.ratios)}
+    encoded = {name: _encode(part, users, items) for name, part in parts.items()}
+    return encoded, users, items, params
+
+
+def sample_eval_negatives(parts: dict[str, pl.DataFrame], n_items: int, n: int, seed: int) -> dict[str, pl.DataFrame]:
+    """For each NCF evaluation split, `n` distinct items per user that are none of its positives
+    in any split, drawn with a generator seeded by `seed` (validation and test draw in turn)."""
+    everything = pl.concat([p.select("user", "item") for p in parts.values()])
+    keys = positive_keys(torch.from_numpy(everything["user"].to_numpy()),
+                         torch.from_numpy(everything["item"].to_numpy()), n_items)
+    generator = torch.Generator().manual_seed(seed)
+    out = {}
+    for name in ("valid", "test"):
+        if name not in parts:
+            continue
+        users = torch.from_numpy(parts[name]["user"].to_numpy().astype(np.int64))
+        negatives = sample_distinct_negatives(keys, users, n_items, n, generator)
+        out[f"{name}_negatives"] = pl.DataFrame({
+            "user": users.repeat_interleave(n).numpy().astype(np.int32),
+            "item": negatives.reshape(-1).numpy().astype(np.int32)})
+    return out
+
+
+def _feature_meta(n: int, **extra) -> dict:
+    return {"cardinality": n, "embedding_dim": embedding_size(n), **extra}
+
+
+def prepare(raw: RawDataset, cfg: PrepareConfig, out: str | Path, overwrite: bool = False) -> dict:
+    """Write the prepared dataset for `raw` under `cfg` to `out`; return its meta.json content."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise RecscaleError(f"{out}: already exists (pass --overwrite to replace it)")
+    frame = filter_interactions(raw.interactions, cfg)
+    parts, users, items, params = split(frame, cfg)
+    if parts["train"].height == 0:
+        raise RecscaleError("no training interactions left after the split")
+    n_users, n_items = users.height, items.height
+    if cfg.protocol == "ncf":
+        parts |= sample_eval_negatives(parts, n_items, cfg.test_negatives, cfg.seed)
+    item_table, vocab = _item_table(items, raw.items)
+
+    features = {"user": _feature_meta(n_users), "item": _feature_meta(n_items)}
+    if vocab:
+        features["genres"] = _feature_meta(len(vocab), multi_hot=True, vocabulary=vocab)
+    ratings = frame["rating"]
+    meta = {
+        "schema_version": SCHEMA_VERSION,
+        "recscale_version": __version__,
+        "source": {"dataset": raw.name, "files": {p.name: sha256_file(p) for p in raw.files}},
+        "protocol": {"name": cfg.protocol, **params},
+        "counts": {"users": n_users, "items": n_items, "interactions": int(frame.height),
+                   **{name: int(part.height) for name, part in parts.items()}},
+        "files": {name: f"{name}.parquet" for name in parts} | {"users": "users.parquet", "items": "items.parquet"},
+        "features": features,
+        "rating": {"min": float(ratings.min()), "max": float(ratings.max()),
+                   "explicit": bool(ratings.n_unique() > 1)},
+    }
+    if cfg.protocol == "vae":
+        meta["counts"] |= {f"{g}_users": int((users["group"] == g).sum()) for g in ("train", "valid", "test")}
+
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        for name, part in parts.items():
+            part.write_parquet(tmp / f"{name}.parquet", statistics=True)
+        users.write_parquet(tmp / "users.parquet")
+        item_table.write_parquet(tmp / "items.parquet")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta

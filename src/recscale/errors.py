@@ -1,0 +1,8 @@
+"""The one exception type that the CLI turns into a one-line message and exit code 2."""
+
+
+class RecscaleError(Exception):
+    """A problem with the user's input, flags or files.
+
+    The message must stand alone on one line and name the file, line or flag at fault.
+    """

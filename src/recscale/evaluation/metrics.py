@@ -1,0 +1,102 @@
+"""Ranking metrics as pure vectorized functions.
+
+Assumptions, stated once:
+- Binary relevance. Each row is one user: `scores` (B, C) over C candidates and `relevant` (B, C)
+  marks the user's held-out items. Rows with no relevant item are not counted (callers drop them).
+- Ties are broken against the user: among equal scores, non-relevant candidates rank first, then
+  lower candidate index. A model that scores everything alike therefore gets no credit, and the
+  order is exact and deterministic (no dependence on torch.topk's tie order or the batch size).
+- HR@K: 1 if any relevant item is in the top K. Recall@K: hits / min(K, n_relevant), as in
+  Mult-VAE (Liang et al. 2018). Precision@K: hits / K. NDCG@K: DCG with 1/log2(rank + 1) gains over
+  the IDCG of min(K, n_relevant) hits. MRR: 1 / rank of the first relevant item in the full ranking.
+  MAP@K: sum over relevant ranks r <= K of precision@r, divided by min(K, n_relevant).
+"""
+
+from __future__ import annotations
+
+import torch
+
+_LOW31 = (1 << 31) - 1
+
+
+def _orderable(scores: torch.Tensor) -> torch.Tensor:
+    """Map float32 scores to int64 with the same order (NaN counts as -inf)."""
+    scores = torch.nan_to_num(scores.float(), nan=float("-inf"))
+    bits = scores.view(torch.int32)
+    return (bits ^ ((bits >> 31) & _LOW31)).to(torch.int64)
+
+
+def ranking_keys(scores: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:
+    """int64 keys whose descending order is the ranking with our tie rule; all keys are distinct."""
+    n = scores.shape[1]
+    index = torch.arange(n, device=scores.device)
+    return (_orderable(scores) << 32) | ((~relevant).to(torch.int64) << 31) | (_LOW31 - index)
+
+
+def ranked_hits(scores: torch.Tensor, relevant: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, k) bool: is the candidate at each of the first k ranks relevant?"""
+    k = min(k, scores.shape[1])
+    top = torch.topk(ranking_keys(scores, relevant), k, dim=1).indices
+    return torch.gather(relevant, 1, top)
+
+
+def first_relevant_rank(scores: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:
+    """(B,) 1-based rank of the best-ranked relevant candidate (rows need one relevant item)."""
+    keys = ranking_keys(scores, relevant)
+    best = torch.where(relevant, keys, torch.iinfo(torch.int64).min).amax(dim=1, keepdim=True)
+    return (keys > best).sum(dim=1) + 1
+
+
+def _discounts(k: int, device) -> torch.Tensor:
+    return 1.0 / torch.log2(torch.arange(2, k + 2, device=device, dtype=torch.float64))
+
+
+def hit_rate(hits: torch.Tensor, k: int) -> torch.Tensor:
+    return hits[:, :k].any(dim=1).double()
+
+
+def recall(hits: torch.Tensor, n_relevant: torch.Tensor, k: int) -> torch.Tensor:
+    return hits[:, :k].sum(dim=1).double() / n_relevant.clamp(max=k).double()
+
+
+def precision(hits: torch.Tensor, k: int) -> torch.Tensor:
+    return hits[:, :k].sum(dim=1).double() / k
+
+
+def ndcg(hits: torch.Tensor, n_relevant: torch.Tensor, k: int) -> torch.Tensor:
+    top = hits[:, :k].double()
+    discounts = _discounts(top.shape[1], hits.device)
+    dcg = (top * discounts).sum(dim=1)
+    ideal = torch.cumsum(_discounts(k, hits.device), 0)
+    idcg = ideal[n_relevant.clamp(min=1, max=k) - 1]
+    return dcg / idcg
+
+
+def average_precision(hits: torch.Tensor, n_relevant: torch.Tensor, k: int) -> torch.Tensor:
+    top = hits[:, :k].double()
+    ranks = torch.arange(1, top.shape[1] + 1, device=hits.device, dtype=torch.float64)
+    precision_at = torch.cumsum(top, dim=1) / ranks
+    return (precision_at * top).sum(dim=1) / n_relevant.clamp(max=k).double()
+
+
+def reciprocal_rank(first_rank: torch.Tensor) -> torch.Tensor:
+    return 1.0 / first_rank.double()
+
+
+def metric_sums(scores: torch.Tensor, relevant: torch.Tensor, ks: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """Per-batch sums of every metric at every K over rows that have a relevant item, plus `users`
+    (their count). Summing these over batches and dividing by `users` gives the averages, whatever
+    the batch size; across processes, all-reduce the sums first."""
+    keep = relevant.any(dim=1)
+    scores, relevant = scores[keep], relevant[keep]
+    n_relevant = relevant.sum(dim=1)
+    hits = ranked_hits(scores, relevant, max(ks))
+    out = {"users": torch.tensor(float(scores.shape[0]), dtype=torch.float64)}
+    for k in ks:
+        out[f"hr@{k}"] = hit_rate(hits, k).sum()
+        out[f"recall@{k}"] = recall(hits, n_relevant, k).sum()
+        out[f"precision@{k}"] = precision(hits, k).sum()
+        out[f"ndcg@{k}"] = ndcg(hits, n_relevant, k).sum()
+        out[f"map@{k}"] = average_precision(hits, n_relevant, k).sum()
+    out["mrr"] = reciprocal_rank(first_relevant_rank(scores, relevant)).sum()
+    return {name: value.cpu() for name, value in out.items()}

@@ -1,0 +1,1 @@
+"""Models: loss through `forward`, ranking through `score` (see base.Recommender)."""

@@ -1,0 +1,36 @@
+"""Most-popular baseline: the floor every personalized model must clear."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from recscale.models.base import Output, Recommender, gather_candidates
+
+
+@dataclasses.dataclass(frozen=True)
+class PopularityConfig:
+    pass
+
+
+class Popularity(Recommender):
+    """Scores every item by its number of training interactions, the same for every user."""
+
+    Config = PopularityConfig
+    closed_form = True
+
+    def __init__(self, n_users: int, n_items: int, cfg: PopularityConfig = PopularityConfig()):
+        super().__init__()
+        self.register_buffer("counts", torch.zeros(n_items))
+
+    def fit(self, user_items: torch.Tensor) -> None:
+        """user_items: coalesced sparse COO (U, I) of training interactions."""
+        self.counts = torch.bincount(user_items.indices()[1], minlength=self.counts.numel()).to(self.counts)
+
+    def forward(self, batch, **schedule) -> Output:
+        raise TypeError("Popularity is fitted in closed form; it has no training loss")
+
+    def score(self, users, history, items=None):
+        scores = self.counts.expand(users.shape[0], -1)  # (B, I)
+        return gather_candidates(scores, items)

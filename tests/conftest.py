@@ -1,0 +1,51 @@
+"""Shared fixtures. Prepared datasets are built once per session from the embedded MovieLens."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from recscale.config import PrepareConfig
+from recscale.data.prepare import prepare
+from recscale.data.prepared import PreparedDataset
+from recscale.data.sources import RawDataset, load_dataset
+
+
+@pytest.fixture(scope="session")
+def movielens() -> RawDataset:
+    return load_dataset("ml-latest-small")
+
+
+@pytest.fixture(scope="session")
+def prepared(movielens, tmp_path_factory):
+    """protocol -> PreparedDataset of the embedded data with seed 0."""
+    cache: dict[str, PreparedDataset] = {}
+
+    def get(protocol: str) -> PreparedDataset:
+        if protocol not in cache:
+            out = tmp_path_factory.mktemp("prepared") / protocol
+            prepare(movielens, PrepareConfig(protocol=protocol, seed=0), out)
+            cache[protocol] = PreparedDataset(out)
+        return cache[protocol]
+
+    return get
+
+
+def write_ratings(path, rows, header="userId,movieId,rating,timestamp"):
+    path.write_text(header + "\n" + "".join(line + "\n" for line in rows))
+    return path
+
+
+def synthetic_raw(n_users=40, n_items=60, per_user=20, seed=0) -> RawDataset:
+    """A small random interaction log with distinct timestamps per user."""
+    rng = np.random.default_rng(seed)
+    users, items = [], []
+    for u in range(n_users):
+        chosen = rng.choice(n_items, size=per_user, replace=False)
+        users += [u + 100] * per_user
+        items += list(chosen + 1000)
+    frame = pl.DataFrame({"user": users, "item": items,
+                          "rating": rng.integers(1, 6, len(users)).astype(np.float32),
+                          "timestamp": rng.permutation(len(users)).astype(np.int64)})
+    return RawDataset("synthetic", frame, None, ())

@@ -1,0 +1,75 @@
+"""The command line: one-line errors with exit code 2, and the commands end to end."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from recscale.cli import COMMANDS, main, make_parser
+from recscale.models.registry import MODELS
+from tests.conftest import write_ratings
+
+
+def _run(argv, capsys):
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse's own errors
+        code = exit_.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_prepare_from_a_ratings_file(tmp_path, capsys):
+    rows = [f"{u},{i},{(u + i) % 5 + 1},{u * 100 + i}" for u in range(1, 30) for i in range(1, 25) if (u + i) % 3]
+    path = write_ratings(tmp_path / "ratings.csv", rows)
+    code, out, _ = _run(["prepare", "--ratings", str(path), "--protocol", "ncf", "--test-negatives", "5",
+                         "--out", str(tmp_path / "p")], capsys)
+    assert code == 0 and "prepared ratings (ncf)" in out
+    meta = json.loads((tmp_path / "p" / "meta.json").read_text())
+    assert meta["counts"]["interactions"] == len(rows) and meta["protocol"]["test_negatives"] == 5
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["prepare", "--out", "X"], "give exactly one of --dataset NAME or --ratings FILE"),
+    (["prepare", "--ratings", "BAD", "--out", "X"], "BAD:3: userId is not an integer: 'u2'"),
+    (["prepare", "--ratings", "MISSING.csv", "--out", "X"], "MISSING.csv: file not found"),
+    (["prepare", "--dataset", "ml-latest-small", "--ratios", "0.5,0.1,0.1", "--protocol", "random", "--out", "X"],
+     "--ratios: need three non-negative fractions that sum to 1"),
+    (["prepare", "--dataset", "ml-latest-small", "--protocol", "nope", "--out", "X"], "--protocol: invalid choice"),
+    (["evaluate", "--run", "NORUN"], "is not a run directory"),
+    (["train", "--data", "NODATA", "--out", "X"], "not a prepared dataset"),
+    (["train", "--data", "NODATA", "--model", "nope", "--out", "X"], "unknown model 'nope'"),
+])
+def test_bad_input_is_one_line_with_exit_code_2(tmp_path, monkeypatch, capsys, argv, fragment):
+    monkeypatch.chdir(tmp_path)
+    write_ratings(tmp_path / "BAD", ["1,2,3,4", "u2,3,4,5"])
+    code, _, err = _run(argv, capsys)
+    assert code == 2
+    assert fragment in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "X").exists()
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    code, out, _ = _run(["demo", "--out", str(tmp_path / "demo"), "--device", "cpu"], capsys)
+    assert code == 0
+    assert "hr@10" in out and "recall@20" in out
+    recs = (tmp_path / "demo" / "popularity-ncf" / "recs.tsv").read_text().splitlines()
+    assert recs[0] == "user\trank\titem\tscore" and len(recs) == 1 + 671 * 10
+    result = json.loads((tmp_path / "demo" / "popularity-ncf" / "eval-test.json").read_text())
+    assert 0.3 < result["hr@10"] < 0.8 and result["users"] == 671
+
+
+def test_registry_and_cli_agree():
+    parser = make_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert set(sub.choices) == set(COMMANDS)
+    assert sub.choices["train"].get_default("models") == list(MODELS)
+
+
+def test_module_entry_point_and_console_script():
+    out = subprocess.run([sys.executable, "-m", "recscale", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("recscale ")
+    out = subprocess.run([sys.executable, "-m", "recscale", "prepare", "--out", "x", "--seed", "abc"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "--seed: invalid int value" in out.stderr and out.stderr.count("\n") == 1

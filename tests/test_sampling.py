@@ -1,0 +1,39 @@
+import torch
+
+from recscale.data.sampling import is_positive, positive_keys, sample_distinct_negatives, sample_negatives
+
+
+def _setup(n_users=50, n_items=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    users = torch.randint(n_users, (600,), generator=g)
+    items = torch.randint(n_items, (600,), generator=g)
+    return users, items, positive_keys(users, items, n_items)
+
+
+def test_is_positive_matches_a_python_set():
+    users, items, keys = _setup()
+    truth = set(zip(users.tolist(), items.tolist()))
+    qu, qi = torch.randint(50, (2000,)), torch.randint(40, (2000,))
+    expected = [(u, i) in truth for u, i in zip(qu.tolist(), qi.tolist())]
+    assert is_positive(keys, qu, qi, 40).tolist() == expected
+
+
+def test_training_negatives_are_never_positives_and_are_reproducible():
+    users, items, keys = _setup()
+    query = users.repeat(4)
+    a = sample_negatives(keys, query, 40, torch.Generator().manual_seed(1))
+    b = sample_negatives(keys, query, 40, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+    assert not is_positive(keys, query, a, 40).any()
+
+
+def test_distinct_negatives_even_for_dense_users():
+    users, items, keys = _setup()
+    # user 0 has every item but 12 of them
+    dense_items = torch.arange(28)
+    keys = torch.unique(torch.cat([keys[keys // 40 != 0], dense_items]))
+    out = sample_distinct_negatives(keys, torch.arange(50), 40, 12, torch.Generator().manual_seed(0))
+    assert out.shape == (50, 12)
+    assert all(len(set(r)) == 12 for r in out.tolist())
+    assert sorted(out[0].tolist()) == list(range(28, 40))
+    assert not is_positive(keys, torch.arange(50)[:, None].expand_as(out), out, 40).any()
