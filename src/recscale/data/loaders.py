@@ -1,0 +1,250 @@
+"""Batch-level loaders: whole batches cut from tensors, never per-example `__getitem__`.
+
+Every loader is an iterable of typed batches with `len()` = batches per epoch and `set_epoch(e)`.
+Randomness comes from a torch.Generator seeded by (seed, epoch[, rank]) so that an epoch is
+reproducible on its own (resuming mid-run replays the same order).
+
+Sharding (data parallelism): all ranks draw the same epoch permutation and rank r takes the r-th
+contiguous part. Every rank yields the same number of batches, so DDP never hangs on an uneven
+tail. Policy: with `drop_last=False` the permutation is padded by wrapping around to a multiple of
+the world size (at most world_size - 1 examples are seen twice per epoch, as DistributedSampler
+does) and the last, shorter batch is kept; with `drop_last=True` the tail that does not fill a whole
+batch on every rank is dropped (each example at most once per epoch).
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from recscale.data.batch import PairBatch, TabularBatch, UserBatch
+from recscale.data.sampling import positive_keys, sample_negatives
+
+
+def epoch_generator(seed: int, epoch: int, rank: int = 0) -> torch.Generator:
+    """A generator whose stream depends on (seed, epoch, rank) only, well mixed by SeedSequence."""
+    state = np.random.SeedSequence([seed, epoch, rank]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1] >> 1))
+
+
+def shard_bounds(n: int, world_size: int, drop_last: bool) -> int:
+    """Examples per rank under the padding/dropping policy."""
+    return n // world_size if drop_last else math.ceil(n / world_size)
+
+
+def shard_permutation(n: int, seed: int, epoch: int, rank: int, world_size: int, drop_last: bool,
+                      shuffle: bool = True) -> torch.Tensor:
+    """This rank's indices for the epoch: one permutation shared by all ranks, cut in equal parts."""
+    order = torch.randperm(n, generator=epoch_generator(seed, epoch)) if shuffle else torch.arange(n)
+    per_rank = shard_bounds(n, world_size, drop_last)
+    if per_rank * world_size > n:  # pad by wrapping around
+        order = torch.cat([order, order[: per_rank * world_size - n]])
+    return order[rank * per_rank:(rank + 1) * per_rank]
+
+
+def n_batches(n: int, batch_size: int, drop_last: bool) -> int:
+    return n // batch_size if drop_last else math.ceil(n / batch_size)
+
+
+class _EpochLoader:
+    """Shared mechanics: epoch counter, rank/world, batch count from the per-rank example count."""
+
+    def __init__(self, n_examples: int, batch_size: int, seed: int, shuffle: bool, drop_last: bool,
+                 rank: int, world_size: int):
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world of size {world_size}")
+        self.n_examples, self.batch_size, self.seed = n_examples, batch_size, seed
+        self.shuffle, self.drop_last, self.rank, self.world_size = shuffle, drop_last, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def per_rank(self) -> int:
+        return shard_bounds(self.n_examples, self.world_size, self.drop_last)
+
+    def __len__(self) -> int:
+        return n_batches(self.per_rank, self.batch_size, self.drop_last)
+
+    def _indices(self) -> torch.Tensor:
+        return shard_permutation(self.n_examples, self.seed, self.epoch, self.rank, self.world_size,
+                                 self.drop_last, self.shuffle)
+
+    def _slices(self) -> Iterator[slice]:
+        for b in range(len(self)):
+            yield slice(b * self.batch_size, (b + 1) * self.batch_size)
+
+
+class TensorLoader(_EpochLoader):
+    """Batches of equally long column tensors: per epoch one gather into shuffled order, then each
+    batch is a zero-copy slice. `make_batch(**columns)` builds the typed batch."""
+
+    def __init__(self, columns: dict[str, torch.Tensor], make_batch: Callable, batch_size: int, seed: int = 0,
+                 shuffle: bool = True, drop_last: bool = False, rank: int = 0, world_size: int = 1):
+        lengths = {t.shape[0] for t in columns.values()}
+        if len(lengths) != 1:
+            raise ValueError(f"columns differ in length: {lengths}")
+        super().__init__(lengths.pop(), batch_size, seed, shuffle, drop_last, rank, world_size)
+        self.columns, self.make_batch = columns, make_batch
+
+    def __iter__(self):
+        index = self._indices()
+        epoch = {name: t[index] for name, t in self.columns.items()}
+        for s in self._slices():
+            yield self.make_batch(**{name: t[s] for name, t in epoch.items()})
+
+
+class PairLoader(_EpochLoader):
+    """NCF training: each epoch, this rank's share of the positives plus `negatives` uniformly
+    sampled non-positive items per positive (label 0), shuffled together and cut into batches.
+
+    The batch size counts positives and negatives alike (as NVIDIA's NCF does)."""
+
+    def __init__(self, users: torch.Tensor, items: torch.Tensor, n_items: int, batch_size: int,
+                 negatives: int = 4, seed: int = 0, drop_last: bool = False, rank: int = 0, world_size: int = 1):
+        super().__init__(users.numel(), batch_size, seed, True, drop_last, rank, world_size)
+        self.users, self.items = users.to(torch.int64), items.to(torch.int64)
+        self.n_items, self.negatives = n_items, negatives
+        self.keys = positive_keys(self.users, self.items, n_items)
+
+    @property
+    def per_rank(self) -> int:
+        return shard_bounds(self.n_examples, self.world_size, self.drop_last) * (1 + self.negatives)
+
+    def epoch_tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(users, items, labels) of this rank's epoch, shuffled."""
+        shard = shard_permutation(self.n_examples, self.seed, self.epoch, self.rank, self.world_size, self.drop_last)
+        gen = epoch_generator(self.seed, self.epoch, 1 + self.rank)
+        pos_users, pos_items = self.users[shard], self.items[shard]
+        neg_users = pos_users.repeat(self.negatives)
+        neg_items = sample_negatives(self.keys, neg_users, self.n_items, gen)
+        users = torch.cat([pos_users, neg_users])
+        items = torch.cat([pos_items, neg_items])
+        labels = torch.cat([torch.ones(pos_users.numel()), torch.zeros(neg_users.numel())])
+        order = torch.randperm(users.numel(), generator=gen)
+        return users[order], items[order], labels[order]
+
+    def __iter__(self):
+        users, items, labels = self.epoch_tensors()
+        for s in self._slices():
+            yield PairBatch(users[s], items[s], labels[s])
+
+
+def csr_rows_dense(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, rows: torch.Tensor,
+                   n_cols: int) -> torch.Tensor:
+    """Dense (len(rows), n_cols) float rows of a CSR matrix, built without a Python loop."""
+    starts, ends = indptr[rows], indptr[rows + 1]
+    lengths = ends - starts
+    total = int(lengths.sum())
+    out = torch.zeros((rows.numel(), n_cols), dtype=values.dtype)
+    if total == 0:
+        return out
+    row_of = torch.repeat_interleave(torch.arange(rows.numel()), lengths)
+    # position of each nonzero inside the CSR arrays: start of its row + its offset within the row
+    offsets = torch.arange(total) - torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths, lengths)
+    pos = torch.repeat_interleave(starts, lengths) + offsets
+    out[row_of, indices[pos]] = values[pos]
+    return out
+
+
+class UserRowLoader(_EpochLoader):
+    """Mult-VAE / Mult-DAE / autoencoder training: shuffled users, each batch the dense rows of the
+    CSR user-item matrix for those users only (never the whole matrix densified or on the device)."""
+
+    def __init__(self, matrix, users: torch.Tensor, batch_size: int, seed: int = 0, shuffle: bool = True,
+                 drop_last: bool = False, rank: int = 0, world_size: int = 1):
+        super().__init__(users.numel(), batch_size, seed, shuffle, drop_last, rank, world_size)
+        self.indptr = torch.from_numpy(matrix.indptr.astype(np.int64))
+        self.indices = torch.from_numpy(matrix.indices.astype(np.int64))
+        self.values = torch.from_numpy(matrix.data.astype(np.float32))
+        self.n_items = matrix.shape[1]
+        self.users = users.to(torch.int64)
+
+    def __iter__(self):
+        users = self.users[self._indices()]
+        for s in self._slices():
+            u = users[s]
+            yield UserBatch(u, csr_rows_dense(self.indptr, self.indices, self.values, u, self.n_items))
+
+
+def multi_hot_batch(values: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor,
+                    items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (values, offsets) pair for nn.EmbeddingBag of the given items' multi-hot features."""
+    counts = lengths[items]
+    batch_offsets = torch.cumsum(counts, 0) - counts
+    starts = torch.repeat_interleave(offsets[items], counts)
+    within = torch.arange(int(counts.sum())) - torch.repeat_interleave(batch_offsets, counts)
+    return values[starts + within], batch_offsets
+
+
+class TabularLoader(TensorLoader):
+    """Embedding-MLP batches: (user, item, label) rows plus each item's multi-hot genres."""
+
+    def __init__(self, users, items, labels, genre_values, genre_offsets, batch_size: int, **kwargs):
+        lengths = torch.diff(genre_offsets, append=torch.tensor([genre_values.numel()]))
+        self.genres = (genre_values, genre_offsets, lengths)
+
+        def make(users, items, labels):
+            values, offsets = multi_hot_batch(*self.genres, items)
+            return TabularBatch(users, items, values, offsets, labels)
+
+        super().__init__({"users": users.to(torch.int64), "items": items.to(torch.int64),
+                          "labels": labels.to(torch.float32)}, make, batch_size, **kwargs)
+
+
+class Prefetcher:
+    """Prepares the next batch in a background thread and moves it to `device`; on CUDA it pins
+    host memory and copies with non_blocking=True so the copy overlaps compute.
+
+    Worth it where building a batch costs as much as a step (see benchmarks/loader.py)."""
+
+    _DONE = object()
+
+    def __init__(self, loader, device: torch.device | str, depth: int = 2):
+        self.loader, self.device, self.depth = loader, torch.device(device), depth
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.loader.set_epoch(epoch)
+
+    def __iter__(self):
+        slots: queue.Queue = queue.Queue(self.depth)
+        cuda = self.device.type == "cuda"
+        stop = threading.Event()
+
+        def work():
+            try:
+                for batch in self.loader:
+                    if stop.is_set():
+                        return
+                    if cuda:
+                        batch = batch.pin_memory().to(self.device, non_blocking=True)
+                    slots.put(batch)
+                slots.put(self._DONE)
+            except BaseException as exc:  # surface loader errors in the consumer
+                slots.put(exc)
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        try:
+            while (item := slots.get()) is not self._DONE:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item if cuda else item.to(self.device)
+        finally:
+            stop.set()
+            while thread.is_alive():  # unblock a producer waiting on a full queue
+                try:
+                    slots.get_nowait()
+                except queue.Empty:
+                    thread.join(0.01)
