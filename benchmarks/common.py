@@ -40,6 +40,14 @@ def median_time(fn, repeats: int) -> tuple[float, list[float]]:
 
 
 def peak_rss_mib() -> float:
+    """This process's peak resident memory. VmHWM, unlike ru_maxrss, does not inherit the parent's
+    peak across fork + exec, so child processes measure only themselves."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 

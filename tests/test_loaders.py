@@ -8,8 +8,8 @@ import scipy.sparse as sp
 import torch
 
 from recscale.data.batch import PairBatch
-from recscale.data.loaders import (PairLoader, Prefetcher, TabularLoader, TensorLoader, UserRowLoader,
-                                   csr_rows_dense, multi_hot_batch)
+from recscale.data.batch import multi_hot_batch
+from recscale.data.loaders import PairLoader, Prefetcher, TabularLoader, TensorLoader, UserRowLoader, csr_rows_dense
 from recscale.data.sampling import is_positive
 from recscale.data.streaming import ParquetStreamLoader
 

@@ -7,6 +7,7 @@ traceback unless --debug.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -24,8 +25,10 @@ from recscale.errors import RecscaleError
 from recscale.evaluation.protocols import evaluate
 from recscale.fsutil import atomic_file
 from recscale.models.registry import MODELS
+from recscale.bench import benchmark, format_benchmark, write_json
 from recscale.recommend import recommend
-from recscale.training.run import load_run, start_run
+from recscale.config import tomllib
+from recscale.training.run import load_run, resolve_train_config, start_run
 
 
 class _Parser(argparse.ArgumentParser):
@@ -60,11 +63,30 @@ def cmd_prepare(args) -> int:
 
 # ----------------------------------------------------------------------------- train
 
-def cmd_train(args) -> int:
+def parse_params(pairs: list[str]) -> dict:
+    """--param KEY=VALUE (VALUE in TOML syntax: 0.5, 200, [600, 200], true, "text")."""
+    params = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise RecscaleError(f"--param: expected KEY=VALUE, got {pair!r}")
+        try:
+            params[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            params[key.strip()] = value  # a bare word: take it as a string
+    return params
+
+
+def resolve_run_config(args) -> tuple[TrainConfig, dict]:
     file_sections = read_config_file(args.config) if args.config else {}
-    cfg = build(TrainConfig, file_sections.get("train", {}), from_namespace(TrainConfig, args),
-                source=args.config or "flags")
-    record = start_run(cfg, file_sections.get("model", {}), args.out, overwrite=args.overwrite)
+    cfg = resolve_train_config(file_sections.get("train", {}), from_namespace(TrainConfig, args),
+                               source=args.config or "flags")
+    return cfg, {**file_sections.get("model", {}), **parse_params(args.param)}
+
+
+def cmd_train(args) -> int:
+    cfg, model_params = resolve_run_config(args)
+    record = start_run(cfg, model_params, args.out, overwrite=args.overwrite)
     print(f"trained {cfg.model} -> {args.out}")
     print(format_table({f"{cfg.model} ({record['split']})": record}, cfg.ks, record["protocol"]))
     return 0
@@ -160,6 +182,18 @@ def cmd_recommend(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- benchmark
+
+def cmd_benchmark(args) -> int:
+    cfg, model_params = resolve_run_config(args)
+    result = benchmark(cfg, model_params, warmup_epochs=args.warmup_epochs)
+    print(format_benchmark(result))
+    if args.json:
+        write_json(result, args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- datasets, demo
 
 def cmd_datasets(args) -> int:
@@ -201,9 +235,25 @@ COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     "recommend": cmd_recommend,
+    "benchmark": cmd_benchmark,
     "datasets": cmd_datasets,
     "demo": cmd_demo,
 }
+
+
+def models_help() -> str:
+    lines = ["models and their hyperparameters (--param KEY=VALUE or a [model] config section):"]
+    for name, cls in MODELS.items():
+        fields = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(cls.Config)) or "none"
+        defaults = ", ".join(f"{k}={v}" for k, v in cls.train_defaults.items())
+        lines.append(f"  {name:14s} {fields}" + (f"\n  {'':14s} training defaults: {defaults}" if defaults else ""))
+    return "\n".join(lines)
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML/YAML file with [train] and [model] sections; flags override it")
+    p.add_argument("--param", "-p", action="append", metavar="KEY=VALUE", help="a model hyperparameter")
+    add_arguments(p, TrainConfig)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -220,11 +270,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     add_arguments(p, PrepareConfig)
 
-    p = sub.add_parser("train", help="fit a model on a prepared dataset")
-    p.add_argument("--config", help="TOML/YAML file with [train] and [model] sections; flags override it")
+    p = sub.add_parser("train", help="fit a model on a prepared dataset", epilog=models_help(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_train_arguments(p)
     p.add_argument("--out", required=True, help="run directory to write (runs/NAME)")
     p.add_argument("--overwrite", action="store_true", help="replace a run in --out")
-    add_arguments(p, TrainConfig)
     p.set_defaults(models=list(MODELS))
 
     p = sub.add_parser("evaluate", help="score a trained run on a split")
@@ -240,6 +290,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="every user of the dataset")
     p.add_argument("--out", required=True, help="recs.tsv or recs.parquet")
     p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("benchmark", help="time training epochs and validation of a model",
+                       epilog=models_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_train_arguments(p)
+    p.add_argument("--warmup-epochs", type=int, default=1, help="epochs run but not timed")
+    p.add_argument("--json", help="also write the result to this JSON file")
 
     p = sub.add_parser("datasets", help="list the datasets recscale knows by name")
     p.add_argument("action", choices=["list"], nargs="?", default="list")

@@ -78,22 +78,48 @@ class PrepareConfig:
         return 5 if self.protocol == "vae" else 1
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """What `recscale train` fits and how; model hyperparameters live in each model's Config."""
+    """What `recscale train` fits and how. Model hyperparameters live in each model's Config
+    ([model] section or --param); each model brings its own defaults for the step settings."""
 
     data: str = option("", "prepared dataset directory (from `recscale prepare`)")
-    model: str = option("popularity", "model name (see `recscale train --help` for the list)")
+    model: str = option("popularity", "model name (listed below)")
+    epochs: int = option(20, "training epochs (the model's default applies when not given)")
+    batch_size: int = option(1024, "global batch size: examples (pairs) or users (rows) per step")
+    lr: float = option(1e-3, "learning rate")
+    optimizer: str = option("adam", "adam, sgd (momentum), rmsprop or adagrad; sparse embedding "
+                            "tables use SparseAdam with adam")
+    weight_decay: float = option(0.0, "L2 weight decay of dense parameters")
+    momentum: float = option(0.9, "SGD momentum")
+    clip_grad_norm: float = option(0.0, "clip the dense gradients' global norm to this (0: off)")
+    negatives: int = option(4, "pairs models: sampled negatives per positive and epoch")
+    patience: int = option(5, "stop after this many epochs without a better validation metric")
+    precision: str = option("fp32", "fp32, bf16 or fp16 (autocast; fp16 with loss scaling)",
+                            choices=PRECISIONS)
     device: str = option("auto", "auto (CUDA when available), cpu, cuda, cuda:N")
     seed: int = option(0, "seed for initialization, shuffling and sampling")
     eval_batch_size: int = option(1024, "users per evaluation batch (results do not depend on it)")
-    ks: tuple[int, int, int, int] = option((10, 20, 50, 100), "cut-offs K of the ranking metrics")
+    ks: tuple[int, ...] = option((10, 20, 50, 100), "cut-offs K of the ranking metrics")
+    pretrained_gmf: str = option("", "neumf: run directory of a trained gmf to initialize from")
+    pretrained_mlp: str = option("", "neumf: run directory of a trained mlp to initialize from")
+    progress: bool = option(True, "show a progress line (only when stderr is a terminal)")
 
     def __post_init__(self) -> None:
         if not self.data:
             raise RecscaleError("--data: a prepared dataset directory is required")
-        if self.eval_batch_size < 1:
-            raise RecscaleError("--eval-batch-size: must be >= 1")
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise RecscaleError(f"--{name.replace('_', '-')}: must be >= 1")
+        if self.lr <= 0:
+            raise RecscaleError("--lr: must be > 0")
+        if self.precision not in PRECISIONS:
+            raise RecscaleError(f"--precision: choose from {', '.join(PRECISIONS)}")
+        if self.negatives < 1:
+            raise RecscaleError("--negatives: must be >= 1")
 
 
 # ----------------------------------------------------------------------------- argparse bridge
@@ -108,15 +134,18 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
-def _parse_tuple(item_type: type, length: int, flag: str):
+def _parse_tuple(item_type: type, length: int | None, flag: str):
+    """Comma-separated values; `length` None accepts any number of them."""
+    expected = "some" if length is None else str(length)
+
     def parse(text: str) -> tuple:
         parts = [p for p in text.split(",") if p.strip()]
         try:
             values = tuple(item_type(p) for p in parts)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {length} comma-separated numbers, got {text!r}")
-        if len(values) != length:
-            raise argparse.ArgumentTypeError(f"expected {length} comma-separated numbers, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected {expected} comma-separated numbers, got {text!r}")
+        if not values or (length is not None and len(values) != length):
+            raise argparse.ArgumentTypeError(f"expected {expected} comma-separated numbers, got {text!r}")
         return values
 
     return parse
@@ -140,8 +169,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
             kwargs["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(tp) is tuple:
             args = typing.get_args(tp)
-            kwargs["type"] = _parse_tuple(args[0], len(args), flag)
-            kwargs["metavar"] = ",".join(["X"] * len(args))
+            variadic = len(args) == 2 and args[1] is Ellipsis
+            kwargs["type"] = _parse_tuple(args[0], None if variadic else len(args), flag)
+            kwargs["metavar"] = "X,X,..." if variadic else ",".join(["X"] * len(args))
         else:
             kwargs["type"] = tp
             if "choices" in field.metadata:
@@ -159,6 +189,8 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
         return float(value)
     if typing.get_origin(tp) is tuple:
         args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis and isinstance(value, (list, tuple)):
+            return tuple(_check_type(v, args[0], where) for v in value)
         if isinstance(value, (list, tuple)) and len(value) == len(args):
             return tuple(_check_type(v, a, where) for v, a in zip(value, args))
         raise RecscaleError(f"{where}: expected a list of {len(args)} values, got {value!r}")

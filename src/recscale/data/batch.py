@@ -48,3 +48,13 @@ class TabularBatch(_TensorBatch):
     genre_values: torch.Tensor   # (nnz,) int64
     genre_offsets: torch.Tensor  # (B,) int64
     labels: torch.Tensor         # (B,) float32
+
+
+def multi_hot_batch(values: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor,
+                    items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (values, offsets) pair for nn.EmbeddingBag of the given items' multi-hot features."""
+    counts = lengths[items]
+    batch_offsets = torch.cumsum(counts, 0) - counts
+    starts = torch.repeat_interleave(offsets[items], counts)
+    within = torch.arange(int(counts.sum())) - torch.repeat_interleave(batch_offsets, counts)
+    return values[starts + within], batch_offsets

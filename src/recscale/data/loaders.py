@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from recscale.data.batch import PairBatch, TabularBatch, UserBatch
+from recscale.data.batch import PairBatch, TabularBatch, UserBatch, multi_hot_batch
 from recscale.data.sampling import positive_keys, sample_negatives
 
 
@@ -173,16 +173,6 @@ class UserRowLoader(_EpochLoader):
         for s in self._slices():
             u = users[s]
             yield UserBatch(u, csr_rows_dense(self.indptr, self.indices, self.values, u, self.n_items))
-
-
-def multi_hot_batch(values: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor,
-                    items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (values, offsets) pair for nn.EmbeddingBag of the given items' multi-hot features."""
-    counts = lengths[items]
-    batch_offsets = torch.cumsum(counts, 0) - counts
-    starts = torch.repeat_interleave(offsets[items], counts)
-    within = torch.arange(int(counts.sum())) - torch.repeat_interleave(batch_offsets, counts)
-    return values[starts + within], batch_offsets
 
 
 class TabularLoader(TensorLoader):

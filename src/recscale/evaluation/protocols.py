@@ -26,6 +26,11 @@ def dense_rows(matrix: sp.csr_matrix, rows: np.ndarray, device) -> torch.Tensor:
     return torch.from_numpy(matrix[rows].toarray()).to(device)
 
 
+def validation_split(data: PreparedDataset) -> str:
+    """The split that model selection reads: validation when the dataset has one."""
+    return "valid" if data.has("valid") or data.has("valid_heldout") else "test"
+
+
 def evaluation_sets(data: PreparedDataset, split: str) -> tuple[np.ndarray, sp.csr_matrix, sp.csr_matrix]:
     """(users to evaluate, input rows the model reads and that are masked, relevant rows)."""
     if data.protocol == "vae":

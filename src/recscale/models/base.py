@@ -10,14 +10,31 @@ arguments from the trainer: a model keeps no step counters, opens no files and p
 
 Closed-form models (popularity, EASE) set `closed_form = True` and implement
 `fit(user_items)` on a coalesced sparse COO tensor instead of being trained by steps.
+
+Constructors take the dataset's shape (`DataShape`, built from meta.json by the caller) and the
+model's own frozen Config dataclass. `train_defaults` holds the model's sensible TrainConfig values
+(the papers' settings scaled to small data); the user's config file and flags override them.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, NamedTuple
+import dataclasses
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
+
+
+@dataclasses.dataclass(frozen=True)
+class DataShape:
+    n_users: int
+    n_items: int
+    user_dim: int = 32          # suggested embedding sizes (meta.json's rule)
+    item_dim: int = 32
+    n_genres: int = 0
+    genre_dim: int = 16
+    genre_values: torch.Tensor | None = None   # (nnz,) every item's genres, for nn.EmbeddingBag
+    genre_offsets: torch.Tensor | None = None  # (I,)
 
 
 class Output(NamedTuple):
@@ -29,6 +46,8 @@ class Recommender(nn.Module):
     batch_kind: ClassVar[str] = "pairs"  # which loader feeds it: pairs, rows, tabular
     needs_history: ClassVar[bool] = False
     closed_form: ClassVar[bool] = False
+    explicit_rows: ClassVar[bool] = False  # rows loaders feed ratings instead of 1/0
+    train_defaults: ClassVar[dict[str, Any]] = {}
 
     def score(self, users: torch.Tensor, history: torch.Tensor | None,
               items: torch.Tensor | None = None) -> torch.Tensor:

@@ -6,7 +6,7 @@ import dataclasses
 
 import torch
 
-from recscale.models.base import Output, Recommender, gather_candidates
+from recscale.models.base import DataShape, Output, Recommender, gather_candidates
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,9 +20,9 @@ class Popularity(Recommender):
     Config = PopularityConfig
     closed_form = True
 
-    def __init__(self, n_users: int, n_items: int, cfg: PopularityConfig = PopularityConfig()):
+    def __init__(self, shape: DataShape, cfg: PopularityConfig = PopularityConfig()):
         super().__init__()
-        self.register_buffer("counts", torch.zeros(n_items))
+        self.register_buffer("counts", torch.zeros(shape.n_items))
 
     def fit(self, user_items: torch.Tensor) -> None:
         """user_items: coalesced sparse COO (U, I) of training interactions."""

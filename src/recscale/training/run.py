@@ -7,6 +7,7 @@ recommend.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -18,9 +19,11 @@ import torch
 from recscale.config import TrainConfig, build, read_config_file, to_toml
 from recscale.data.prepared import PreparedDataset
 from recscale.errors import RecscaleError
-from recscale.evaluation.protocols import evaluate
+from recscale.evaluation.protocols import evaluate, validation_split
+from recscale.models.base import DataShape
 from recscale.models.registry import MODELS
 from recscale.training.checkpoint import load_checkpoint, save_checkpoint
+from recscale.training.trainer import Trainer, selection_metric
 
 
 def pick_device(name: str) -> torch.device:
@@ -34,12 +37,35 @@ def pick_device(name: str) -> torch.device:
         raise RecscaleError(f"--device: unknown device {name!r} (auto, cpu, cuda, cuda:N)") from None
 
 
-def build_model(name: str, data: PreparedDataset, model_params: dict):
+def data_shape(data: PreparedDataset) -> DataShape:
+    """The dataset's dimensions and item features, as models take them (no files)."""
+    features = data.meta["features"]
+    genres = data.item_genres() if "genres" in features else None
+    return DataShape(
+        n_users=data.n_users, n_items=data.n_items,
+        user_dim=features["user"]["embedding_dim"], item_dim=features["item"]["embedding_dim"],
+        n_genres=features.get("genres", {}).get("cardinality", 0),
+        genre_dim=features.get("genres", {}).get("embedding_dim", 16),
+        genre_values=genres[0] if genres else None, genre_offsets=genres[1] if genres else None)
+
+
+def model_class(name: str):
     if name not in MODELS:
         raise RecscaleError(f"--model: unknown model {name!r} (known: {', '.join(MODELS)})")
-    cls = MODELS[name]
+    return MODELS[name]
+
+
+def build_model(name: str, data: PreparedDataset, model_params: dict):
+    cls = model_class(name)
     cfg = build(cls.Config, model_params, source=f"model {name}")
-    return cls(data.n_users, data.n_items, cfg), cfg
+    return cls(data_shape(data), cfg), cfg
+
+
+def resolve_train_config(*layers: dict, source: str) -> TrainConfig:
+    """dataclass defaults < the model's own defaults < config file < flags."""
+    model = next((layer["model"] for layer in reversed(layers) if layer.get("model")), TrainConfig.model)
+    defaults = model_class(model).train_defaults
+    return build(TrainConfig, defaults, *layers, source=source)
 
 
 def sparse_tensor(matrix) -> torch.Tensor:
@@ -50,41 +76,56 @@ def sparse_tensor(matrix) -> torch.Tensor:
                                    check_invariants=False).coalesce()
 
 
-def validation_split(data: PreparedDataset) -> str:
-    return "valid" if data.has("valid") or data.has("valid_heldout") else "test"
-
-
 def append_jsonl(path: Path, record: dict) -> None:
     with open(path, "a") as handle:
         handle.write(json.dumps(record) + "\n")
 
 
+def _seeded(seed: int, device: torch.device):
+    """Seed torch's default generators for this run only: the caller's global state is restored
+    afterwards (dropout and VAE sampling draw from them; loaders use their own generators)."""
+    devices = [device.index or 0] if device.type == "cuda" else []
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.random.fork_rng(devices=devices))
+    torch.manual_seed(seed)
+    return stack
+
+
 def start_run(cfg: TrainConfig, model_params: dict, out: str | Path, overwrite: bool = False) -> dict:
-    """Train `cfg.model` on `cfg.data`, write the run to `out`, and return the validation metrics."""
+    """Train `cfg.model` on `cfg.data`, write the run to `out`, and return the best validation record."""
     out = Path(out)
-    if cfg.model not in MODELS:
-        raise RecscaleError(f"--model: unknown model {cfg.model!r} (known: {', '.join(MODELS)})")
+    model_class(cfg.model)
     if (out / "config.toml").exists() and not overwrite:
         raise RecscaleError(f"{out}: a run already exists there (pass --overwrite to replace it)")
     data = PreparedDataset(cfg.data)
     device = pick_device(cfg.device)
-    model, model_cfg = build_model(cfg.model, data, model_params)
-    model.to(device)
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-    (out / "metrics.jsonl").unlink(missing_ok=True)
-    resolved = {"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(model_cfg)}
-    (out / "config.toml").write_text(to_toml(resolved))
+    with _seeded(cfg.seed, device):
+        model, model_cfg = build_model(cfg.model, data, model_params)
+        if cfg.pretrained_gmf or cfg.pretrained_mlp:
+            if not (cfg.pretrained_gmf and cfg.pretrained_mlp) or cfg.model != "neumf":
+                raise RecscaleError("--pretrained-gmf/--pretrained-mlp: give both, for --model neumf")
+            model.load_pretrained(load_run(cfg.pretrained_gmf, "cpu")[0], load_run(cfg.pretrained_mlp, "cpu")[0])
+        model.to(device)
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+        resolved = {"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(model_cfg)}
+        (out / "config.toml").write_text(to_toml(resolved))
+        if model.closed_form:
+            return _fit_closed_form(model, data, cfg, device, out)
+        records = Trainer(model, data, cfg, device, out).fit()
+    best = max((r for r in records if "best" in r), key=lambda r: r[selection_metric(data.protocol)], default=records[-1])
+    return {**best, "protocol": data.protocol}
 
+
+def _fit_closed_form(model, data: PreparedDataset, cfg: TrainConfig, device, out: Path) -> dict:
     start = time.perf_counter()
-    if model.closed_form:
-        model.fit(sparse_tensor(data.user_items("train")).to(device))
-    else:
-        raise RecscaleError(f"--model: {cfg.model} needs the step trainer, which is not available yet")
+    model.fit(sparse_tensor(data.user_items("train")).to(device))
     split = validation_split(data)
     metrics = evaluate(model, data, split, ks=cfg.ks, device=device, batch_size=cfg.eval_batch_size)
-    record = {"epoch": 0, "split": split, "protocol": data.protocol, "train_seconds": time.perf_counter() - start, **metrics}
+    record = {"epoch": 0, "split": split, "protocol": data.protocol, "train_seconds": time.perf_counter() - start,
+              **metrics}
     append_jsonl(out / "metrics.jsonl", record)
-    state = {"model": model.state_dict(), "epoch": 0, "metrics": metrics}
+    state = {"model": model.state_dict(), "train_state": {"epoch": 1}}
     save_checkpoint(out / "checkpoints" / "last.pt", state)
     save_checkpoint(out / "checkpoints" / "best.pt", state)
     return record
@@ -97,6 +138,8 @@ def load_run(run: str | Path, device: str = "auto", checkpoint: str = "best"):
         raise RecscaleError(f"--run: {run} is not a run directory (no config.toml; run `recscale train`)")
     sections = read_config_file(run / "config.toml")
     cfg = build(TrainConfig, sections.get("train", {}), source=str(run / "config.toml"))
+    if not (run / "checkpoints" / f"{checkpoint}.pt").exists() and checkpoint == "best":
+        checkpoint = "last"  # a run stopped before its first validation
     data = PreparedDataset(cfg.data)
     model, _ = build_model(cfg.model, data, sections.get("model", {}))
     state = load_checkpoint(run / "checkpoints" / f"{checkpoint}.pt")

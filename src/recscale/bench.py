@@ -1,0 +1,66 @@
+"""`recscale benchmark`: time a model's training epochs and validation, as NVIDIA's VAE-CF
+`--benchmark` does. The first `warmup_epochs` are dropped (allocator and cache warm-up)."""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+
+import torch
+
+from recscale.config import TrainConfig
+from recscale.data.prepared import PreparedDataset
+from recscale.errors import RecscaleError
+from recscale.training.run import _seeded, build_model, pick_device
+from recscale.training.trainer import Trainer
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def benchmark(cfg: TrainConfig, model_params: dict, warmup_epochs: int = 1) -> dict:
+    if cfg.epochs <= warmup_epochs:
+        raise RecscaleError(f"--epochs: need more than --warmup-epochs ({warmup_epochs}) epochs to time")
+    data = PreparedDataset(cfg.data)
+    device = pick_device(cfg.device)
+    with _seeded(cfg.seed, device):
+        model, _ = build_model(cfg.model, data, model_params)
+        if model.closed_form:
+            raise RecscaleError(f"--model: {cfg.model} is fitted in closed form; there are no epochs to time")
+        trainer = Trainer(model.to(device), data, cfg, device, run_dir=None)
+        trainer.logger.enabled = False
+        records = []
+        for _ in range(cfg.epochs):
+            record = trainer.train_epoch()
+            trainer.state.epoch += 1
+            record |= {"valid_seconds": trainer.validate()["valid_seconds"]}
+            records.append(record)
+    timed = records[warmup_epochs:]
+    unit = "users" if model.batch_kind == "rows" else "samples"
+    return {
+        "model": cfg.model, "device": str(device), "precision": cfg.precision, "batch_size": cfg.batch_size,
+        "epochs_timed": len(timed), "unit": unit,
+        "epoch_seconds": statistics.mean(r["train_seconds"] for r in timed),
+        "valid_seconds": statistics.mean(r["valid_seconds"] for r in timed),
+        f"{unit}_per_second": statistics.mean(r["samples_per_second"] for r in timed),
+        "peak_memory_mib": peak_memory_mib(device),
+    }
+
+
+def format_benchmark(result: dict) -> str:
+    rate = f"{result['unit']}_per_second"
+    return "\n".join([
+        f"{'model':12s} {'device':8s} {'batch':>9s} {'epoch s':>9s} {'valid s':>9s} {rate:>18s} {'peak MiB':>9s}",
+        f"{result['model']:12s} {result['device']:8s} {result['batch_size']:9d} {result['epoch_seconds']:9.3f} "
+        f"{result['valid_seconds']:9.3f} {result[rate]:18,.0f} {result['peak_memory_mib']:9.0f}",
+    ])
+
+
+def write_json(result: dict, path) -> None:
+    from recscale.fsutil import atomic_file
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(result, indent=2) + "\n")

@@ -1,0 +1,44 @@
+"""EASE (Steck 2019): a closed-form item-item model, B = argmin ||X - XB||^2 + lambda ||B||^2 with
+diag(B) = 0, solved as P = (X^T X + lambda I)^-1, B = -P / diag(P), diag(B) = 0. Scores are x_u B."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import torch
+
+from recscale.models.base import DataShape, Output, Recommender, gather_candidates
+
+
+@dataclasses.dataclass(frozen=True)
+class EASEConfig:
+    lam: float = 250.0
+
+
+class EASE(Recommender):
+    Config = EASEConfig
+    closed_form = True
+    needs_history = True
+
+    def __init__(self, shape: DataShape, cfg: EASEConfig = EASEConfig()):
+        super().__init__()
+        self.cfg = cfg
+        self.register_buffer("weights", torch.zeros(shape.n_items, shape.n_items))
+
+    def fit(self, user_items: torch.Tensor) -> None:
+        x = user_items.to(torch.float64)
+        with warnings.catch_warnings():  # sparse x sparse goes through CSR, which torch calls beta
+            warnings.simplefilter("ignore", UserWarning)
+            gram = torch.sparse.mm(x.t(), x).to_dense()  # (I, I)
+        gram.diagonal().add_(self.cfg.lam)
+        p = torch.linalg.inv(gram)
+        b = -p / torch.diagonal(p)[None, :]
+        b.diagonal().zero_()
+        self.weights = b.to(self.weights.dtype)
+
+    def forward(self, batch, **schedule) -> Output:
+        raise TypeError("EASE is fitted in closed form; it has no training loss")
+
+    def score(self, users, history, items=None):
+        return gather_candidates(history @ self.weights, items)

@@ -1,0 +1,131 @@
+"""GMF, MLP and NeuMF (He et al. 2017), with NVIDIA DeepLearningExamples' defaults.
+
+NeuMF = a GMF branch (element-wise product of user and item factors) + an MLP tower over the
+concatenated user and item embeddings + one linear head over both, trained with binary
+cross-entropy on positives and sampled negatives. GMF and MLP are NeuMF with one branch off.
+
+Embedding tables can emit sparse gradients (`sparse_embeddings`): at ml-20m's shape a dense
+optimizer would touch every one of the 165k rows each step (see BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recscale.data.batch import PairBatch
+from recscale.models.base import DataShape, Output, Recommender
+
+
+@dataclasses.dataclass(frozen=True)
+class NCFConfig:
+    factors: int = 64                           # GMF predictive factors
+    layers: tuple[int, ...] = (256, 256, 128, 64)  # MLP tower; the first is the concatenated embedding width
+    dropout: float = 0.0
+    sparse_embeddings: bool = True
+    branches: str = "neumf"                     # neumf, gmf or mlp
+
+
+class NeuMF(Recommender):
+    Config = NCFConfig
+    batch_kind = "pairs"
+    train_defaults = {"batch_size": 4096, "lr": 0.002, "epochs": 20, "optimizer": "adam"}
+
+    def __init__(self, shape: DataShape, cfg: NCFConfig = NCFConfig()):
+        super().__init__()
+        if cfg.branches not in ("neumf", "gmf", "mlp"):
+            raise ValueError(f"branches must be neumf, gmf or mlp, not {cfg.branches!r}")
+        self.cfg = cfg
+        self.use_gmf = cfg.branches in ("neumf", "gmf")
+        self.use_mlp = cfg.branches in ("neumf", "mlp")
+        head_in = 0
+        if self.use_gmf:
+            self.gmf_user = nn.Embedding(shape.n_users, cfg.factors, sparse=cfg.sparse_embeddings)
+            self.gmf_item = nn.Embedding(shape.n_items, cfg.factors, sparse=cfg.sparse_embeddings)
+            head_in += cfg.factors
+        if self.use_mlp:
+            half = cfg.layers[0] // 2
+            self.mlp_user = nn.Embedding(shape.n_users, half, sparse=cfg.sparse_embeddings)
+            self.mlp_item = nn.Embedding(shape.n_items, half, sparse=cfg.sparse_embeddings)
+            tower: list[nn.Module] = []
+            for width_in, width_out in zip(cfg.layers[:-1], cfg.layers[1:]):
+                tower += [nn.Linear(width_in, width_out), nn.ReLU()]
+                if cfg.dropout > 0:
+                    tower.append(nn.Dropout(cfg.dropout))
+            self.tower = nn.Sequential(*tower)
+            head_in += cfg.layers[-1]
+        self.head = nn.Linear(head_in, 1)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # As NVIDIA's NCF: N(0, 0.01) embeddings, Glorot-uniform tower, LeCun-uniform head.
+        for emb in (m for m in self.modules() if isinstance(m, nn.Embedding)):
+            nn.init.normal_(emb.weight, std=0.01)
+        for layer in (m for m in self.modules() if isinstance(m, nn.Linear) and m is not self.head):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        bound = (3.0 / self.head.in_features) ** 0.5
+        nn.init.uniform_(self.head.weight, -bound, bound)
+        nn.init.zeros_(self.head.bias)
+
+    def logits(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Logits for equally shaped user and item index tensors."""
+        parts = []
+        if self.use_gmf:
+            parts.append(self.gmf_user(users) * self.gmf_item(items))  # (..., F)
+        if self.use_mlp:
+            parts.append(self.tower(torch.cat([self.mlp_user(users), self.mlp_item(items)], -1)))  # (..., L)
+        return self.head(torch.cat(parts, -1) if len(parts) > 1 else parts[0]).squeeze(-1)
+
+    def forward(self, batch: PairBatch, **schedule) -> Output:
+        logits = self.logits(batch.users, batch.items)  # (B,)
+        return Output(F.binary_cross_entropy_with_logits(logits.float(), batch.labels), logits)
+
+    def score(self, users, history, items=None):
+        if items is None:
+            items = torch.arange(self._n_items(), device=users.device).expand(users.shape[0], -1)
+        return self.logits(users[:, None].expand_as(items), items)  # (B, C)
+
+    def _n_items(self) -> int:
+        return (self.gmf_item if self.use_gmf else self.mlp_item).num_embeddings
+
+    @torch.no_grad()
+    def load_pretrained(self, gmf: "NeuMF", mlp: "NeuMF", alpha: float = 0.5) -> None:
+        """Initialize from trained GMF and MLP models as in the paper: copy their embeddings and
+        tower, and concatenate their heads weighted by alpha and 1 - alpha."""
+        if not (self.use_gmf and self.use_mlp and gmf.cfg.branches == "gmf" and mlp.cfg.branches == "mlp"):
+            raise ValueError("load_pretrained needs a neumf model, a trained gmf and a trained mlp")
+        self.gmf_user.weight.copy_(gmf.gmf_user.weight)
+        self.gmf_item.weight.copy_(gmf.gmf_item.weight)
+        self.mlp_user.weight.copy_(mlp.mlp_user.weight)
+        self.mlp_item.weight.copy_(mlp.mlp_item.weight)
+        self.tower.load_state_dict(mlp.tower.state_dict())
+        self.head.weight.copy_(torch.cat([alpha * gmf.head.weight, (1 - alpha) * mlp.head.weight], 1))
+        self.head.bias.copy_(alpha * gmf.head.bias + (1 - alpha) * mlp.head.bias)
+
+
+@dataclasses.dataclass(frozen=True)
+class GMFConfig(NCFConfig):
+    branches: str = "gmf"
+
+
+@dataclasses.dataclass(frozen=True)
+class MLPConfig(NCFConfig):
+    branches: str = "mlp"
+
+
+class GMF(NeuMF):
+    Config = GMFConfig
+
+    def __init__(self, shape: DataShape, cfg: GMFConfig = GMFConfig()):
+        super().__init__(shape, cfg)
+
+
+class MLP(NeuMF):
+    Config = MLPConfig
+
+    def __init__(self, shape: DataShape, cfg: MLPConfig = MLPConfig()):
+        super().__init__(shape, cfg)

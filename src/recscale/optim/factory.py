@@ -1,0 +1,82 @@
+"""Optimizers by name, with sparse-gradient embedding tables handled by a sparse-aware optimizer.
+
+Parameters whose gradients are sparse (nn.Embedding(sparse=True)) go to SparseAdam, which updates
+only the rows a batch touched (lazy Adam, as TorchRec's row-wise optimizers); a dense Adam would
+touch every row of every table each step. For SGD sparse gradients are native. The rest follow the
+named optimizer. `Optimizers` steps them together through one GradScaler.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from recscale.errors import RecscaleError
+
+OPTIMIZERS = ("adam", "sgd", "rmsprop", "adagrad")
+
+
+def _sparse_parameters(model: nn.Module) -> set[int]:
+    return {id(m.weight) for m in model.modules()
+            if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse}
+
+
+class Optimizers:
+    """A few optimizers that act as one: zero_grad, step through a GradScaler, state_dict."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self):
+        return [g for o in self.optimizers for g in o.param_groups]
+
+    def zero_grad(self) -> None:
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=True)
+
+    def unscale(self, scaler) -> None:
+        for o in self.optimizers:
+            scaler.unscale_(o)
+
+    def step(self, scaler) -> None:
+        for o in self.optimizers:
+            scaler.step(o)
+
+    def set_lr(self, lr: float) -> None:
+        for g in self.param_groups:
+            g["lr"] = lr
+
+    def state_dict(self) -> list[dict]:
+        return [o.state_dict() for o in self.optimizers]
+
+    def load_state_dict(self, states: list[dict]) -> None:
+        for o, s in zip(self.optimizers, states):
+            o.load_state_dict(s)
+
+
+def make_optimizers(model: nn.Module, name: str, lr: float, weight_decay: float = 0.0,
+                    momentum: float = 0.9) -> Optimizers:
+    if name not in OPTIMIZERS:
+        raise RecscaleError(f"--optimizer: unknown optimizer {name!r} (choose from {', '.join(OPTIMIZERS)})")
+    sparse_ids = _sparse_parameters(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    sparse = [p for p in params if id(p) in sparse_ids]
+    dense = [p for p in params if id(p) not in sparse_ids]
+    out: list[torch.optim.Optimizer] = []
+    if name == "sgd":
+        out.append(torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay if not sparse else 0))
+        return Optimizers(out)
+    if sparse:
+        if name == "adagrad":
+            out.append(torch.optim.Adagrad(sparse, lr=lr))
+        else:
+            out.append(torch.optim.SparseAdam(sparse, lr=lr))
+    if dense:
+        if name == "adam":
+            out.append(torch.optim.Adam(dense, lr=lr, weight_decay=weight_decay))
+        elif name == "rmsprop":
+            out.append(torch.optim.RMSprop(dense, lr=lr, weight_decay=weight_decay))
+        else:
+            out.append(torch.optim.Adagrad(dense, lr=lr, weight_decay=weight_decay))
+    return Optimizers(out)

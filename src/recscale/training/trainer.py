@@ -1,0 +1,169 @@
+"""One trainer for every step-trained model.
+
+The step, in the mixed-precision order: autocast forward (loss inside the model) ->
+scaler.scale(loss).backward() -> scaler.unscale_ -> clip -> scaler.step -> scaler.update, with
+one GradScaler per run (active for fp16 only). After each epoch the model is validated with its
+protocol's metric; the best epoch is checkpointed as `best`, every epoch as `last`; training stops
+early after `patience` epochs without improvement.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from recscale.config import TrainConfig
+from recscale.data.loaders import PairLoader, Prefetcher, TabularLoader, UserRowLoader
+from recscale.data.prepared import PreparedDataset
+from recscale.evaluation.protocols import evaluate, validation_split
+from recscale.models.base import Recommender
+from recscale.optim.factory import make_optimizers
+from recscale.optim.schedules import kl_beta
+from recscale.training.checkpoint import save_checkpoint
+from recscale.training.logging import RunLogger
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def selection_metric(protocol: str) -> str:
+    """The metric each protocol's paper selects models by."""
+    return "hr@10" if protocol == "ncf" else "ndcg@100"
+
+
+def training_users(data: PreparedDataset) -> torch.Tensor:
+    if data.protocol == "vae":
+        return data.group_users("train")
+    return torch.from_numpy(np.flatnonzero(np.diff(data.user_items("train").indptr)))
+
+
+def make_loader(model: Recommender, data: PreparedDataset, cfg: TrainConfig, rank: int = 0, world_size: int = 1):
+    """The loader that feeds this model's batch kind; `cfg.batch_size` is global, split across ranks."""
+    local = max(1, cfg.batch_size // world_size)
+    common = {"seed": cfg.seed, "rank": rank, "world_size": world_size}
+    if model.batch_kind == "pairs":
+        users, items = data.columns("train", "user", "item")
+        return PairLoader(users, items, data.n_items, local, negatives=cfg.negatives, **common)
+    if model.batch_kind == "rows":
+        matrix = data.user_items("train", binary=not model.explicit_rows)
+        return UserRowLoader(matrix, training_users(data), local, **common)
+    users, items, ratings = data.columns("train", "user", "item", "rating")
+    values, offsets = data.item_genres()
+    labels = (ratings > model.cfg.like_threshold).float()
+    return TabularLoader(users, items, labels, values, offsets, local, **common)
+
+
+def schedule_for(model: Recommender) -> Callable[[int], dict]:
+    """Keyword arguments the model's forward takes at a given step (e.g. Mult-VAE's KL beta)."""
+    cfg = getattr(model, "cfg", None)
+    if cfg is not None and hasattr(cfg, "anneal_cap"):
+        return lambda step: {"beta": kl_beta(step, cfg.total_anneal_steps, cfg.anneal_cap)}
+    return lambda step: {}
+
+
+@dataclasses.dataclass
+class TrainState:
+    epoch: int = 0
+    step: int = 0
+    best: float = -math.inf
+    best_epoch: int = -1
+    stale: int = 0
+
+
+class Trainer:
+    def __init__(self, model: Recommender, data: PreparedDataset, cfg: TrainConfig, device: torch.device,
+                 run_dir: Path | None, rank: int = 0, world_size: int = 1, ddp_model=None):
+        self.model, self.data, self.cfg, self.device = model, data, cfg, device
+        self.run_dir, self.rank, self.world_size = run_dir, rank, world_size
+        self.net = ddp_model or model  # what runs the forward (DDP wrapper or the module itself)
+        self.loader = make_loader(model, data, cfg, rank, world_size)
+        self.batches = Prefetcher(self.loader, device) if device.type == "cuda" else self.loader
+        self.optimizers = make_optimizers(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+        self.schedule = schedule_for(model)
+        self.metric = selection_metric(data.protocol)
+        self.state = TrainState()
+        self.logger = RunLogger(run_dir, enabled=rank == 0, progress=cfg.progress)
+
+    def _autocast(self):
+        if self.cfg.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=AMP_DTYPES[self.cfg.precision])
+
+    def train_step(self, batch) -> torch.Tensor:
+        batch = batch.to(self.device, non_blocking=True)
+        with self._autocast():
+            loss = self.net(batch, **self.schedule(self.state.step)).loss
+        self.optimizers.zero_grad()
+        self.scaler.scale(loss).backward()
+        if self.cfg.clip_grad_norm > 0:
+            self.optimizers.unscale(self.scaler)
+            dense = [p for p in self.model.parameters() if p.grad is not None and not p.grad.is_sparse]
+            torch.nn.utils.clip_grad_norm_(dense, self.cfg.clip_grad_norm)
+        self.optimizers.step(self.scaler)
+        self.scaler.update()
+        self.state.step += 1
+        return loss.detach()
+
+    def train_epoch(self) -> dict:
+        self.model.train()
+        self.loader.set_epoch(self.state.epoch)
+        total = torch.zeros((), dtype=torch.float64, device=self.device)  # summed on the device: no sync per step
+        count, samples = 0, 0
+        start = time.perf_counter()
+        n = len(self.loader)
+        for i, batch in enumerate(self.batches):
+            loss = self.train_step(batch)
+            total += loss.double()
+            count += 1
+            samples += len(batch)
+            if self.logger.tty:
+                self.logger.progress(self.state.epoch, self.cfg.epochs, i + 1, n, float(loss),
+                                     samples / (time.perf_counter() - start))
+        seconds = time.perf_counter() - start
+        return {"loss": float(total / max(count, 1)), "train_seconds": seconds, "samples": samples * self.world_size,
+                "samples_per_second": samples * self.world_size / seconds if seconds else float("nan")}
+
+    def validate(self) -> dict:
+        start = time.perf_counter()
+        split = validation_split(self.data)
+        metrics = evaluate(self.model, self.data, split, ks=self.cfg.ks, device=self.device,
+                           batch_size=self.cfg.eval_batch_size)
+        return {"split": split, **metrics, "valid_seconds": time.perf_counter() - start}
+
+    def checkpoint_state(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizers.state_dict(),
+                "scaler": self.scaler.state_dict(), "train_state": dataclasses.asdict(self.state)}
+
+    def fit(self, validate: bool = True) -> list[dict]:
+        records = []
+        while self.state.epoch < self.cfg.epochs:
+            record = {"epoch": self.state.epoch, **self.train_epoch()}
+            if validate:
+                record |= self.validate()
+                value = record[self.metric]
+                improved = value > self.state.best
+                if improved:
+                    self.state.best, self.state.best_epoch, self.state.stale = value, self.state.epoch, 0
+                else:
+                    self.state.stale += 1
+                record["best"] = improved
+            self.state.epoch += 1
+            records.append(record)
+            self.logger.epoch(record, self.metric)
+            if self.rank == 0 and self.run_dir is not None:
+                state = self.checkpoint_state()
+                save_checkpoint(self.run_dir / "checkpoints" / "last.pt", state)
+                if record.get("best"):
+                    save_checkpoint(self.run_dir / "checkpoints" / "best.pt", state)
+            if validate and self.state.stale >= self.cfg.patience:
+                self.logger.message(f"early stop: no better {self.metric} for {self.cfg.patience} epochs")
+                break
+        self.logger.close(records, self.metric)
+        return records
