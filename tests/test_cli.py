@@ -51,9 +51,10 @@ def test_bad_input_is_one_line_with_exit_code_2(tmp_path, monkeypatch, capsys, a
 
 
 def test_demo_runs_end_to_end(tmp_path, capsys):
-    code, out, _ = _run(["demo", "--out", str(tmp_path / "demo"), "--device", "cpu"], capsys)
+    code, out, _ = _run(["demo", "--out", str(tmp_path / "demo"), "--device", "cpu", "--quick"], capsys)
     assert code == 0
     assert "hr@10" in out and "recall@20" in out
+    assert all(f"{m} (test)" in out for m in ("neumf", "multvae", "ease", "popularity"))
     recs = (tmp_path / "demo" / "popularity-ncf" / "recs.tsv").read_text().splitlines()
     assert recs[0] == "user\trank\titem\tscore" and len(recs) == 1 + 671 * 10
     result = json.loads((tmp_path / "demo" / "popularity-ncf" / "eval-test.json").read_text())

@@ -202,7 +202,7 @@ def cmd_datasets(args) -> int:
     return 0
 
 
-DEMO_MODELS = {"ncf": ["popularity"], "vae": ["popularity"]}
+DEMO_MODELS = {"ncf": ["popularity", "neumf"], "vae": ["popularity", "ease", "multvae"]}
 DEMO_KS = {"ncf": (10, 20), "vae": (20, 50, 100)}
 
 
@@ -214,19 +214,22 @@ def cmd_demo(args) -> int:
         data_dir = out / f"ml-latest-small-{protocol}"
         meta = prepare(raw, PrepareConfig(protocol=protocol, seed=args.seed), data_dir, overwrite=True)
         print(f"[prepare] {protocol}: {meta['counts']['users']} users, {meta['counts']['items']} items "
-              f"-> {data_dir}")
+              f"-> {data_dir}", flush=True)
         rows = {}
         for name in models:
             run = out / f"{name}-{protocol}"
-            cfg = TrainConfig(data=str(data_dir), model=name, seed=args.seed, device=args.device)
+            quick = {"epochs": 2} if args.quick else {}
+            cfg = resolve_train_config({"data": str(data_dir), "model": name, "seed": args.seed,
+                                        "device": args.device, **quick}, source="demo")
+            started = time.perf_counter()
             start_run(cfg, {}, run, overwrite=True)
             rows[f"{name} (test)"] = run_evaluate(run, "test", cfg.ks, args.device)
             n = run_recommend(run, 10, run / "recs.tsv", None, args.device)
-            print(f"[train] {name}: run -> {run}; metrics -> {run / 'eval-test.json'}; "
-                  f"top-10 recommendations ({n} rows) -> {run / 'recs.tsv'}")
+            print(f"[train] {name} ({time.perf_counter() - started:.0f}s): run -> {run}; metrics -> "
+                  f"{run / 'eval-test.json'}; top-10 recommendations ({n} rows) -> {run / 'recs.tsv'}", flush=True)
         print(f"\nTest metrics, {protocol} protocol "
-              f"({'100 sampled negatives' if protocol == 'ncf' else 'full ranking'}):")
-        print(format_table(rows, DEMO_KS[protocol], protocol))
+              f"({'100 sampled negatives' if protocol == 'ncf' else 'full ranking, fold-in users'}):")
+        print(format_table(rows, DEMO_KS[protocol], protocol) + "\n", flush=True)
     return 0
 
 
@@ -304,6 +307,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
+    p.add_argument("--quick", action="store_true", help="2 epochs per neural model (a smoke run)")
     return parser
 
 

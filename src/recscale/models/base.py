@@ -49,9 +49,28 @@ class Recommender(nn.Module):
     explicit_rows: ClassVar[bool] = False  # rows loaders feed ratings instead of 1/0
     train_defaults: ClassVar[dict[str, Any]] = {}
 
+    @classmethod
+    def default_train_settings(cls, counts: dict[str, int]) -> dict[str, Any]:
+        """`train_defaults`, scaled to the dataset's counts (meta.json) where the model says how."""
+        return dict(cls.train_defaults)
+
     def score(self, users: torch.Tensor, history: torch.Tensor | None,
               items: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
+
+
+PAIRS_PER_CHUNK = 1 << 19  # (user, item) pairs scored at once by pairwise models: bounds activation memory
+
+
+def score_pairs_in_chunks(logits_fn, users: torch.Tensor, items: torch.Tensor | None, n_items: int) -> torch.Tensor:
+    """Scores of pairwise models (NCF, embedding MLP) for candidates (B, C) or, with `items` None,
+    the whole catalog, computed a few users at a time so memory stays bounded."""
+    if items is None:
+        items = torch.arange(n_items, device=users.device).expand(users.shape[0], -1)
+    rows = max(1, PAIRS_PER_CHUNK // max(1, items.shape[1]))
+    out = [logits_fn(users[s:s + rows, None].expand_as(items[s:s + rows]), items[s:s + rows])
+           for s in range(0, users.shape[0], rows)]
+    return torch.cat(out) if out else items.new_zeros(items.shape, dtype=torch.float32)
 
 
 def gather_candidates(scores: torch.Tensor, items: torch.Tensor | None) -> torch.Tensor:

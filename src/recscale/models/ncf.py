@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recscale.data.batch import PairBatch
-from recscale.models.base import DataShape, Output, Recommender
+from recscale.models.base import DataShape, Output, Recommender, score_pairs_in_chunks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,9 +85,7 @@ class NeuMF(Recommender):
         return Output(F.binary_cross_entropy_with_logits(logits.float(), batch.labels), logits)
 
     def score(self, users, history, items=None):
-        if items is None:
-            items = torch.arange(self._n_items(), device=users.device).expand(users.shape[0], -1)
-        return self.logits(users[:, None].expand_as(items), items)  # (B, C)
+        return score_pairs_in_chunks(self.logits, users, items, self._n_items())  # (B, C)
 
     def _n_items(self) -> int:
         return (self.gmf_item if self.use_gmf else self.mlp_item).num_embeddings

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recscale.data.batch import TabularBatch, multi_hot_batch
-from recscale.models.base import DataShape, Output, Recommender
+from recscale.models.base import DataShape, Output, Recommender, score_pairs_in_chunks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +64,6 @@ class EmbeddingMLP(Recommender):
         return Output(F.binary_cross_entropy_with_logits(logits.float(), batch.labels), logits)
 
     def score(self, users, history, items=None):
-        if items is None:
-            items = torch.arange(self.item.num_embeddings, device=users.device).expand(users.shape[0], -1)
-        flat = self.logits(users[:, None].expand_as(items).reshape(-1), items.reshape(-1))
-        return flat.reshape(items.shape)
+        def pairs(u, i):  # (b, C) -> (b, C), through the flat batch the EmbeddingBag wants
+            return self.logits(u.reshape(-1), i.reshape(-1)).reshape(i.shape)
+        return score_pairs_in_chunks(pairs, users, items, self.item.num_embeddings)

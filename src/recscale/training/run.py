@@ -62,9 +62,13 @@ def build_model(name: str, data: PreparedDataset, model_params: dict):
 
 
 def resolve_train_config(*layers: dict, source: str) -> TrainConfig:
-    """dataclass defaults < the model's own defaults < config file < flags."""
-    model = next((layer["model"] for layer in reversed(layers) if layer.get("model")), TrainConfig.model)
-    defaults = model_class(model).train_defaults
+    """dataclass defaults < the model's own defaults (scaled to the data) < config file < flags."""
+    def last(key, default):
+        return next((layer[key] for layer in reversed(layers) if layer.get(key)), default)
+
+    cls = model_class(last("model", TrainConfig.model))
+    data = last("data", "")
+    defaults = cls.default_train_settings(PreparedDataset(data).meta["counts"]) if data else cls.train_defaults
     return build(TrainConfig, defaults, *layers, source=source)
 
 

@@ -59,11 +59,16 @@ def make_loader(model: Recommender, data: PreparedDataset, cfg: TrainConfig, ran
     return TabularLoader(users, items, labels, values, offsets, local, **common)
 
 
-def schedule_for(model: Recommender) -> Callable[[int], dict]:
-    """Keyword arguments the model's forward takes at a given step (e.g. Mult-VAE's KL beta)."""
+AUTO_ANNEAL_FRACTION = 0.8
+
+
+def schedule_for(model: Recommender, total_steps: int) -> Callable[[int], dict]:
+    """Keyword arguments the model's forward takes at a given step (e.g. Mult-VAE's KL beta).
+    A `total_anneal_steps` of 0 anneals over AUTO_ANNEAL_FRACTION of the run's `total_steps`."""
     cfg = getattr(model, "cfg", None)
     if cfg is not None and hasattr(cfg, "anneal_cap"):
-        return lambda step: {"beta": kl_beta(step, cfg.total_anneal_steps, cfg.anneal_cap)}
+        anneal = cfg.total_anneal_steps or max(1, int(AUTO_ANNEAL_FRACTION * total_steps))
+        return lambda step: {"beta": kl_beta(step, anneal, cfg.anneal_cap)}
     return lambda step: {}
 
 
@@ -86,7 +91,7 @@ class Trainer:
         self.batches = Prefetcher(self.loader, device) if device.type == "cuda" else self.loader
         self.optimizers = make_optimizers(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-        self.schedule = schedule_for(model)
+        self.schedule = schedule_for(model, cfg.epochs * len(self.loader))
         self.metric = selection_metric(data.protocol)
         self.state = TrainState()
         self.logger = RunLogger(run_dir, enabled=rank == 0, progress=cfg.progress)
@@ -160,8 +165,9 @@ class Trainer:
             if self.rank == 0 and self.run_dir is not None:
                 state = self.checkpoint_state()
                 save_checkpoint(self.run_dir / "checkpoints" / "last.pt", state)
-                if record.get("best"):
-                    save_checkpoint(self.run_dir / "checkpoints" / "best.pt", state)
+                if record.get("best"):  # weights only: `best` is for evaluation, `last` for resuming
+                    save_checkpoint(self.run_dir / "checkpoints" / "best.pt",
+                                    {"model": state["model"], "train_state": state["train_state"]})
             if validate and self.state.stale >= self.cfg.patience:
                 self.logger.message(f"early stop: no better {self.metric} for {self.cfg.patience} epochs")
                 break
