@@ -106,7 +106,7 @@ def test_registry_models_follow_the_interface():
     shape = DataShape(n_users=5, n_items=7, n_genres=2, genre_values=torch.tensor([0, 1]),
                       genre_offsets=torch.tensor([0, 1, 1, 2, 2, 2, 2]))
     for name, cls in MODELS.items():
-        model = cls(shape, cls.Config()).eval()
+        model = cls(shape).eval()
         users = torch.tensor([0, 3])
         history = torch.zeros(2, 7)
         history[0, 1] = 1

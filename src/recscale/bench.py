@@ -28,7 +28,7 @@ def benchmark(cfg: TrainConfig, model_params: dict, warmup_epochs: int = 1) -> d
     data = PreparedDataset(cfg.data)
     device = pick_device(cfg.device)
     with _seeded(cfg.seed, device):
-        model, _ = build_model(cfg.model, data, model_params)
+        model, _ = build_model(cfg.model, data, model_params, cfg.batch_size)
         if model.closed_form:
             raise RecscaleError(f"--model: {cfg.model} is fitted in closed form; there are no epochs to time")
         trainer = Trainer(model.to(device), data, cfg, device, run_dir=None)

@@ -4,8 +4,10 @@ NeuMF = a GMF branch (element-wise product of user and item factors) + an MLP to
 concatenated user and item embeddings + one linear head over both, trained with binary
 cross-entropy on positives and sampled negatives. GMF and MLP are NeuMF with one branch off.
 
-Embedding tables can emit sparse gradients (`sparse_embeddings`): at ml-20m's shape a dense
-optimizer would touch every one of the 165k rows each step (see BENCHMARKS.md).
+Embedding tables can emit sparse gradients (`embedding_gradients="sparse"`): at ml-20m's shape a
+dense optimizer would touch every one of the 165k rows each step. When a batch touches more rows
+than the tables hold, dense is faster; "auto" (resolved by the caller, see `resolve_embedding_gradients`)
+picks by that rule, measured in BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -25,8 +27,16 @@ class NCFConfig:
     factors: int = 64                           # GMF predictive factors
     layers: tuple[int, ...] = (256, 256, 128, 64)  # MLP tower; the first is the concatenated embedding width
     dropout: float = 0.0
-    sparse_embeddings: bool = True
+    embedding_gradients: str = "auto"           # sparse, dense, or auto (sparse iff 2 x batch < users + items)
     branches: str = "neumf"                     # neumf, gmf or mlp
+
+
+def resolve_embedding_gradients(cfg: NCFConfig, n_rows: int, batch_size: int) -> NCFConfig:
+    """'auto' -> sparse when a batch (users and items, 2 rows per example) touches fewer rows than
+    the tables hold (`n_rows` = users + items), dense otherwise."""
+    if cfg.embedding_gradients != "auto":
+        return cfg
+    return dataclasses.replace(cfg, embedding_gradients="sparse" if 2 * batch_size < n_rows else "dense")
 
 
 class NeuMF(Recommender):
@@ -34,22 +44,25 @@ class NeuMF(Recommender):
     batch_kind = "pairs"
     train_defaults = {"batch_size": 4096, "lr": 0.002, "epochs": 20, "optimizer": "adam"}
 
-    def __init__(self, shape: DataShape, cfg: NCFConfig = NCFConfig()):
+    def __init__(self, shape: DataShape, cfg: NCFConfig = NCFConfig(embedding_gradients="sparse")):
         super().__init__()
         if cfg.branches not in ("neumf", "gmf", "mlp"):
             raise ValueError(f"branches must be neumf, gmf or mlp, not {cfg.branches!r}")
+        if cfg.embedding_gradients not in ("sparse", "dense"):
+            raise ValueError(f"embedding_gradients must be resolved to sparse or dense, not {cfg.embedding_gradients!r}")
+        sparse = cfg.embedding_gradients == "sparse"
         self.cfg = cfg
         self.use_gmf = cfg.branches in ("neumf", "gmf")
         self.use_mlp = cfg.branches in ("neumf", "mlp")
         head_in = 0
         if self.use_gmf:
-            self.gmf_user = nn.Embedding(shape.n_users, cfg.factors, sparse=cfg.sparse_embeddings)
-            self.gmf_item = nn.Embedding(shape.n_items, cfg.factors, sparse=cfg.sparse_embeddings)
+            self.gmf_user = nn.Embedding(shape.n_users, cfg.factors, sparse=sparse)
+            self.gmf_item = nn.Embedding(shape.n_items, cfg.factors, sparse=sparse)
             head_in += cfg.factors
         if self.use_mlp:
             half = cfg.layers[0] // 2
-            self.mlp_user = nn.Embedding(shape.n_users, half, sparse=cfg.sparse_embeddings)
-            self.mlp_item = nn.Embedding(shape.n_items, half, sparse=cfg.sparse_embeddings)
+            self.mlp_user = nn.Embedding(shape.n_users, half, sparse=sparse)
+            self.mlp_item = nn.Embedding(shape.n_items, half, sparse=sparse)
             tower: list[nn.Module] = []
             for width_in, width_out in zip(cfg.layers[:-1], cfg.layers[1:]):
                 tower += [nn.Linear(width_in, width_out), nn.ReLU()]
@@ -118,12 +131,12 @@ class MLPConfig(NCFConfig):
 class GMF(NeuMF):
     Config = GMFConfig
 
-    def __init__(self, shape: DataShape, cfg: GMFConfig = GMFConfig()):
+    def __init__(self, shape: DataShape, cfg: GMFConfig = GMFConfig(embedding_gradients="sparse")):
         super().__init__(shape, cfg)
 
 
 class MLP(NeuMF):
     Config = MLPConfig
 
-    def __init__(self, shape: DataShape, cfg: MLPConfig = MLPConfig()):
+    def __init__(self, shape: DataShape, cfg: MLPConfig = MLPConfig(embedding_gradients="sparse")):
         super().__init__(shape, cfg)

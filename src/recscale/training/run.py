@@ -21,6 +21,7 @@ from recscale.data.prepared import PreparedDataset
 from recscale.errors import RecscaleError
 from recscale.evaluation.protocols import evaluate, validation_split
 from recscale.models.base import DataShape
+from recscale.models.ncf import NCFConfig, resolve_embedding_gradients
 from recscale.models.registry import MODELS
 from recscale.training.checkpoint import load_checkpoint, save_checkpoint
 from recscale.training.trainer import Trainer, selection_metric
@@ -55,9 +56,13 @@ def model_class(name: str):
     return MODELS[name]
 
 
-def build_model(name: str, data: PreparedDataset, model_params: dict):
+def build_model(name: str, data: PreparedDataset, model_params: dict, batch_size: int = 1):
+    """The model and its resolved Config (settings left to 'auto' are decided here, from the data
+    and the batch size, so that config.toml records what was used)."""
     cls = model_class(name)
     cfg = build(cls.Config, model_params, source=f"model {name}")
+    if isinstance(cfg, NCFConfig):
+        cfg = resolve_embedding_gradients(cfg, data.n_users + data.n_items, batch_size)
     return cls(data_shape(data), cfg), cfg
 
 
@@ -104,7 +109,7 @@ def start_run(cfg: TrainConfig, model_params: dict, out: str | Path, overwrite: 
     data = PreparedDataset(cfg.data)
     device = pick_device(cfg.device)
     with _seeded(cfg.seed, device):
-        model, model_cfg = build_model(cfg.model, data, model_params)
+        model, model_cfg = build_model(cfg.model, data, model_params, cfg.batch_size)
         if cfg.pretrained_gmf or cfg.pretrained_mlp:
             if not (cfg.pretrained_gmf and cfg.pretrained_mlp) or cfg.model != "neumf":
                 raise RecscaleError("--pretrained-gmf/--pretrained-mlp: give both, for --model neumf")

@@ -1,0 +1,156 @@
+"""NeuMF training speed against RecBole 1.2.1, side by side, same data, same model size.
+
+    python -m venv /tmp/rb && /tmp/rb/bin/pip install torch==2.13.0 recbole==1.2.1 "numpy<2" "pandas<2.3" "scipy<1.14"  # RecBole 1.2.1 predates NumPy 2
+    python benchmarks/recbole_compare.py --recbole-python /tmp/rb/bin/python
+
+Data: the embedded ml-latest-small under our `ncf` protocol (seed 0), exported as RecBole atomic
+files with the very same train/valid/test split (RecBole's `benchmark_filename`).
+Model: NeuMF with 64 GMF factors and an MLP over two 128-wide embeddings, 256-256-128-64 in both
+(RecBole: mf_embedding_size=64, mlp_embedding_size=128, mlp_hidden_size=[256, 128, 64]), dropout 0,
+Adam, 4 uniform negatives per positive drawn each epoch, the same batch size (rows, negatives
+included, in both tools). Timed: training epochs only (negative sampling and batching included,
+validation excluded), `--epochs` of them after one warm-up, on the CPU, the two tools alternating.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def export_split(out: Path) -> Path:
+    from recscale.config import PrepareConfig
+    from recscale.data.prepare import prepare
+    from recscale.data.prepared import PreparedDataset
+    from recscale.data.sources import load_dataset
+
+    data_dir = out / "ncf"
+    prepare(load_dataset("ml-latest-small"), PrepareConfig(protocol="ncf", seed=0), data_dir)
+    data = PreparedDataset(data_dir)
+    users, items = data.original_user_ids(), data.original_item_ids()
+    atomic = out / "recbole" / "mls"
+    atomic.mkdir(parents=True)
+    for split in ("train", "valid", "test"):
+        frame = data.table(split)
+        lines = ["user_id:token\titem_id:token\trating:float\ttimestamp:float"]
+        lines += [f"{users[u]}\t{items[i]}\t{r}\t{t}" for u, i, r, t in
+                  zip(frame["user"].to_list(), frame["item"].to_list(), frame["rating"].to_list(), frame["timestamp"].to_list())]
+        (atomic / f"mls.{split}.inter").write_text("\n".join(lines) + "\n")
+    return data_dir
+
+
+def time_recscale(data_dir: Path, batch: int, epochs: int) -> list[float]:
+    import torch
+
+    from recscale.training.run import _seeded, build_model, pick_device, resolve_train_config
+    from recscale.training.trainer import Trainer
+    from recscale.data.prepared import PreparedDataset
+
+    cfg = resolve_train_config({"data": str(data_dir), "model": "neumf", "batch_size": batch, "device": "cpu",
+                                "lr": 1e-3, "progress": False}, source="benchmark")
+    data = PreparedDataset(data_dir)
+    with _seeded(0, torch.device("cpu")):
+        model, _ = build_model("neumf", data, {}, cfg.batch_size)
+        trainer = Trainer(model, data, cfg, pick_device("cpu"), run_dir=None)
+        trainer.logger.enabled = False
+        times = []
+        for _ in range(epochs + 1):
+            times.append(trainer.train_epoch()["train_seconds"])
+            trainer.state.epoch += 1
+    return times[1:]
+
+
+def time_recbole(root: Path, batch: int, epochs: int) -> list[float]:
+    """Runs inside RecBole's interpreter."""
+    import logging
+
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.model.general_recommender import NeuMF
+    from recbole.trainer import Trainer
+    from recbole.utils import init_seed
+
+    config = Config(model="NeuMF", dataset="mls", config_dict={
+        "data_path": str(root), "benchmark_filename": ["train", "valid", "test"],
+        "load_col": {"inter": ["user_id", "item_id", "rating", "timestamp"]},
+        "train_neg_sample_args": {"distribution": "uniform", "sample_num": 4, "alpha": 1.0, "dynamic": False,
+                                  "candidate_num": 0},
+        "eval_args": {"mode": "uni100", "order": "TO", "group_by": "user"},
+        "train_batch_size": batch, "learning_rate": 1e-3, "mf_embedding_size": 64, "mlp_embedding_size": 128,
+        "mlp_hidden_size": [256, 128, 64], "dropout_prob": 0.0, "use_gpu": False, "device": "cpu",
+        "show_progress": False, "seed": 0, "reproducibility": True, "worker": 0, "checkpoint_dir": str(root / "ckpt"),
+        "state": "ERROR"})
+    init_seed(config["seed"], config["reproducibility"])
+    logging.disable(logging.CRITICAL)
+    dataset = create_dataset(config)
+    train_data, _, _ = data_preparation(config, dataset)
+    model = NeuMF(config, train_data.dataset).to(config["device"])
+    trainer = Trainer(config, model)
+    times = []
+    for epoch in range(epochs + 1):
+        start = time.perf_counter()
+        trainer._train_epoch(train_data, epoch, show_progress=False)
+        times.append(time.perf_counter() - start)
+    return times[1:]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--recbole-python", help="python of a venv with recbole==1.2.1 installed")
+    parser.add_argument("--batch-sizes", default="2048,65536")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2, help="alternations of the two tools")
+    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--side", help=argparse.SUPPRESS)
+    parser.add_argument("--root", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.side == "recbole":
+        print(json.dumps(time_recbole(Path(args.root), int(args.batch_sizes), args.epochs)))
+        return
+    if not args.recbole_python:
+        parser.error("--recbole-python is required (see the module docstring)")
+
+    from common import machine, table, write_section
+    work = Path(tempfile.mkdtemp())
+    data_dir = export_split(work)
+    n_train = sum(1 for _ in open(work / "recbole" / "mls" / "mls.train.inter")) - 1
+    rows = []
+    for batch in [int(b) for b in args.batch_sizes.split(",")]:
+        ours, theirs = [], []
+        for _ in range(args.rounds):
+            ours += time_recscale(data_dir, batch, args.epochs)
+            out = subprocess.run([args.recbole_python, __file__, "--side", "recbole", "--root", str(work / "recbole"),
+                                  "--batch-sizes", str(batch), "--epochs", str(args.epochs)],
+                                 capture_output=True, text=True)
+            if out.returncode:
+                raise SystemExit(f"RecBole side failed:\n{out.stderr[-3000:]}")
+            theirs += json.loads(out.stdout.strip().splitlines()[-1])
+        ours_s, theirs_s = statistics.median(ours), statistics.median(theirs)
+        samples = n_train * 5
+        rows.append([f"{batch:,}", f"{theirs_s:.2f}", f"{ours_s:.2f}", f"{samples / theirs_s:,.0f}",
+                     f"{samples / ours_s:,.0f}", f"{theirs_s / ours_s:.1f}x"])
+        print(rows[-1], flush=True)
+    body = f"""## NeuMF training speed against RecBole 1.2.1 (`benchmarks/recbole_compare.py`)
+
+{machine()}. The embedded ml-latest-small, `ncf` split (seed 0, {n_train:,} training positives, so
+{n_train * 5:,} rows per epoch with 4 negatives), the same split given to both; NeuMF 64 factors,
+MLP 256-256-128-64, Adam, fp32. Median seconds per training epoch over {args.rounds} x {args.epochs}
+epochs per tool (after a warm-up epoch), the tools alternating in one run.
+
+{table(["batch", "RecBole s/epoch", "recscale s/epoch", "RecBole samples/s", "recscale samples/s", "speed-up"], rows)}
+"""
+    print(body)
+    if not args.no_write:
+        write_section("recbole", body)
+
+
+if __name__ == "__main__":
+    main()
