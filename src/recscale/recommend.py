@@ -1,6 +1,6 @@
 """Top-k recommendations with already-seen items filtered out, written in chunks with original ids.
 
-Output columns: user, rank (1-based), item, score. TSV or Parquet by the file's suffix; written to a
+Output columns: user, rank (1-based), item, score; equal scores rank the lower item id first. TSV or Parquet by the file's suffix; written to a
 temporary file renamed into place, so a failed run leaves nothing half-written.
 """
 
@@ -15,6 +15,7 @@ import torch
 
 from recscale.data.prepared import PreparedDataset
 from recscale.errors import RecscaleError
+from recscale.evaluation.metrics import ranking_keys
 from recscale.evaluation.protocols import dense_rows
 from recscale.fsutil import atomic_file
 from recscale.models.base import Recommender
@@ -74,13 +75,15 @@ def recommend(model: Recommender, data: PreparedDataset, users: np.ndarray, k: i
                 history = dense_rows(inputs, u, device) if model.needs_history else None
                 scores = model.score(torch.from_numpy(u).to(device), history).float()
                 scores = scores.masked_fill(dense_rows(seen, u, device) > 0, float("-inf"))
-                top = torch.topk(scores, k, dim=1)  # (B, k)
-                valid = torch.isfinite(top.values).cpu().numpy()  # fewer than k unseen items
+                # ties go to the lower item id (ranking_keys), so the output is deterministic
+                index = torch.topk(ranking_keys(scores, torch.zeros_like(scores, dtype=torch.bool)), k, dim=1).indices
+                values = torch.gather(scores, 1, index)  # (B, k)
+                valid = torch.isfinite(values).cpu().numpy()  # fewer than k unseen items
                 n = u.size
                 writer.write(np.repeat(user_ids[u], k)[valid.ravel()],
                              np.tile(np.arange(1, k + 1), n)[valid.ravel()],
-                             item_ids[top.indices.cpu().numpy()].ravel()[valid.ravel()],
-                             top.values.cpu().numpy().ravel()[valid.ravel()])
+                             item_ids[index.cpu().numpy()].ravel()[valid.ravel()],
+                             values.cpu().numpy().ravel()[valid.ravel()])
                 rows += int(valid.sum())
         finally:
             writer.close()

@@ -14,6 +14,8 @@ Assumptions, stated once:
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 _LOW31 = (1 << 31) - 1
@@ -83,20 +85,32 @@ def reciprocal_rank(first_rank: torch.Tensor) -> torch.Tensor:
     return 1.0 / first_rank.double()
 
 
-def metric_sums(scores: torch.Tensor, relevant: torch.Tensor, ks: tuple[int, ...]) -> dict[str, torch.Tensor]:
-    """Per-batch sums of every metric at every K over rows that have a relevant item, plus `users`
-    (their count). Summing these over batches and dividing by `users` gives the averages, whatever
-    the batch size; across processes, all-reduce the sums first."""
+def per_user_metrics(scores: torch.Tensor, relevant: torch.Tensor, ks: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """Every metric at every K for each row that has a relevant item: name -> (U,) float64 on CPU."""
     keep = relevant.any(dim=1)
     scores, relevant = scores[keep], relevant[keep]
     n_relevant = relevant.sum(dim=1)
     hits = ranked_hits(scores, relevant, max(ks))
-    out = {"users": torch.tensor(float(scores.shape[0]), dtype=torch.float64)}
+    out = {}
     for k in ks:
-        out[f"hr@{k}"] = hit_rate(hits, k).sum()
-        out[f"recall@{k}"] = recall(hits, n_relevant, k).sum()
-        out[f"precision@{k}"] = precision(hits, k).sum()
-        out[f"ndcg@{k}"] = ndcg(hits, n_relevant, k).sum()
-        out[f"map@{k}"] = average_precision(hits, n_relevant, k).sum()
-    out["mrr"] = reciprocal_rank(first_relevant_rank(scores, relevant)).sum()
+        out[f"hr@{k}"] = hit_rate(hits, k)
+        out[f"recall@{k}"] = recall(hits, n_relevant, k)
+        out[f"precision@{k}"] = precision(hits, k)
+        out[f"ndcg@{k}"] = ndcg(hits, n_relevant, k)
+        out[f"map@{k}"] = average_precision(hits, n_relevant, k)
+    out["mrr"] = reciprocal_rank(first_relevant_rank(scores, relevant))
     return {name: value.cpu() for name, value in out.items()}
+
+
+def exact_sum(values: torch.Tensor) -> float:
+    """The exactly rounded sum (math.fsum): independent of order, hence of the batch size."""
+    return math.fsum(values.tolist())
+
+
+def metric_sums(scores: torch.Tensor, relevant: torch.Tensor, ks: tuple[int, ...]) -> dict[str, float]:
+    """Sums of every metric over the rows that have a relevant item, plus `users` (their count).
+    Dividing summed sums by `users` gives the averages; across processes, all-reduce the sums."""
+    values = per_user_metrics(scores, relevant, ks)
+    sums = {name: exact_sum(v) for name, v in values.items()}
+    sums["users"] = float(next(iter(values.values())).numel())
+    return sums

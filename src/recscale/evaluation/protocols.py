@@ -4,8 +4,9 @@
 - full ranking (`vae`, `random`): every item ranked, the user's known input items masked out; the
   held-out items are the relevant ones.
 
-Both accumulate sums and counts (metrics.metric_sums), so results do not depend on the batch size
-and a multi-process run only has to all-reduce them.
+Both keep each user's metric values and sum them exactly rounded at the end (metrics.exact_sum),
+so results are bit-identical for any batch size; a multi-process run all-reduces those sums and
+counts.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import scipy.sparse as sp
 import torch
 
 from recscale.data.prepared import PreparedDataset
-from recscale.evaluation.metrics import metric_sums
+from recscale.evaluation.metrics import exact_sum, per_user_metrics
 from recscale.models.base import Recommender
 
 DEFAULT_KS = (10, 20, 50, 100)
@@ -43,14 +44,15 @@ def evaluation_sets(data: PreparedDataset, split: str) -> tuple[np.ndarray, sp.c
 
 
 def _accumulate(total: dict, part: dict) -> None:
-    for name, value in part.items():
-        total[name] = total.get(name, 0.0) + value
+    for name, values in part.items():
+        total.setdefault(name, []).append(values)
 
 
 def _finish(total: dict) -> dict[str, float]:
-    users = float(total.pop("users", 0.0))
-    out = {name: float(value) / users if users else float("nan") for name, value in total.items()}
-    out["users"] = int(users)
+    values = {name: torch.cat(parts) for name, parts in total.items()}
+    users = next(iter(values.values())).numel() if values else 0
+    out = {name: exact_sum(v) / users if users else float("nan") for name, v in values.items()}
+    out["users"] = users
     return out
 
 
@@ -78,7 +80,7 @@ def sampled_ranking(model, data, split, ks, device, batch_size) -> dict[str, flo
         scores = model.score(u.to(device), h, candidates.to(device))  # (B, 1 + N)
         relevant = torch.zeros_like(candidates, dtype=torch.bool)
         relevant[:, 0] = True
-        _accumulate(total, metric_sums(scores.float(), relevant.to(device), ks))
+        _accumulate(total, per_user_metrics(scores.float(), relevant.to(device), ks))
     return _finish(total)
 
 
@@ -91,5 +93,5 @@ def full_ranking(model, data, split, ks, device, batch_size) -> dict[str, float]
         scores = model.score(torch.from_numpy(u).to(device), history if model.needs_history else None)
         scores = scores.float().masked_fill(history > 0, float("-inf"))
         relevant = dense_rows(target, u, device) > 0
-        _accumulate(total, metric_sums(scores, relevant, ks))
+        _accumulate(total, per_user_metrics(scores, relevant, ks))
     return _finish(total)
