@@ -28,7 +28,7 @@ from recscale.models.registry import MODELS
 from recscale.bench import benchmark, format_benchmark, write_json
 from recscale.recommend import recommend
 from recscale.config import tomllib
-from recscale.training.run import load_run, resolve_train_config, start_run
+from recscale.training.run import load_run, resolve_train_config, resume_run, start_run
 
 
 class _Parser(argparse.ArgumentParser):
@@ -85,6 +85,15 @@ def resolve_run_config(args) -> tuple[TrainConfig, dict]:
 
 
 def cmd_train(args) -> int:
+    if args.resume:
+        if args.out or args.config or args.param or from_namespace(TrainConfig, args).keys() - {"device"}:
+            raise RecscaleError("--resume: takes only --device; the run's config.toml holds the rest")
+        record = resume_run(args.resume, args.device)
+        print(f"resumed and finished {args.resume}")
+        print(format_table({f"best ({record.get('split', '-')})": record}, (10, 20, 50, 100), record["protocol"]))
+        return 0
+    if not args.out:
+        raise RecscaleError("--out: a run directory is required (or --resume RUN)")
     cfg, model_params = resolve_run_config(args)
     record = start_run(cfg, model_params, args.out, overwrite=args.overwrite)
     print(f"trained {cfg.model} -> {args.out}")
@@ -276,8 +285,9 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="fit a model on a prepared dataset", epilog=models_help(),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_train_arguments(p)
-    p.add_argument("--out", required=True, help="run directory to write (runs/NAME)")
+    p.add_argument("--out", help="run directory to write (runs/NAME)")
     p.add_argument("--overwrite", action="store_true", help="replace a run in --out")
+    p.add_argument("--resume", metavar="RUN", help="continue RUN from its last checkpoint")
     p.set_defaults(models=list(MODELS))
 
     p = sub.add_parser("evaluate", help="score a trained run on a split")
@@ -319,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"recscale {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
         print(f"recscale {args.command}: interrupted", file=sys.stderr)
         return 130

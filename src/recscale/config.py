@@ -107,6 +107,8 @@ class TrainConfig:
     pretrained_gmf: str = option("", "neumf: run directory of a trained gmf to initialize from")
     pretrained_mlp: str = option("", "neumf: run directory of a trained mlp to initialize from")
     progress: bool = option(True, "show a progress line (only when stderr is a terminal)")
+    checkpoint_every: int = option(0, "also write checkpoints/last.pt every N steps within an epoch "
+                                   "(0: at the end of each epoch only)")
 
     def __post_init__(self) -> None:
         if not self.data:
@@ -120,6 +122,8 @@ class TrainConfig:
             raise RecscaleError(f"--precision: choose from {', '.join(PRECISIONS)}")
         if self.negatives < 1:
             raise RecscaleError("--negatives: must be >= 1")
+        if self.checkpoint_every < 0:
+            raise RecscaleError("--checkpoint-every: must be >= 0")
 
 
 # ----------------------------------------------------------------------------- argparse bridge

@@ -6,3 +6,11 @@ class RecscaleError(Exception):
 
     The message must stand alone on one line and name the file, line or flag at fault.
     """
+
+
+class RunInterrupted(RecscaleError):
+    """Training stopped on SIGINT/SIGTERM after writing `last`; exits with 128 + the signal."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum

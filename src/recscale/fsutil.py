@@ -24,8 +24,10 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 def _make_parent(path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RecscaleError(f"{path.parent}: cannot create directory: {exc.strerror}") from exc
+    except (OSError, FileExistsError) as exc:
+        raise RecscaleError(f"{path.parent}: cannot create directory: {exc.strerror or exc}") from exc
+    if not path.parent.is_dir():
+        raise RecscaleError(f"{path.parent}: not a directory")
     if not os.access(path.parent, os.W_OK):
         raise RecscaleError(f"{path.parent}: directory is not writable")
 
@@ -53,7 +55,10 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iter
     _make_parent(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as exc:  # disk full, quota, permissions: a one-line error, nothing left behind
+            raise RecscaleError(f"{target}: cannot write: {exc.strerror or exc}") from exc
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
             os.rename(target, old / "x")

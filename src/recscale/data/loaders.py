@@ -1,8 +1,9 @@
 """Batch-level loaders: whole batches cut from tensors, never per-example `__getitem__`.
 
-Every loader is an iterable of typed batches with `len()` = batches per epoch and `set_epoch(e)`.
-Randomness comes from a torch.Generator seeded by (seed, epoch[, rank]) so that an epoch is
-reproducible on its own (resuming mid-run replays the same order).
+Every loader is an iterable of typed batches with `len()` = batches per epoch and
+`set_epoch(e, start_batch=0)`. Randomness comes from a torch.Generator seeded by (seed, epoch[, rank])
+so that an epoch is reproducible on its own: resuming mid-epoch regenerates the same epoch and
+starts at `start_batch`, with no loader state to save.
 
 Sharding (data parallelism): all ranks draw the same epoch permutation and rank r takes the r-th
 contiguous part. Every rank yields the same number of batches, so DDP never hangs on an uneven
@@ -62,10 +63,10 @@ class _EpochLoader:
             raise ValueError(f"rank {rank} outside world of size {world_size}")
         self.n_examples, self.batch_size, self.seed = n_examples, batch_size, seed
         self.shuffle, self.drop_last, self.rank, self.world_size = shuffle, drop_last, rank, world_size
-        self.epoch = 0
+        self.epoch, self.start_batch = 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
 
     @property
     def per_rank(self) -> int:
@@ -79,7 +80,7 @@ class _EpochLoader:
                                  self.drop_last, self.shuffle)
 
     def _slices(self) -> Iterator[slice]:
-        for b in range(len(self)):
+        for b in range(self.start_batch, len(self)):
             yield slice(b * self.batch_size, (b + 1) * self.batch_size)
 
 
@@ -204,8 +205,8 @@ class Prefetcher:
     def __len__(self) -> int:
         return len(self.loader)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.loader.set_epoch(epoch)
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.loader.set_epoch(epoch, start_batch)
 
     def __iter__(self):
         slots: queue.Queue = queue.Queue(self.depth)

@@ -68,6 +68,8 @@ def _first_bad_line(path: Path, header: list[str], checks: dict[str, str]) -> st
                     return f"{path}:{line}: {name} is not {'an integer' if kind == 'int' else 'a number'}: {text!r}"
                 if kind == "float" and not math.isfinite(value):
                     return f"{path}:{line}: {name} is not a finite number: {text!r}"
+                if kind == "int" and not -(2**63) <= value < 2**63:
+                    return f"{path}:{line}: {name} is out of the 64-bit integer range: {text!r}"
     return ""
 
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -18,13 +21,14 @@ import torch
 
 from recscale.config import TrainConfig, build, read_config_file, to_toml
 from recscale.data.prepared import PreparedDataset
-from recscale.errors import RecscaleError
+from recscale.errors import RecscaleError, RunInterrupted
+from recscale.fsutil import atomic_file
 from recscale.evaluation.protocols import evaluate, validation_split
 from recscale.models.base import DataShape
 from recscale.models.ncf import NCFConfig, resolve_embedding_gradients
 from recscale.models.registry import MODELS
 from recscale.training.checkpoint import load_checkpoint, save_checkpoint
-from recscale.training.trainer import Trainer, selection_metric
+from recscale.training.trainer import StopRequested, Trainer, selection_metric
 
 
 def pick_device(name: str) -> torch.device:
@@ -100,12 +104,45 @@ def _seeded(seed: int, device: torch.device):
     return stack
 
 
+@contextlib.contextmanager
+def graceful_stop(trainer: Trainer):
+    """SIGINT and SIGTERM ask the trainer to stop after its current step (it then writes `last`).
+    Only the main thread may install handlers; elsewhere signals keep their default behaviour."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def ask(signum, frame):
+        trainer.stop_signal = signum
+
+    previous = {sig: signal.signal(sig, ask) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _train(trainer: Trainer, out: Path) -> dict:
+    with graceful_stop(trainer):
+        try:
+            trainer.fit()
+        except StopRequested as stop:
+            raise RunInterrupted(f"{stop}; wrote {out / 'checkpoints' / 'last.pt'}; resume with: "
+                                 f"recscale train --resume {out}", stop.signum) from None
+    history = trainer.state.history
+    metric = selection_metric(trainer.data.protocol)
+    best = max((r for r in history if metric in r), key=lambda r: r[metric], default=history[-1] if history else {})
+    return {**best, "protocol": trainer.data.protocol}
+
+
 def start_run(cfg: TrainConfig, model_params: dict, out: str | Path, overwrite: bool = False) -> dict:
     """Train `cfg.model` on `cfg.data`, write the run to `out`, and return the best validation record."""
     out = Path(out)
     model_class(cfg.model)
     if (out / "config.toml").exists() and not overwrite:
-        raise RecscaleError(f"{out}: a run already exists there (pass --overwrite to replace it)")
+        raise RecscaleError(f"{out}: a run already exists there (pass --overwrite to replace it, "
+                            f"or --resume {out} to continue it)")
     data = PreparedDataset(cfg.data)
     device = pick_device(cfg.device)
     with _seeded(cfg.seed, device):
@@ -115,15 +152,40 @@ def start_run(cfg: TrainConfig, model_params: dict, out: str | Path, overwrite: 
                 raise RecscaleError("--pretrained-gmf/--pretrained-mlp: give both, for --model neumf")
             model.load_pretrained(load_run(cfg.pretrained_gmf, "cpu")[0], load_run(cfg.pretrained_mlp, "cpu")[0])
         model.to(device)
-        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-        (out / "metrics.jsonl").unlink(missing_ok=True)
+        for stale in ("checkpoints", "metrics.jsonl"):
+            path = out / stale
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        (out / "checkpoints").mkdir(parents=True)
         resolved = {"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(model_cfg)}
-        (out / "config.toml").write_text(to_toml(resolved))
+        with atomic_file(out / "config.toml") as tmp:
+            tmp.write_text(to_toml(resolved))
         if model.closed_form:
             return _fit_closed_form(model, data, cfg, device, out)
-        records = Trainer(model, data, cfg, device, out).fit()
-    best = max((r for r in records if "best" in r), key=lambda r: r[selection_metric(data.protocol)], default=records[-1])
-    return {**best, "protocol": data.protocol}
+        return _train(Trainer(model, data, cfg, device, out), out)
+
+
+def resume_run(run: str | Path, device: str | None = None) -> dict:
+    """Continue a run from its `last` checkpoint: same model, optimizer, scaler, RNG streams and
+    position in the epoch, so that it ends exactly as an uninterrupted run would."""
+    run = Path(run)
+    if not (run / "config.toml").exists():
+        raise RecscaleError(f"--resume: {run} is not a run directory (no config.toml)")
+    sections = read_config_file(run / "config.toml")
+    cfg = build(TrainConfig, sections.get("train", {}), source=str(run / "config.toml"))
+    if device:
+        cfg = dataclasses.replace(cfg, device=device)
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    if "optimizer" not in state:
+        raise RecscaleError(f"--resume: {run} holds a closed-form model; there is nothing to resume")
+    data = PreparedDataset(cfg.data)
+    target = pick_device(cfg.device)
+    with _seeded(cfg.seed, target):
+        model, _ = build_model(cfg.model, data, sections.get("model", {}), cfg.batch_size)
+        trainer = Trainer(model.to(target), data, cfg, target, run)
+        trainer.restore(state)
+        with atomic_file(run / "metrics.jsonl") as tmp:  # exactly the epochs the checkpoint has done
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in trainer.state.history))
+        return _train(trainer, run)
 
 
 def _fit_closed_form(model, data: PreparedDataset, cfg: TrainConfig, device, out: Path) -> dict:

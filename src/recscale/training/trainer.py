@@ -74,11 +74,25 @@ def schedule_for(model: Recommender, total_steps: int) -> Callable[[int], dict]:
 
 @dataclasses.dataclass
 class TrainState:
-    epoch: int = 0
-    step: int = 0
+    """Everything besides tensors that a resumed run needs to continue exactly."""
+
+    epoch: int = 0          # epochs finished
+    step: int = 0           # optimizer steps taken (drives schedules)
+    position: int = 0       # batches done in the current epoch
+    loss_sum: float = 0.0   # of the current epoch so far
+    samples: int = 0        # of the current epoch so far
     best: float = -math.inf
     best_epoch: int = -1
     stale: int = 0
+    history: list = dataclasses.field(default_factory=list)  # one record per finished epoch
+
+
+class StopRequested(Exception):
+    """Raised after a graceful stop wrote `last`; carries the signal number."""
+
+    def __init__(self, signum: int, state: TrainState):
+        super().__init__(f"stopped by signal {signum} at epoch {state.epoch + 1}, batch {state.position}")
+        self.signum, self.state = signum, state
 
 
 class Trainer:
@@ -94,6 +108,7 @@ class Trainer:
         self.schedule = schedule_for(model, cfg.epochs * len(self.loader))
         self.metric = selection_metric(data.protocol)
         self.state = TrainState()
+        self.stop_signal: int | None = None  # set by a signal handler; honoured after the current step
         self.logger = RunLogger(run_dir, enabled=rank == 0, progress=cfg.progress)
 
     def _autocast(self):
@@ -117,23 +132,34 @@ class Trainer:
         return loss.detach()
 
     def train_epoch(self) -> dict:
+        """Train from `state.position` to the end of the epoch `state.epoch`."""
         self.model.train()
-        self.loader.set_epoch(self.state.epoch)
-        total = torch.zeros((), dtype=torch.float64, device=self.device)  # summed on the device: no sync per step
-        count, samples = 0, 0
+        self.loader.set_epoch(self.state.epoch, self.state.position)
+        total = torch.tensor(self.state.loss_sum, dtype=torch.float64, device=self.device)  # no sync per step
         start = time.perf_counter()
+        timed_samples = 0
         n = len(self.loader)
-        for i, batch in enumerate(self.batches):
+        for batch in self.batches:
             loss = self.train_step(batch)
             total += loss.double()
-            count += 1
-            samples += len(batch)
+            self.state.position += 1
+            self.state.samples += len(batch)
+            timed_samples += len(batch)
             if self.logger.tty:
-                self.logger.progress(self.state.epoch, self.cfg.epochs, i + 1, n, float(loss),
-                                     samples / (time.perf_counter() - start))
+                self.logger.progress(self.state.epoch, self.cfg.epochs, self.state.position, n, float(loss),
+                                     timed_samples / (time.perf_counter() - start))
+            every = self.cfg.checkpoint_every
+            if self.stop_signal is not None or (every and self.state.step % every == 0 and self.state.position < n):
+                self.state.loss_sum = float(total)
+                self.save("last")
+                if self.stop_signal is not None:
+                    raise StopRequested(self.stop_signal, self.state)
         seconds = time.perf_counter() - start
-        return {"loss": float(total / max(count, 1)), "train_seconds": seconds, "samples": samples * self.world_size,
-                "samples_per_second": samples * self.world_size / seconds if seconds else float("nan")}
+        record = {"loss": float(total) / max(self.state.position, 1), "train_seconds": seconds,
+                  "samples": self.state.samples * self.world_size,
+                  "samples_per_second": timed_samples * self.world_size / seconds if seconds else float("nan")}
+        self.state.position, self.state.loss_sum, self.state.samples = 0, 0.0, 0
+        return record
 
     def validate(self) -> dict:
         start = time.perf_counter()
@@ -142,13 +168,39 @@ class Trainer:
                            batch_size=self.cfg.eval_batch_size)
         return {"split": split, **metrics, "valid_seconds": time.perf_counter() - start}
 
+    # ------------------------------------------------------------------ checkpoints
+
     def checkpoint_state(self) -> dict:
+        """Model (unwrapped), optimizers, scaler, position and every RNG stream the run draws from.
+        The loaders need no state: an epoch is a function of (seed, epoch, rank)."""
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
         return {"model": self.model.state_dict(), "optimizer": self.optimizers.state_dict(),
-                "scaler": self.scaler.state_dict(), "train_state": dataclasses.asdict(self.state)}
+                "scaler": self.scaler.state_dict(), "train_state": dataclasses.asdict(self.state), "rng": rng}
+
+    def save(self, name: str, weights_only: bool = False) -> None:
+        if self.rank != 0 or self.run_dir is None:
+            return
+        state = self.checkpoint_state()
+        if weights_only:  # `best` is for evaluation, `last` for resuming
+            state = {"model": state["model"], "train_state": state["train_state"]}
+        save_checkpoint(self.run_dir / "checkpoints" / f"{name}.pt", state)
+
+    def restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizers.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.state = TrainState(**state["train_state"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+
+    # ------------------------------------------------------------------ the loop
 
     def fit(self, validate: bool = True) -> list[dict]:
         records = []
-        while self.state.epoch < self.cfg.epochs:
+        while self.state.epoch < self.cfg.epochs and not (validate and self.state.stale >= self.cfg.patience):
             record = {"epoch": self.state.epoch, **self.train_epoch()}
             if validate:
                 record |= self.validate()
@@ -160,16 +212,13 @@ class Trainer:
                     self.state.stale += 1
                 record["best"] = improved
             self.state.epoch += 1
+            self.state.history.append(record)
             records.append(record)
+            self.save("last")  # before the log line: a crash in between loses no epoch on resume
             self.logger.epoch(record, self.metric)
-            if self.rank == 0 and self.run_dir is not None:
-                state = self.checkpoint_state()
-                save_checkpoint(self.run_dir / "checkpoints" / "last.pt", state)
-                if record.get("best"):  # weights only: `best` is for evaluation, `last` for resuming
-                    save_checkpoint(self.run_dir / "checkpoints" / "best.pt",
-                                    {"model": state["model"], "train_state": state["train_state"]})
+            if record.get("best"):
+                self.save("best", weights_only=True)
             if validate and self.state.stale >= self.cfg.patience:
                 self.logger.message(f"early stop: no better {self.metric} for {self.cfg.patience} epochs")
-                break
-        self.logger.close(records, self.metric)
+        self.logger.close(self.state.history, self.metric)
         return records
