@@ -73,6 +73,24 @@ def test_metrics_match_a_slow_reference(data):
         assert got[name] == pytest.approx(np.mean([e[name] for e in expected]), abs=1e-9), name
 
 
+@pytest.mark.parametrize("margin", [0, 1, 16])
+def test_massive_ties_past_the_candidate_margin_are_ranked_exactly(monkeypatch, margin):
+    from recscale.evaluation import metrics
+    monkeypatch.setattr(metrics, "TIE_MARGIN", margin)
+    rng = np.random.default_rng(margin)
+    scores = rng.integers(0, 3, (40, 30)).astype(float).tolist()  # 3 values in 30 columns: ties spill
+    scores[0] = [1.0] * 30
+    relevant = (rng.random((40, 30)) < 0.2).tolist()
+    relevant[0] = [False] * 29 + [True]
+    for row in relevant:
+        row[rng.integers(30)] = True
+    for k in (1, 5, 10):
+        got = _averages(scores, relevant, (k,))
+        expected = [_reference(sc, r, k) for sc, r in zip(scores, relevant)]
+        for name in expected[0]:
+            assert got[name] == pytest.approx(np.mean([e[name] for e in expected]), abs=1e-9), (name, k)
+
+
 @pytest.mark.parametrize("protocol", ["ncf", "vae", "random"])
 def test_results_do_not_depend_on_the_batch_size(prepared, protocol):
     data = prepared(protocol)

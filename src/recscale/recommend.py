@@ -15,7 +15,7 @@ import torch
 
 from recscale.data.prepared import PreparedDataset
 from recscale.errors import RecscaleError
-from recscale.evaluation.metrics import ranking_keys
+from recscale.evaluation.metrics import top_k
 from recscale.evaluation.protocols import dense_rows
 from recscale.fsutil import atomic_file
 from recscale.models.base import Recommender
@@ -75,8 +75,8 @@ def recommend(model: Recommender, data: PreparedDataset, users: np.ndarray, k: i
                 history = dense_rows(inputs, u, device) if model.needs_history else None
                 scores = model.score(torch.from_numpy(u).to(device), history).float()
                 scores = scores.masked_fill(dense_rows(seen, u, device) > 0, float("-inf"))
-                # ties go to the lower item id (ranking_keys), so the output is deterministic
-                index = torch.topk(ranking_keys(scores, torch.zeros_like(scores, dtype=torch.bool)), k, dim=1).indices
+                # ties go to the lower item id (metrics.top_k's rule), so the output is deterministic
+                index = top_k(scores, torch.zeros_like(scores, dtype=torch.bool), k)
                 values = torch.gather(scores, 1, index)  # (B, k)
                 valid = torch.isfinite(values).cpu().numpy()  # fewer than k unseen items
                 n = u.size

@@ -28,25 +28,49 @@ def _orderable(scores: torch.Tensor) -> torch.Tensor:
     return (bits ^ ((bits >> 31) & _LOW31)).to(torch.int64)
 
 
-def ranking_keys(scores: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:
-    """int64 keys whose descending order is the ranking with our tie rule; all keys are distinct."""
-    n = scores.shape[1]
-    index = torch.arange(n, device=scores.device)
+def ranking_keys(scores: torch.Tensor, relevant: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+    """int64 keys whose descending order is the ranking with our tie rule; all keys are distinct.
+    `index` gives each column's candidate index when `scores` holds a subset of the candidates."""
+    if index is None:
+        index = torch.arange(scores.shape[1], device=scores.device)
     return (_orderable(scores) << 32) | ((~relevant).to(torch.int64) << 31) | (_LOW31 - index)
+
+
+TIE_MARGIN = 16
+
+
+def top_k(scores: torch.Tensor, relevant: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, k) candidate indices of the top k under the tie rule, exactly.
+
+    A float topk of k + TIE_MARGIN candidates contains every tie of the k-th score unless the
+    (k + margin)-th score equals it; only those rows (massive ties) are ranked with keys over all
+    candidates. Everything else is keyed on the few candidates alone."""
+    n = scores.shape[1]
+    k = min(k, n)
+    scores = torch.nan_to_num(scores.float(), nan=float("-inf"))
+    width = min(n, k + TIE_MARGIN)
+    values, index = torch.topk(scores, width, dim=1)  # (B, width)
+    keys = ranking_keys(values, torch.gather(relevant, 1, index), index)
+    top = torch.gather(index, 1, torch.topk(keys, k, dim=1).indices)  # (B, k)
+    spill = (values[:, k - 1] == values[:, width - 1]) if width < n else torch.zeros_like(values[:, 0], dtype=torch.bool)
+    if bool(spill.any()):
+        rows = torch.nonzero(spill).squeeze(1)
+        top[rows] = torch.topk(ranking_keys(scores[rows], relevant[rows]), k, dim=1).indices
+    return top
 
 
 def ranked_hits(scores: torch.Tensor, relevant: torch.Tensor, k: int) -> torch.Tensor:
     """(B, k) bool: is the candidate at each of the first k ranks relevant?"""
-    k = min(k, scores.shape[1])
-    top = torch.topk(ranking_keys(scores, relevant), k, dim=1).indices
-    return torch.gather(relevant, 1, top)
+    return torch.gather(relevant, 1, top_k(scores, relevant, k))
 
 
 def first_relevant_rank(scores: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:
-    """(B,) 1-based rank of the best-ranked relevant candidate (rows need one relevant item)."""
-    keys = ranking_keys(scores, relevant)
-    best = torch.where(relevant, keys, torch.iinfo(torch.int64).min).amax(dim=1, keepdim=True)
-    return (keys > best).sum(dim=1) + 1
+    """(B,) 1-based rank of the best-ranked relevant candidate (rows need one relevant item).
+    By the tie rule it follows every higher score and every non-relevant candidate of equal score."""
+    scores = torch.nan_to_num(scores.float(), nan=float("-inf"))
+    best = torch.where(relevant, scores, float("-inf")).amax(dim=1, keepdim=True)
+    ahead = (scores > best) | ((scores == best) & ~relevant)
+    return ahead.sum(dim=1) + 1
 
 
 def _discounts(k: int, device) -> torch.Tensor:
