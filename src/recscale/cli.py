@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -84,7 +85,37 @@ def resolve_run_config(args) -> tuple[TrainConfig, dict]:
     return cfg, {**file_sections.get("model", {}), **parse_params(args.param)}
 
 
+def _without(argv: list[str], flags: tuple[str, ...]) -> list[str]:
+    """argv minus the given flags and their values (`--flag V` or `--flag=V`)."""
+    out, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token in flags:
+            skip = True
+        elif not any(token.startswith(f + "=") for f in flags):
+            out.append(token)
+    return out
+
+
+def launch_torchrun(args) -> int:
+    """`recscale train --nproc N`: start torchrun's elastic launcher on this machine with N workers,
+    each running this same command without --nproc (multi-node: run torchrun yourself, see README)."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as torchrun
+
+    argv = _without(args.argv, ("--nproc", "--max-restarts"))
+    try:
+        torchrun(["--standalone", "--nproc-per-node", str(args.nproc), "--max-restarts", str(args.max_restarts),
+                  "-m", "recscale", *argv])
+    except ChildFailedError as exc:
+        raise RecscaleError(f"--nproc: a worker failed: {str(exc).splitlines()[0]}") from None
+    return 0
+
+
 def cmd_train(args) -> int:
+    if args.nproc > 1 and "RANK" not in os.environ:
+        return launch_torchrun(args)
     if args.resume:
         if args.out or args.config or args.param or from_namespace(TrainConfig, args).keys() - {"device"}:
             raise RecscaleError("--resume: takes only --device; the run's config.toml holds the rest")
@@ -96,6 +127,8 @@ def cmd_train(args) -> int:
         raise RecscaleError("--out: a run directory is required (or --resume RUN)")
     cfg, model_params = resolve_run_config(args)
     record = start_run(cfg, model_params, args.out, overwrite=args.overwrite)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return 0
     print(f"trained {cfg.model} -> {args.out}")
     print(format_table({f"{cfg.model} ({record['split']})": record}, cfg.ks, record["protocol"]))
     return 0
@@ -288,6 +321,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory to write (runs/NAME)")
     p.add_argument("--overwrite", action="store_true", help="replace a run in --out")
     p.add_argument("--resume", metavar="RUN", help="continue RUN from its last checkpoint")
+    p.add_argument("--nproc", type=int, default=1, help="data-parallel worker processes on this machine "
+                   "(starts torchrun; --batch-size stays the global batch)")
+    p.add_argument("--max-restarts", type=int, default=0, help="with --nproc: restart the worker group "
+                   "this many times after a failure; it resumes from the last checkpoint")
     p.set_defaults(models=list(MODELS))
 
     p = sub.add_parser("evaluate", help="score a trained run on a split")
@@ -322,7 +359,9 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = make_parser().parse_args(argv)
+    args.argv = argv
     try:
         return COMMANDS[args.command](args)
     except RecscaleError as exc:

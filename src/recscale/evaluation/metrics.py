@@ -109,6 +109,11 @@ def reciprocal_rank(first_rank: torch.Tensor) -> torch.Tensor:
     return 1.0 / first_rank.double()
 
 
+def metric_names(ks: tuple[int, ...]) -> list[str]:
+    """The names per_user_metrics returns, in a fixed order (ranks must agree on it)."""
+    return [f"{m}@{k}" for k in ks for m in ("hr", "recall", "precision", "ndcg", "map")] + ["mrr"]
+
+
 def per_user_metrics(scores: torch.Tensor, relevant: torch.Tensor, ks: tuple[int, ...]) -> dict[str, torch.Tensor]:
     """Every metric at every K for each row that has a relevant item: name -> (U,) float64 on CPU."""
     keep = relevant.any(dim=1)

@@ -16,7 +16,7 @@ import scipy.sparse as sp
 import torch
 
 from recscale.data.prepared import PreparedDataset
-from recscale.evaluation.metrics import exact_sum, per_user_metrics
+from recscale.evaluation.metrics import exact_sum, metric_names, per_user_metrics
 from recscale.models.base import Recommender
 
 DEFAULT_KS = (10, 20, 50, 100)
@@ -48,29 +48,41 @@ def _accumulate(total: dict, part: dict) -> None:
         total.setdefault(name, []).append(values)
 
 
-def _finish(total: dict) -> dict[str, float]:
-    values = {name: torch.cat(parts) for name, parts in total.items()}
-    users = next(iter(values.values())).numel() if values else 0
-    out = {name: exact_sum(v) / users if users else float("nan") for name, v in values.items()}
+def _finish(total: dict, ks, reduce=None) -> dict[str, float]:
+    """Averages from the per-user values. With `reduce` (an all-reduce over ranks), the exactly
+    rounded local sums and user counts are summed across processes before dividing."""
+    names = metric_names(ks)
+    values = {name: torch.cat(total[name]) if name in total else torch.zeros(0, dtype=torch.float64)
+              for name in names}
+    sums = torch.tensor([exact_sum(values[n]) for n in names] + [float(values[names[0]].numel())],
+                        dtype=torch.float64)
+    if reduce is not None:
+        sums = reduce(sums)
+    users = int(sums[-1])
+    out = {name: float(sums[i]) / users if users else float("nan") for i, name in enumerate(names)}
     out["users"] = users
     return out
 
 
 @torch.no_grad()
-def evaluate(model: Recommender, data: PreparedDataset, split: str, ks=DEFAULT_KS,
-             device="cpu", batch_size: int = 1024) -> dict[str, float]:
+def evaluate(model: Recommender, data: PreparedDataset, split: str, ks=DEFAULT_KS, device="cpu",
+             batch_size: int = 1024, rank: int = 0, world_size: int = 1, reduce=None) -> dict[str, float]:
+    """Metrics of `model` on `split`. With several processes, each evaluates every
+    `world_size`-th user from `rank` on, and `reduce` sums their totals."""
     model.eval()
     ks = tuple(sorted(ks))
+    shard = slice(rank, None, world_size)
     if data.protocol == "ncf":
-        return sampled_ranking(model, data, split, ks, device, batch_size)
-    return full_ranking(model, data, split, ks, device, batch_size)
+        return sampled_ranking(model, data, split, ks, device, batch_size, shard, reduce)
+    return full_ranking(model, data, split, ks, device, batch_size, shard, reduce)
 
 
-def sampled_ranking(model, data, split, ks, device, batch_size) -> dict[str, float]:
+def sampled_ranking(model, data, split, ks, device, batch_size, shard=slice(None), reduce=None) -> dict[str, float]:
     users, positives = data.columns(split, "user", "item")
     neg_users, negatives = data.negatives(split)
     if not torch.equal(neg_users, users):
         raise ValueError(f"{data.root}: {split} negatives are not aligned with the {split} split")
+    users, positives, negatives = users[shard], positives[shard], negatives[shard]
     history = data.user_items("train") if model.needs_history else None
     total: dict = {}
     for start in range(0, users.numel(), batch_size):
@@ -81,11 +93,12 @@ def sampled_ranking(model, data, split, ks, device, batch_size) -> dict[str, flo
         relevant = torch.zeros_like(candidates, dtype=torch.bool)
         relevant[:, 0] = True
         _accumulate(total, per_user_metrics(scores.float(), relevant.to(device), ks))
-    return _finish(total)
+    return _finish(total, ks, reduce)
 
 
-def full_ranking(model, data, split, ks, device, batch_size) -> dict[str, float]:
+def full_ranking(model, data, split, ks, device, batch_size, shard=slice(None), reduce=None) -> dict[str, float]:
     users, inputs, target = evaluation_sets(data, split)
+    users = users[shard]
     total: dict = {}
     for start in range(0, users.size, batch_size):
         u = users[start:start + batch_size]
@@ -94,4 +107,4 @@ def full_ranking(model, data, split, ks, device, batch_size) -> dict[str, float]
         scores = scores.float().masked_fill(history > 0, float("-inf"))
         relevant = dense_rows(target, u, device) > 0
         _accumulate(total, per_user_metrics(scores, relevant, ks))
-    return _finish(total)
+    return _finish(total, ks, reduce)

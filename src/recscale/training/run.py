@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from recscale import distributed
 from recscale.config import TrainConfig, build, read_config_file, to_toml
 from recscale.data.prepared import PreparedDataset
 from recscale.errors import RecscaleError, RunInterrupted
@@ -60,13 +61,16 @@ def model_class(name: str):
     return MODELS[name]
 
 
-def build_model(name: str, data: PreparedDataset, model_params: dict, batch_size: int = 1):
+def build_model(name: str, data: PreparedDataset, model_params: dict, batch_size: int = 1, world_size: int = 1):
     """The model and its resolved Config (settings left to 'auto' are decided here, from the data
-    and the batch size, so that config.toml records what was used)."""
+    and the batch size, so that config.toml records what was used). Under DDP embedding gradients
+    are dense: NCCL cannot all-reduce sparse tensors."""
     cls = model_class(name)
     cfg = build(cls.Config, model_params, source=f"model {name}")
     if isinstance(cfg, NCFConfig):
-        cfg = resolve_embedding_gradients(cfg, data.n_users + data.n_items, batch_size)
+        if world_size > 1 and cfg.embedding_gradients == "auto":
+            cfg = dataclasses.replace(cfg, embedding_gradients="dense")
+        cfg = resolve_embedding_gradients(cfg, data.n_users + data.n_items, batch_size // world_size)
     return cls(data_shape(data), cfg), cfg
 
 
@@ -137,36 +141,58 @@ def _train(trainer: Trainer, out: Path) -> dict:
 
 
 def start_run(cfg: TrainConfig, model_params: dict, out: str | Path, overwrite: bool = False) -> dict:
-    """Train `cfg.model` on `cfg.data`, write the run to `out`, and return the best validation record."""
+    """Train `cfg.model` on `cfg.data`, write the run to `out`, and return the best validation record.
+
+    Under torchrun every worker calls this; rank 0 alone writes files. A worker group that torchrun
+    restarted after a failure (`--max-restarts`) resumes from the run's `last` checkpoint."""
     out = Path(out)
+    info = distributed.from_env()
+    if info.restart and (out / "checkpoints" / "last.pt").exists():
+        return resume_run(out)
     model_class(cfg.model)
     if (out / "config.toml").exists() and not overwrite:
         raise RecscaleError(f"{out}: a run already exists there (pass --overwrite to replace it, "
                             f"or --resume {out} to continue it)")
     data = PreparedDataset(cfg.data)
-    device = pick_device(cfg.device)
-    with _seeded(cfg.seed, device):
-        model, model_cfg = build_model(cfg.model, data, model_params, cfg.batch_size)
+    device = distributed.device_for(info, pick_device(cfg.device))
+    with _seeded(cfg.seed, device), _process_group(info, device):
+        model, model_cfg = build_model(cfg.model, data, model_params, cfg.batch_size, info.world_size)
+        if model.closed_form and info.enabled:
+            raise RecscaleError(f"--model: {cfg.model} is fitted in closed form in one process; run it without torchrun")
         if cfg.pretrained_gmf or cfg.pretrained_mlp:
             if not (cfg.pretrained_gmf and cfg.pretrained_mlp) or cfg.model != "neumf":
                 raise RecscaleError("--pretrained-gmf/--pretrained-mlp: give both, for --model neumf")
             model.load_pretrained(load_run(cfg.pretrained_gmf, "cpu")[0], load_run(cfg.pretrained_mlp, "cpu")[0])
         model.to(device)
-        for stale in ("checkpoints", "metrics.jsonl"):
-            path = out / stale
-            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
-        (out / "checkpoints").mkdir(parents=True)
-        resolved = {"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(model_cfg)}
-        with atomic_file(out / "config.toml") as tmp:
-            tmp.write_text(to_toml(resolved))
+        if info.rank == 0:
+            for stale in ("checkpoints", "metrics.jsonl"):
+                path = out / stale
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            (out / "checkpoints").mkdir(parents=True)
+            resolved = {"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(model_cfg)}
+            with atomic_file(out / "config.toml") as tmp:
+                tmp.write_text(to_toml(resolved))
+        distributed.barrier()
         if model.closed_form:
             return _fit_closed_form(model, data, cfg, device, out)
-        return _train(Trainer(model, data, cfg, device, out), out)
+        trainer = Trainer(model, data, cfg, device, out, info.rank, info.world_size,
+                          distributed.wrap(model, info, device))
+        return _train(trainer, out)
+
+
+@contextlib.contextmanager
+def _process_group(info, device):
+    distributed.init(info, device)
+    try:
+        yield
+    finally:
+        distributed.destroy()
 
 
 def resume_run(run: str | Path, device: str | None = None) -> dict:
     """Continue a run from its `last` checkpoint: same model, optimizer, scaler, RNG streams and
-    position in the epoch, so that it ends exactly as an uninterrupted run would."""
+    position in the epoch, so that it ends exactly as an uninterrupted run would. Every worker of a
+    torchrun group reads the same checkpoint."""
     run = Path(run)
     if not (run / "config.toml").exists():
         raise RecscaleError(f"--resume: {run} is not a run directory (no config.toml)")
@@ -178,13 +204,18 @@ def resume_run(run: str | Path, device: str | None = None) -> dict:
     if "optimizer" not in state:
         raise RecscaleError(f"--resume: {run} holds a closed-form model; there is nothing to resume")
     data = PreparedDataset(cfg.data)
-    target = pick_device(cfg.device)
-    with _seeded(cfg.seed, target):
-        model, _ = build_model(cfg.model, data, sections.get("model", {}), cfg.batch_size)
-        trainer = Trainer(model.to(target), data, cfg, target, run)
+    info = distributed.from_env()
+    target = distributed.device_for(info, pick_device(cfg.device))
+    with _seeded(cfg.seed, target), _process_group(info, target):
+        model, _ = build_model(cfg.model, data, sections.get("model", {}), cfg.batch_size, info.world_size)
+        model.to(target)
+        trainer = Trainer(model, data, cfg, target, run, info.rank, info.world_size,
+                          distributed.wrap(model, info, target))
         trainer.restore(state)
-        with atomic_file(run / "metrics.jsonl") as tmp:  # exactly the epochs the checkpoint has done
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in trainer.state.history))
+        if info.rank == 0:
+            with atomic_file(run / "metrics.jsonl") as tmp:  # exactly the epochs the checkpoint has done
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in trainer.state.history))
+        distributed.barrier()
         return _train(trainer, run)
 
 

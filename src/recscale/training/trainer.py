@@ -22,6 +22,7 @@ import torch
 from recscale.config import TrainConfig
 from recscale.data.loaders import PairLoader, Prefetcher, TabularLoader, UserRowLoader
 from recscale.data.prepared import PreparedDataset
+from recscale.distributed import all_reduce_sum
 from recscale.evaluation.protocols import evaluate, validation_split
 from recscale.models.base import Recommender
 from recscale.optim.factory import make_optimizers
@@ -155,17 +156,23 @@ class Trainer:
                 if self.stop_signal is not None:
                     raise StopRequested(self.stop_signal, self.state)
         seconds = time.perf_counter() - start
+        total = self._reduce(total.reshape(1)) / self.world_size if self.world_size > 1 else total  # mean over ranks
         record = {"loss": float(total) / max(self.state.position, 1), "train_seconds": seconds,
                   "samples": self.state.samples * self.world_size,
                   "samples_per_second": timed_samples * self.world_size / seconds if seconds else float("nan")}
         self.state.position, self.state.loss_sum, self.state.samples = 0, 0.0, 0
         return record
 
+    def _reduce(self, sums: torch.Tensor) -> torch.Tensor:
+        """Sum over ranks (on the device for NCCL); a no-op in one process."""
+        return all_reduce_sum(sums.to(self.device)).cpu()
+
     def validate(self) -> dict:
         start = time.perf_counter()
         split = validation_split(self.data)
         metrics = evaluate(self.model, self.data, split, ks=self.cfg.ks, device=self.device,
-                           batch_size=self.cfg.eval_batch_size)
+                           batch_size=self.cfg.eval_batch_size, rank=self.rank, world_size=self.world_size,
+                           reduce=self._reduce if self.world_size > 1 else None)
         return {"split": split, **metrics, "valid_seconds": time.perf_counter() - start}
 
     # ------------------------------------------------------------------ checkpoints

@@ -1,0 +1,69 @@
+"""Data-parallel scaling: the same NeuMF training with 1, 2, ... worker processes (torchrun, gloo
+on CPU or NCCL on GPUs), global batch fixed (strong scaling).
+
+    python benchmarks/scaling.py --procs 1,2            # CPU here
+    python benchmarks/scaling.py --procs 1,2,4,8 --device cuda   # a GPU machine
+
+Throughput is the median samples/s of the epochs after the first (which includes start-up), read
+from each run's metrics.jsonl; efficiency = throughput(N) / (N x throughput(1)).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, table, write_section  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--procs", default="1,2")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=65_536)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+
+    from recscale.config import PrepareConfig
+    from recscale.data.prepare import prepare
+    from recscale.data.sources import load_dataset
+
+    work = Path(tempfile.mkdtemp())
+    prepare(load_dataset("ml-latest-small"), PrepareConfig(protocol="ncf"), work / "data")
+    rates = {}
+    for n in [int(p) for p in args.procs.split(",")]:
+        run = work / f"run{n}"
+        subprocess.run([sys.executable, "-m", "recscale", "train", "--data", str(work / "data"), "--model", "neumf",
+                        "--epochs", str(args.epochs), "--patience", str(args.epochs), "--batch-size", str(args.batch_size),
+                        "--device", args.device, "--nproc", str(n), "--out", str(run), "-p", "embedding_gradients=dense"],
+                       check=True, capture_output=True)
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        rates[n] = statistics.median(r["samples_per_second"] for r in records[1:])
+        print(n, rates[n], flush=True)
+    rows = [[n, f"{r:,.0f}", f"{r / rates[1]:.2f}x", f"{r / (n * rates[1]):.0%}"] for n, r in rates.items()]
+    body = f"""## Data-parallel scaling (`benchmarks/scaling.py`)
+
+{machine()}. NeuMF on the embedded ml-latest-small (`ncf`), global batch {args.batch_size:,},
+dense embeddings (as under DDP), device {args.device}; median samples/s of epochs 2..{args.epochs}.
+
+{table(["processes", "samples/s", "speed-up", "efficiency"], rows)}
+
+On this 2-core CPU two processes split the same two cores that one process's threads already use,
+so no speed-up is expected here; the figure shows the overhead of DDP's gradient all-reduce. The
+GPU figures (NVIDIA's reference: NCF 4.9x on 8 A100s) need a multi-GPU machine, which this session
+did not have.
+"""
+    print(body)
+    if not args.no_write:
+        write_section("scaling", body)
+
+
+if __name__ == "__main__":
+    main()

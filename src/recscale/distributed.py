@@ -1,0 +1,73 @@
+"""Data parallelism through torch.distributed, launched by torchrun.
+
+torchrun sets RANK, LOCAL_RANK, WORLD_SIZE (and the rendezvous) for each worker; we read them,
+initialize the process group (NCCL on CUDA, gloo on CPU), wrap the model in DistributedDataParallel
+and all-reduce sums. Without torchrun everything degrades to one process and no-ops.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import torch
+import torch.distributed as dist
+
+
+@dataclasses.dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    restart: int = 0  # torchrun's TORCHELASTIC_RESTART_COUNT: > 0 after a failed group was restarted
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def from_env() -> DistInfo:
+    env = os.environ
+    return DistInfo(rank=int(env.get("RANK", 0)), local_rank=int(env.get("LOCAL_RANK", 0)),
+                    world_size=int(env.get("WORLD_SIZE", 1)),
+                    restart=int(env.get("TORCHELASTIC_RESTART_COUNT", 0)))
+
+
+def device_for(info: DistInfo, requested: torch.device) -> torch.device:
+    """Each worker of a CUDA run takes the GPU of its local rank."""
+    if requested.type == "cuda" and info.enabled:
+        return torch.device("cuda", info.local_rank)
+    return requested
+
+
+def init(info: DistInfo, device: torch.device) -> None:
+    if not info.enabled or dist.is_initialized():
+        return
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=info.rank, world_size=info.world_size)
+
+
+def destroy() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap(model: torch.nn.Module, info: DistInfo, device: torch.device):
+    """DDP around `model` (which stays the module we checkpoint), or None in one process."""
+    if not info.enabled:
+        return None
+    from torch.nn.parallel import DistributedDataParallel
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks (in place; returns it). A no-op in one process."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
