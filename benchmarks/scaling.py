@@ -55,10 +55,11 @@ dense embeddings (as under DDP), device {args.device}; median samples/s of epoch
 
 {table(["processes", "samples/s", "speed-up", "efficiency"], rows)}
 
-On this 2-core CPU two processes split the same two cores that one process's threads already use,
-so no speed-up is expected here; the figure shows the overhead of DDP's gradient all-reduce. The
-GPU figures (NVIDIA's reference: NCF 4.9x on 8 A100s) need a multi-GPU machine, which this session
-did not have.
+On a CPU the workers share the machine's cores: one process runs its intra-op threads on all of
+them, while torchrun gives each worker one thread (OMP_NUM_THREADS=1), so the speed-up measures
+how well each arrangement uses the same cores, net of DDP's gradient all-reduce, not added
+hardware. GPU figures (NVIDIA's reference: NCF 4.9x on 8 A100s) need a multi-GPU machine; none was
+available to this session.
 """
     print(body)
     if not args.no_write:
