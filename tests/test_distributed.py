@@ -124,10 +124,6 @@ def test_two_processes_reach_the_quality_of_one_on_the_embedded_data(prepared, t
     assert _records(tmp_path / "two")[-1]["users"] == 671  # the ranks' shards summed to every user
 
 
-# Out of the default run: the restarted group's gloo rendezvous intermittently fails to connect
-# ("connectFullMesh ... Connection refused") on this loaded 2-core machine. The same recovery
-# succeeded when run by hand; `pytest -m slow` runs it. Issue 7 stays open until it is reliable.
-@pytest.mark.slow
 def test_a_killed_worker_is_restarted_and_the_run_resumes(prepared, tmp_path):
     data = str(prepared("ncf").root)
     run = tmp_path / "run"

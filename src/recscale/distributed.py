@@ -45,7 +45,17 @@ def init(info: DistInfo, device: torch.device) -> None:
         return
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=info.rank, world_size=info.world_size)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if "MASTER_ADDR" not in os.environ:
+        dist.init_process_group(backend, rank=info.rank, world_size=info.world_size)
+        return
+    # torchrun's agent hosts the store and keeps it across restarts of the worker group; keys
+    # prefixed by the restart count keep a restarted group from reading the dead group's addresses.
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), info.world_size,
+                          is_master=info.rank == 0 and not agent_store)
+    dist.init_process_group(backend, store=dist.PrefixStore(f"recscale/attempt_{info.restart}", store),
+                            rank=info.rank, world_size=info.world_size)
 
 
 def destroy() -> None:
