@@ -101,3 +101,21 @@ def test_results_do_not_depend_on_the_batch_size(prepared, protocol):
     results = [evaluate(model, data, split, ks=(10, 100), batch_size=b) for b in (7, 100, 4096)]
     assert results[0] == results[1] == results[2]
     assert results[0]["users"] > 0
+
+
+def test_catalog_coverage_counts_the_items_shown_to_some_user(prepared):
+    from recscale.evaluation.protocols import evaluation_sets
+    from recscale.training.run import sparse_tensor
+    data = prepared("random")
+    model = MODELS["popularity"](DataShape(data.n_users, data.n_items))
+    model.fit(sparse_tensor(data.user_items("train")))
+    result = evaluate(model, data, "test", ks=(10,))
+    users, inputs, target = evaluation_sets(data, "test")
+    counts = model.counts.numpy()
+    shown = set()
+    for u in users:  # brute force: each user's 10 most popular unseen items, lower id first on ties
+        seen = set(inputs[u].indices)
+        order = [i for i in np.lexsort((np.arange(data.n_items), -counts)) if i not in seen]
+        shown.update(order[:10])
+    assert result["coverage@10"] == pytest.approx(len(shown) / data.n_items)
+    assert 10 / data.n_items <= result["coverage@10"] < 0.02

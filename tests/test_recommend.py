@@ -1,5 +1,6 @@
 """`recscale recommend`: right top-k on a hand-checked case, never an already-seen item."""
 
+import numpy as np
 import polars as pl
 
 from recscale.cli import main
@@ -31,7 +32,8 @@ def test_hand_checked_top_k_with_original_ids(tmp_path, capsys):
     lines = (tmp_path / "recs.tsv").read_text().splitlines()
     recs = {}
     for line in lines[1:]:
-        user, rank, item, score = line.split("\t")
+        user, rank, item, score, fallback = line.split("\t")
+        assert fallback == "0"
         recs.setdefault(int(user), []).append((int(rank), int(item)))
     # 100 has every item: nothing left; 101 lacks only 10; 103 lacks 12, 11, 10, where 12 and 11
     # tie (3 users each) and the lower id comes first; 105 has only 10 and 11
@@ -76,3 +78,27 @@ def test_bad_output_name_leaves_nothing(tmp_path, capsys):
     assert main(["recommend", "--run", str(run), "--all", "--out", str(tmp_path / "recs.csv")]) == 2
     assert "use a .tsv or .parquet file name" in capsys.readouterr().err
     assert not list(tmp_path.glob("recs*"))
+
+
+def test_users_without_history_get_popular_items_flagged(tmp_path, capsys):
+    """Under `vae`, a held-out user whose items no training user has keeps no fold-in input."""
+    rows = [(u, i, 5.0, u * 100 + i) for u in range(40) for i in range(12) if (u + i) % 3]
+    rows += [(100 + u, 1000 + 10 * u + i, 5.0, i) for u in range(40) for i in range(5)]  # items of their own
+    frame = pl.DataFrame(rows, schema={"user": pl.Int64, "item": pl.Int64, "rating": pl.Float32, "timestamp": pl.Int64},
+                         orient="row")
+    prepare(RawDataset("isolated", frame, None, ()), PrepareConfig(protocol="vae", heldout_users=20, seed=1),
+            tmp_path / "data")
+    data = PreparedDataset(tmp_path / "data")
+    held = set(data.group_users("valid").tolist()) | set(data.group_users("test").tolist())
+    with_input = set(data.table("valid_foldin")["user"].to_list()) | set(data.table("test_foldin")["user"].to_list())
+    lonely = {int(data.original_user_ids()[u]) for u in held - with_input}
+    assert lonely  # the seed puts some isolated users among the held-out ones
+    start_run(TrainConfig(data=str(tmp_path / "data"), model="ease", device="cpu"), {}, tmp_path / "run")
+    assert main(["recommend", "--run", str(tmp_path / "run"), "--k", "3", "--all", "--out", str(tmp_path / "r.tsv")]) == 0
+    recs = pl.read_csv(tmp_path / "r.tsv", separator="\t")
+    flagged = set(recs.filter(pl.col("fallback") == 1)["user"].to_list())
+    assert flagged == lonely
+    counts = np.bincount(data.table("train")["item"].to_numpy(), minlength=data.n_items)
+    top3 = data.original_item_ids()[np.lexsort((np.arange(data.n_items), -counts))[:3]]
+    for user in lonely:
+        assert recs.filter(pl.col("user") == user)["item"].to_list() == top3.tolist()

@@ -10,6 +10,8 @@ Assumptions, stated once:
   Mult-VAE (Liang et al. 2018). Precision@K: hits / K. NDCG@K: DCG with 1/log2(rank + 1) gains over
   the IDCG of min(K, n_relevant) hits. MRR: 1 / rank of the first relevant item in the full ranking.
   MAP@K: sum over relevant ranks r <= K of precision@r, divided by min(K, n_relevant).
+- Catalog coverage@K (protocols.py): the fraction of the catalog that appears in at least one
+  evaluated user's top K (over all items under full ranking; over the candidates under sampling).
 """
 
 from __future__ import annotations
@@ -114,12 +116,16 @@ def metric_names(ks: tuple[int, ...]) -> list[str]:
     return [f"{m}@{k}" for k in ks for m in ("hr", "recall", "precision", "ndcg", "map")] + ["mrr"]
 
 
-def per_user_metrics(scores: torch.Tensor, relevant: torch.Tensor, ks: tuple[int, ...]) -> dict[str, torch.Tensor]:
-    """Every metric at every K for each row that has a relevant item: name -> (U,) float64 on CPU."""
+def per_user_metrics(scores: torch.Tensor, relevant: torch.Tensor, ks: tuple[int, ...],
+                     top: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Every metric at every K for each row that has a relevant item: name -> (U,) float64 on CPU.
+    `top` may pass in top_k(scores, relevant, max(ks)) when the caller needs it too."""
     keep = relevant.any(dim=1)
-    scores, relevant = scores[keep], relevant[keep]
+    if top is None:
+        top = top_k(scores, relevant, max(ks))
+    scores, relevant, top = scores[keep], relevant[keep], top[keep]
     n_relevant = relevant.sum(dim=1)
-    hits = ranked_hits(scores, relevant, max(ks))
+    hits = torch.gather(relevant, 1, top)
     out = {}
     for k in ks:
         out[f"hr@{k}"] = hit_rate(hits, k)

@@ -16,7 +16,7 @@ import scipy.sparse as sp
 import torch
 
 from recscale.data.prepared import PreparedDataset
-from recscale.evaluation.metrics import exact_sum, metric_names, per_user_metrics
+from recscale.evaluation.metrics import exact_sum, metric_names, per_user_metrics, top_k
 from recscale.models.base import Recommender
 
 DEFAULT_KS = (10, 20, 50, 100)
@@ -48,18 +48,34 @@ def _accumulate(total: dict, part: dict) -> None:
         total.setdefault(name, []).append(values)
 
 
-def _finish(total: dict, ks, reduce=None) -> dict[str, float]:
+class _Coverage:
+    """Which items reached some evaluated user's top K, for each K (union over batches)."""
+
+    def __init__(self, n_items: int, ks, device):
+        self.ks, self.shown = ks, torch.zeros((len(ks), n_items), dtype=torch.bool, device=device)
+
+    def add(self, items: torch.Tensor, top: torch.Tensor) -> None:
+        """items: (B, C) catalog ids of the candidates; top: (B, >= max K) candidate indices."""
+        ranked = torch.gather(items, 1, top) if items is not None else top
+        for i, k in enumerate(self.ks):
+            self.shown[i, ranked[:, :k].reshape(-1)] = True
+
+
+def _finish(total: dict, ks, coverage: _Coverage, reduce=None) -> dict[str, float]:
     """Averages from the per-user values. With `reduce` (an all-reduce over ranks), the exactly
-    rounded local sums and user counts are summed across processes before dividing."""
+    rounded local sums and user counts (and the coverage sets) are summed across processes first."""
     names = metric_names(ks)
     values = {name: torch.cat(total[name]) if name in total else torch.zeros(0, dtype=torch.float64)
               for name in names}
     sums = torch.tensor([exact_sum(values[n]) for n in names] + [float(values[names[0]].numel())],
                         dtype=torch.float64)
+    shown = coverage.shown.to(torch.float64).cpu()
     if reduce is not None:
-        sums = reduce(sums)
+        sums, shown = reduce(sums), reduce(shown)
     users = int(sums[-1])
     out = {name: float(sums[i]) / users if users else float("nan") for i, name in enumerate(names)}
+    for i, k in enumerate(ks):
+        out[f"coverage@{k}"] = float((shown[i] > 0).sum()) / shown.shape[1]
     out["users"] = users
     return out
 
@@ -85,26 +101,32 @@ def sampled_ranking(model, data, split, ks, device, batch_size, shard=slice(None
     users, positives, negatives = users[shard], positives[shard], negatives[shard]
     history = data.user_items("train") if model.needs_history else None
     total: dict = {}
+    coverage = _Coverage(data.n_items, ks, device)
     for start in range(0, users.numel(), batch_size):
         u = users[start:start + batch_size]
         candidates = torch.cat([positives[start:start + batch_size, None], negatives[start:start + batch_size]], 1)
         h = dense_rows(history, u.numpy(), device) if history is not None else None
         scores = model.score(u.to(device), h, candidates.to(device))  # (B, 1 + N)
-        relevant = torch.zeros_like(candidates, dtype=torch.bool)
+        relevant = torch.zeros_like(candidates, dtype=torch.bool, device=device)
         relevant[:, 0] = True
-        _accumulate(total, per_user_metrics(scores.float(), relevant.to(device), ks))
-    return _finish(total, ks, reduce)
+        top = top_k(scores.float(), relevant, max(ks))
+        _accumulate(total, per_user_metrics(scores.float(), relevant, ks, top))
+        coverage.add(candidates.to(device), top)
+    return _finish(total, ks, coverage, reduce)
 
 
 def full_ranking(model, data, split, ks, device, batch_size, shard=slice(None), reduce=None) -> dict[str, float]:
     users, inputs, target = evaluation_sets(data, split)
     users = users[shard]
     total: dict = {}
+    coverage = _Coverage(data.n_items, ks, device)
     for start in range(0, users.size, batch_size):
         u = users[start:start + batch_size]
         history = dense_rows(inputs, u, device)  # (B, I)
         scores = model.score(torch.from_numpy(u).to(device), history if model.needs_history else None)
         scores = scores.float().masked_fill(history > 0, float("-inf"))
         relevant = dense_rows(target, u, device) > 0
-        _accumulate(total, per_user_metrics(scores, relevant, ks))
-    return _finish(total, ks, reduce)
+        top = top_k(scores, relevant, max(ks))
+        _accumulate(total, per_user_metrics(scores, relevant, ks, top))
+        coverage.add(None, top[relevant.any(dim=1)])
+    return _finish(total, ks, coverage, reduce)
