@@ -1,12 +1,13 @@
 """The command line: one-line errors with exit code 2, and the commands end to end."""
 
+import dataclasses
 import json
 import subprocess
 import sys
 
 import pytest
 
-from recscale.cli import COMMANDS, main, make_parser
+from recscale.cli import COMMANDS, DEMO_MODELS, main, make_parser
 from recscale.models.registry import MODELS
 from tests.conftest import write_ratings
 
@@ -61,11 +62,20 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert 0.3 < result["hr@10"] < 0.8 and result["users"] == 671
 
 
-def test_registry_and_cli_agree():
+def test_registry_and_cli_agree(capsys):
+    # the names the CLI promises (issue 5), lower case, nothing more and nothing less
+    assert set(MODELS) == {"neumf", "gmf", "mlp", "multvae", "multdae", "autoencoder", "embedding-mlp",
+                           "popularity", "ease"}
     parser = make_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     assert set(sub.choices) == set(COMMANDS)
-    assert sub.choices["train"].get_default("models") == list(MODELS)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--help"])
+    listed = capsys.readouterr().out
+    for name, cls in MODELS.items():
+        assert f"  {name} " in listed, name
+        assert all(f.name in listed for f in dataclasses.fields(cls.Config)), name
+    assert {m for models in DEMO_MODELS.values() for m in models} <= set(MODELS)
 
 
 def test_module_entry_point_and_console_script():

@@ -325,7 +325,6 @@ def make_parser() -> argparse.ArgumentParser:
                    "(starts torchrun; --batch-size stays the global batch)")
     p.add_argument("--max-restarts", type=int, default=0, help="with --nproc: restart the worker group "
                    "this many times after a failure; it resumes from the last checkpoint")
-    p.set_defaults(models=list(MODELS))
 
     p = sub.add_parser("evaluate", help="score a trained run on a split")
     p.add_argument("--run", required=True, help="run directory from `recscale train`")
