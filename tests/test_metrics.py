@@ -8,16 +8,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recscale.evaluation.metrics import metric_sums
+from recscale.evaluation.metrics import per_user_metrics
 from recscale.evaluation.protocols import evaluate
 from recscale.models.base import DataShape
 from recscale.models.registry import MODELS
 
 
 def _averages(scores, relevant, ks):
-    sums = metric_sums(torch.tensor(scores, dtype=torch.float32), torch.tensor(relevant), ks)
-    users = float(sums.pop("users"))
-    return {k: float(v) / users for k, v in sums.items()}
+    values = per_user_metrics(torch.tensor(scores, dtype=torch.float32), torch.tensor(relevant), ks)
+    return {k: float(v.mean()) for k, v in values.items()}
 
 
 def test_hand_computed_single_user():
@@ -37,8 +36,8 @@ def test_ties_count_against_the_model_and_empty_rows_are_skipped():
                   [[False, True, False], [True, False, False], [False, False, False]], (1, 3))
     # row 1: all tied, the relevant item ranks last (3rd); row 2: first; row 3: no relevant item
     assert m["hr@1"] == 0.5 and m["mrr"] == pytest.approx((1 / 3 + 1) / 2)
-    sums = metric_sums(torch.tensor([[1.0, 1.0]]), torch.tensor([[False, False]]), (1,))
-    assert float(sums["users"]) == 0
+    values = per_user_metrics(torch.tensor([[1.0, 1.0]]), torch.tensor([[False, False]]), (1,))
+    assert all(v.numel() == 0 for v in values.values())
 
 
 def _reference(scores, relevant, k):

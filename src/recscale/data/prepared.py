@@ -65,8 +65,10 @@ class PreparedDataset:
         return tuple(torch.from_numpy(frame[name].to_numpy().astype(
             np.float32 if name == "rating" else np.int64)) for name in names)
 
+    @functools.cache
     def user_items(self, *parts: str, binary: bool = True) -> sp.csr_matrix:
-        """CSR matrix (n_users x n_items) of the union of the given splits."""
+        """CSR matrix (n_users x n_items) of the union of the given splits. Cached: validation asks
+        for the same matrices every epoch; callers must not modify the result."""
         frames = [self.table(p).select("user", "item", "rating") for p in parts]
         frame = pl.concat(frames)
         values = np.ones(frame.height, dtype=np.float32) if binary else frame["rating"].to_numpy()

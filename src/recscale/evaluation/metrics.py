@@ -61,11 +61,6 @@ def top_k(scores: torch.Tensor, relevant: torch.Tensor, k: int) -> torch.Tensor:
     return top
 
 
-def ranked_hits(scores: torch.Tensor, relevant: torch.Tensor, k: int) -> torch.Tensor:
-    """(B, k) bool: is the candidate at each of the first k ranks relevant?"""
-    return torch.gather(relevant, 1, top_k(scores, relevant, k))
-
-
 def first_relevant_rank(scores: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:
     """(B,) 1-based rank of the best-ranked relevant candidate (rows need one relevant item).
     By the tie rule it follows every higher score and every non-relevant candidate of equal score."""
@@ -140,12 +135,3 @@ def per_user_metrics(scores: torch.Tensor, relevant: torch.Tensor, ks: tuple[int
 def exact_sum(values: torch.Tensor) -> float:
     """The exactly rounded sum (math.fsum): independent of order, hence of the batch size."""
     return math.fsum(values.tolist())
-
-
-def metric_sums(scores: torch.Tensor, relevant: torch.Tensor, ks: tuple[int, ...]) -> dict[str, float]:
-    """Sums of every metric over the rows that have a relevant item, plus `users` (their count).
-    Dividing summed sums by `users` gives the averages; across processes, all-reduce the sums."""
-    values = per_user_metrics(scores, relevant, ks)
-    sums = {name: exact_sum(v) for name, v in values.items()}
-    sums["users"] = float(next(iter(values.values())).numel())
-    return sums
