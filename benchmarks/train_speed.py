@@ -92,7 +92,7 @@ def main() -> None:
             prepare(raw, PrepareConfig(protocol=protocol), data_dir)
         cfg = resolve_train_config({"data": str(data_dir), "model": model, "device": "cpu", "epochs": 4,
                                     "progress": False, **extra}, source="benchmark")
-        r = benchmark(cfg, {}, warmup_epochs=1)
+        r = benchmark(cfg, {}, untimed_epochs=1)
         rate_key = f"{r['unit']}_per_second"
         results.append([model, r["precision"], f"{r['batch_size']:,}", f"{r['epoch_seconds']:.2f}",
                         f"{r['valid_seconds']:.2f}", f"{r[rate_key]:,.0f} {r['unit']}/s", f"{r['peak_memory_mib']:.0f}"])

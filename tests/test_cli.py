@@ -32,7 +32,7 @@ def test_prepare_from_a_ratings_file(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, fragment", [
-    (["prepare", "--out", "X"], "give exactly one of --dataset NAME or --ratings FILE"),
+    (["prepare", "--out", "X"], "give exactly one of --dataset NAME, --format FORMAT --raw-dir DIR, or --ratings FILE"),
     (["prepare", "--ratings", "BAD", "--out", "X"], "BAD:3: userId is not an integer: 'u2'"),
     (["prepare", "--ratings", "MISSING.csv", "--out", "X"], "MISSING.csv: file not found"),
     (["prepare", "--dataset", "ml-latest-small", "--ratios", "0.5,0.1,0.1", "--protocol", "random", "--out", "X"],

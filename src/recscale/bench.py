@@ -1,5 +1,5 @@
 """`recscale benchmark`: time a model's training epochs and validation, as NVIDIA's VAE-CF
-`--benchmark` does. The first `warmup_epochs` are dropped (allocator and cache warm-up)."""
+`--benchmark` does. The first `untimed_epochs` are dropped (allocator and cache warm-up)."""
 
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ def peak_memory_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def benchmark(cfg: TrainConfig, model_params: dict, warmup_epochs: int = 1) -> dict:
-    if cfg.epochs <= warmup_epochs:
-        raise RecscaleError(f"--epochs: need more than --warmup-epochs ({warmup_epochs}) epochs to time")
+def benchmark(cfg: TrainConfig, model_params: dict, untimed_epochs: int = 1) -> dict:
+    if cfg.epochs <= untimed_epochs:
+        raise RecscaleError(f"--epochs: need more than --untimed-epochs ({untimed_epochs}) epochs to time")
     data = PreparedDataset(cfg.data)
     device = pick_device(cfg.device)
     with _seeded(cfg.seed, device):
@@ -39,7 +39,7 @@ def benchmark(cfg: TrainConfig, model_params: dict, warmup_epochs: int = 1) -> d
             trainer.state.epoch += 1
             record |= {"valid_seconds": trainer.validate()["valid_seconds"]}
             records.append(record)
-    timed = records[warmup_epochs:]
+    timed = records[untimed_epochs:]
     unit = "users" if model.batch_kind == "rows" else "samples"
     return {
         "model": cfg.model, "device": str(device), "precision": cfg.precision, "batch_size": cfg.batch_size,

@@ -20,8 +20,12 @@ from recscale import __version__
 from recscale.config import PrepareConfig, TrainConfig, add_arguments, build, from_namespace, read_config_file
 from recscale.data.prepare import prepare
 from recscale.data.prepared import PreparedDataset
-from recscale.data.readers import read_movies_csv, read_ratings_csv
-from recscale.data.sources import DATASETS, RawDataset, load_dataset
+from recscale.data.download import cache_root, dataset_dir, ensure_dataset
+from recscale.data.formats import FORMATS, read_format
+from recscale.data.readers import read_interactions, read_movies_csv
+from recscale.data.sources import REMOTES, RawDataset, load_dataset
+from recscale.data.presplit import import_split, read_ncf_paper
+from recscale.data.synth import SynthSpec, synthesize, write_movielens_layout
 from recscale.errors import RecscaleError
 from recscale.evaluation.protocols import evaluate
 from recscale.fsutil import atomic_file
@@ -42,20 +46,72 @@ class _Parser(argparse.ArgumentParser):
 # ----------------------------------------------------------------------------- prepare
 
 def _raw_from_args(args) -> RawDataset:
-    if bool(args.dataset) == bool(args.ratings):
-        raise RecscaleError("prepare: give exactly one of --dataset NAME or --ratings FILE")
+    if sum(map(bool, (args.dataset, args.ratings, args.format))) != 1:
+        raise RecscaleError("prepare: give exactly one of --dataset NAME, --format FORMAT --raw-dir DIR, "
+                            "or --ratings FILE")
     if args.dataset:
-        return load_dataset(args.dataset)
-    ratings = read_ratings_csv(args.ratings)
+        return load_dataset(args.dataset, args.raw_dir)
+    if args.format:
+        if not args.raw_dir:
+            raise RecscaleError(f"--format {args.format}: needs --raw-dir DIR (the unpacked files)")
+        return read_format(args.format, args.raw_dir)
+    ratings = read_interactions(args.ratings, _separator(args.sep, args.ratings), args.user_col, args.item_col,
+                                args.rating_col, args.time_col)
     movies = read_movies_csv(args.movies) if args.movies else None
     files = tuple(Path(p) for p in (args.ratings, args.movies) if p)
     return RawDataset(Path(args.ratings).stem, ratings, movies, files)
 
 
+def _separator(sep: str | None, path: str) -> str:
+    """--sep as given ('\\t' and 'tab' mean a tab); by default a tab for .tsv files, else a comma."""
+    if sep is None:
+        return "\t" if path.endswith((".tsv", ".tab")) else ","
+    sep = {"\\t": "\t", "tab": "\t"}.get(sep, sep)
+    if len(sep) != 1 and sep != "::":
+        raise RecscaleError(f"--sep: expected one character or '::', got {sep!r}")
+    return sep
+
+
+PRESPLIT_FLAGS = {"train": "train_file", "valid": "valid_file", "test": "test_file",
+                  "valid_heldout": "valid_heldout_file", "test_heldout": "test_heldout_file"}
+
+
+def _import_files(args, cfg: PrepareConfig) -> dict:
+    """--train-file etc.: a split made elsewhere, imported as it is."""
+    sep = lambda path: _separator(args.sep, path)  # noqa: E731
+    read = lambda path: read_interactions(path, sep(path), args.user_col, args.item_col,  # noqa: E731
+                                          args.rating_col, args.time_col)
+    given = {part: getattr(args, flag) for part, flag in PRESPLIT_FLAGS.items() if getattr(args, flag)}
+    if cfg.protocol == "vae":  # --valid-file/--test-file are the fold-in parts of the held-out users
+        given = {({"valid": "valid_foldin", "test": "test_foldin"}.get(k, k)): v for k, v in given.items()}
+    parts = {part: read(path) for part, path in given.items()}
+    items = read_movies_csv(args.movies) if args.movies else None
+    files = tuple(Path(p) for p in [*given.values(), args.movies] if p)
+    return import_split(Path(args.train_file).stem, parts, cfg.protocol, Path(args.out), files, items,
+                        test_negatives=cfg.test_negatives, seed=cfg.seed, overwrite=args.overwrite)
+
+
+def _import_ncf_paper(args, cfg: PrepareConfig) -> dict:
+    root = args.raw_dir or ensure_dataset(REMOTES[args.dataset])
+    name, parts, negatives, files = read_ncf_paper(Path(root), args.dataset[len("ncf-"):] if args.dataset else None)
+    return import_split(f"ncf-{name}", parts, "ncf", Path(args.out), files, negatives=negatives,
+                        seed=cfg.seed, overwrite=args.overwrite)
+
+
 def cmd_prepare(args) -> int:
     cfg = build(PrepareConfig, from_namespace(PrepareConfig, args), source="flags")
     started = time.perf_counter()
-    meta = prepare(_raw_from_args(args), cfg, args.out, overwrite=args.overwrite)
+    fmt = args.format or (REMOTES[args.dataset].format if args.dataset in REMOTES else None)
+    if args.train_file:
+        if args.dataset or args.format or args.ratings:
+            raise RecscaleError("--train-file: imports a ready split; do not combine with --dataset/--format/--ratings")
+        meta = _import_files(args, cfg)
+    elif fmt == "ncf-paper":
+        if cfg.protocol != "ncf":
+            raise RecscaleError("--protocol: the NCF paper's split is an ncf split")
+        meta = _import_ncf_paper(args, cfg)
+    else:
+        meta = prepare(_raw_from_args(args), cfg, args.out, overwrite=args.overwrite)
     counts = ", ".join(f"{k}={v}" for k, v in meta["counts"].items())
     print(f"prepared {meta['source']['dataset']} ({cfg.protocol}) in {time.perf_counter() - started:.1f}s "
           f"-> {args.out}\n  {counts}")
@@ -228,7 +284,7 @@ def cmd_recommend(args) -> int:
 
 def cmd_benchmark(args) -> int:
     cfg, model_params = resolve_run_config(args)
-    result = benchmark(cfg, model_params, warmup_epochs=args.warmup_epochs)
+    result = benchmark(cfg, model_params, untimed_epochs=args.untimed_epochs)
     print(format_benchmark(result))
     if args.json:
         write_json(result, args.json)
@@ -239,8 +295,32 @@ def cmd_benchmark(args) -> int:
 # ----------------------------------------------------------------------------- datasets, demo
 
 def cmd_datasets(args) -> int:
-    for name in DATASETS:
-        print(name)
+    action = args.action or "list"
+    if action == "list":
+        print(f"{'name':18s} {'format':15s} {'checksum':22s} {'cached':7s} source")
+        print(f"{'ml-latest-small':18s} {'movielens-csv':15s} {'embedded':22s} {'yes':7s} inside the package")
+        for name, remote in REMOTES.items():
+            pinned = next(iter(remote.checksums.values()), None)
+            check = f"{pinned[0]} (publisher)" if pinned else ("-" if not remote.urls else "sha256 on first use")
+            cached = "yes" if dataset_dir(remote).is_dir() else "no"
+            print(f"{name:18s} {remote.format:15s} {check:22s} {cached:7s} "
+                  f"{remote.urls[0] if remote.urls else remote.note}")
+        print(f"cache: {cache_root()} (set RECSCALE_HOME to move it)")
+        return 0
+    if action == "download":
+        if not args.name:
+            raise RecscaleError("datasets download: name a dataset (see `recscale datasets list`)")
+        if args.name not in REMOTES or not REMOTES[args.name].urls:
+            raise RecscaleError(f"datasets download: {args.name!r} is not downloadable (see `recscale datasets list`)")
+        print(f"{args.name}: {ensure_dataset(REMOTES[args.name])}")
+        return 0
+    spec = SynthSpec(args.users, args.items, args.interactions, args.seed, args.clusters)
+    if not args.out:
+        raise RecscaleError("datasets synth: --out DIR is required")
+    started = time.perf_counter()
+    write_movielens_layout(synthesize(spec).raw, args.out)
+    print(f"wrote {args.interactions:,} interactions ({args.users:,} users x {args.items:,} items) in "
+          f"{time.perf_counter() - started:.1f}s -> {args.out}/ratings.csv, movies.csv")
     return 0
 
 
@@ -308,9 +388,28 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("prepare", help="raw interactions -> prepared dataset (Parquet + meta.json)")
-    p.add_argument("--dataset", choices=list(DATASETS), help="a dataset recscale knows by name")
-    p.add_argument("--ratings", help="CSV in MovieLens ratings.csv layout (userId,movieId,rating,timestamp)")
+    p.add_argument("--dataset", metavar="NAME", help="a dataset recscale knows by name (`recscale datasets "
+                   "list`); downloaded into the cache when missing, unless --raw-dir holds its files")
+    p.add_argument("--format", choices=[*FORMATS, "ncf-paper"], help="read the published files in --raw-dir "
+                   "(ncf-paper: NAME.train.rating, NAME.test.rating, NAME.test.negative)")
+    p.add_argument("--raw-dir", help="directory with a dataset's unpacked files")
+    p.add_argument("--ratings", help="any CSV/TSV (with a header) or Parquet file of interactions")
+    p.add_argument("--sep", help="--ratings field separator (default: tab for .tsv, else comma)")
+    p.add_argument("--user-col", default="userId", help="--ratings user column [default: userId]")
+    p.add_argument("--item-col", default="movieId", help="--ratings item column [default: movieId]")
+    p.add_argument("--rating-col", default="rating", help="--ratings rating column; '' for implicit "
+                   "feedback (every row 1.0) [default: rating]")
+    p.add_argument("--time-col", default="timestamp", help="--ratings time column (integer); '' for none "
+                   "[default: timestamp]")
     p.add_argument("--movies", help="optional movies.csv (movieId,title,genres) for item features")
+    p.add_argument("--train-file", help="import a split made elsewhere: its training interactions "
+                   "(read like --ratings); with --test-file and optionally --valid-file")
+    p.add_argument("--valid-file", help="the imported split's validation interactions (vae: fold-in part "
+                   "of the validation users)")
+    p.add_argument("--test-file", help="the imported split's test interactions (vae: fold-in part of the "
+                   "test users)")
+    p.add_argument("--valid-heldout-file", help="vae: held-out part of the validation users")
+    p.add_argument("--test-heldout-file", help="vae: held-out part of the test users")
     p.add_argument("--out", required=True, help="prepared dataset directory to write")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     add_arguments(p, PrepareConfig)
@@ -343,11 +442,18 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("benchmark", help="time training epochs and validation of a model",
                        epilog=models_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     add_train_arguments(p)
-    p.add_argument("--warmup-epochs", type=int, default=1, help="epochs run but not timed")
+    p.add_argument("--untimed-epochs", type=int, default=1, help="first epochs run but not timed (allocator and cache warm-up)")
     p.add_argument("--json", help="also write the result to this JSON file")
 
-    p = sub.add_parser("datasets", help="list the datasets recscale knows by name")
-    p.add_argument("action", choices=["list"], nargs="?", default="list")
+    p = sub.add_parser("datasets", help="list, download or synthesize datasets")
+    p.add_argument("action", nargs="?", choices=["list", "download", "synth"], help="[default: list]")
+    p.add_argument("name", nargs="?", help="download: the dataset's name")
+    p.add_argument("--users", type=int, default=10_000, help="synth: users")
+    p.add_argument("--items", type=int, default=2_000, help="synth: items")
+    p.add_argument("--interactions", type=int, default=500_000, help="synth: interactions")
+    p.add_argument("--clusters", type=int, default=20, help="synth: latent user/item clusters")
+    p.add_argument("--seed", type=int, default=0, help="synth: seed")
+    p.add_argument("--out", help="synth: directory to write ratings.csv and movies.csv into")
 
     p = sub.add_parser("demo", help="the whole pipeline on the embedded MovieLens data")
     p.add_argument("--out", default="runs/demo")

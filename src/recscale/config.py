@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from recscale.errors import RecscaleError
+from recscale.optim.schedules import DECAYS, WARMUPS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -79,6 +80,7 @@ class PrepareConfig:
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+LR_SCALINGS = ("none", "linear")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,10 +93,19 @@ class TrainConfig:
     epochs: int = option(20, "training epochs (the model's default applies when not given)")
     batch_size: int = option(1024, "global batch size: examples (pairs) or users (rows) per step")
     lr: float = option(1e-3, "learning rate")
-    optimizer: str = option("adam", "adam, sgd (momentum), rmsprop or adagrad; sparse embedding "
-                            "tables use SparseAdam with adam")
+    optimizer: str = option("adam", "adam, sgd (momentum), lars (layer-wise trust ratio, for large "
+                            "batches), rmsprop or adagrad; sparse embedding tables use SparseAdam with adam")
     weight_decay: float = option(0.0, "L2 weight decay of dense parameters")
-    momentum: float = option(0.9, "SGD momentum")
+    momentum: float = option(0.9, "SGD and LARS momentum")
+    lars_eta: float = option(0.001, "LARS trust coefficient eta")
+    lr_scaling: str = option("none", "linear: lr x batch-size / base-batch-size (Goyal et al. 2017)",
+                             choices=LR_SCALINGS)
+    base_batch_size: int = option(0, "the batch size --lr was tuned at (for --lr-scaling linear)")
+    warmup: str = option("none", "ramp the rate up over --warmup-epochs: linear, or exponential "
+                         "from 1%% of the target", choices=WARMUPS)
+    warmup_epochs: float = option(0.0, "length of the warmup in epochs (fractions allowed)")
+    lr_decay: str = option("constant", "after warmup: constant, or linear / cosine down to 0 at "
+                           "the last step", choices=DECAYS)
     clip_grad_norm: float = option(0.0, "clip the dense gradients' global norm to this (0: off)")
     negatives: int = option(4, "pairs models: sampled negatives per positive and epoch")
     patience: int = option(5, "stop after this many epochs without a better validation metric")
@@ -120,6 +131,15 @@ class TrainConfig:
             raise RecscaleError("--lr: must be > 0")
         if self.precision not in PRECISIONS:
             raise RecscaleError(f"--precision: choose from {', '.join(PRECISIONS)}")
+        if self.lr_scaling == "linear" and self.base_batch_size < 1:
+            raise RecscaleError("--lr-scaling linear: needs --base-batch-size >= 1")
+        if self.warmup != "none" and self.warmup_epochs <= 0:
+            raise RecscaleError(f"--warmup {self.warmup}: needs --warmup-epochs > 0")
+        if self.warmup_epochs < 0:
+            raise RecscaleError("--warmup-epochs: must be >= 0")
+        for name, allowed in (("lr_scaling", LR_SCALINGS), ("warmup", WARMUPS), ("lr_decay", DECAYS)):
+            if getattr(self, name) not in allowed:
+                raise RecscaleError(f"--{name.replace('_', '-')}: choose from {', '.join(allowed)}")
         if self.negatives < 1:
             raise RecscaleError("--negatives: must be >= 1")
         if self.checkpoint_every < 0:

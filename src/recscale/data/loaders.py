@@ -27,10 +27,11 @@ from recscale.data.batch import PairBatch, TabularBatch, UserBatch, multi_hot_ba
 from recscale.data.sampling import positive_keys, sample_negatives
 
 
-def epoch_generator(seed: int, epoch: int, rank: int = 0) -> torch.Generator:
-    """A generator whose stream depends on (seed, epoch, rank) only, well mixed by SeedSequence."""
+def epoch_generator(seed: int, epoch: int, rank: int = 0, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator whose stream depends on (seed, epoch, rank) only, well mixed by SeedSequence.
+    On a GPU the stream differs from the CPU's, but is as reproducible."""
     state = np.random.SeedSequence([seed, epoch, rank]).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1] >> 1))
+    return torch.Generator(device=device).manual_seed(int(state[0]) << 31 | int(state[1] >> 1))
 
 
 def shard_bounds(n: int, world_size: int, drop_last: bool) -> int:
@@ -107,12 +108,15 @@ class PairLoader(_EpochLoader):
     """NCF training: each epoch, this rank's share of the positives plus `negatives` uniformly
     sampled non-positive items per positive (label 0), shuffled together and cut into batches.
 
-    The batch size counts positives and negatives alike (as NVIDIA's NCF does)."""
+    The batch size counts positives and negatives alike (as NVIDIA's NCF does). With a CUDA `device`
+    the positives live on the GPU and negatives are drawn there: no host work or copies per epoch."""
 
     def __init__(self, users: torch.Tensor, items: torch.Tensor, n_items: int, batch_size: int,
-                 negatives: int = 4, seed: int = 0, drop_last: bool = False, rank: int = 0, world_size: int = 1):
+                 negatives: int = 4, seed: int = 0, drop_last: bool = False, rank: int = 0, world_size: int = 1,
+                 device: torch.device | str = "cpu"):
         super().__init__(users.numel(), batch_size, seed, True, drop_last, rank, world_size)
-        self.users, self.items = users.to(torch.int64), items.to(torch.int64)
+        self.device = torch.device(device)
+        self.users, self.items = users.to(self.device, torch.int64), items.to(self.device, torch.int64)
         self.n_items, self.negatives = n_items, negatives
         self.keys = positive_keys(self.users, self.items, n_items)
 
@@ -122,15 +126,17 @@ class PairLoader(_EpochLoader):
 
     def epoch_tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(users, items, labels) of this rank's epoch, shuffled."""
-        shard = shard_permutation(self.n_examples, self.seed, self.epoch, self.rank, self.world_size, self.drop_last)
-        gen = epoch_generator(self.seed, self.epoch, 1 + self.rank)
+        shard = shard_permutation(self.n_examples, self.seed, self.epoch, self.rank, self.world_size,
+                                  self.drop_last).to(self.device)
+        gen = epoch_generator(self.seed, self.epoch, 1 + self.rank, self.device)
         pos_users, pos_items = self.users[shard], self.items[shard]
         neg_users = pos_users.repeat(self.negatives)
         neg_items = sample_negatives(self.keys, neg_users, self.n_items, gen)
         users = torch.cat([pos_users, neg_users])
         items = torch.cat([pos_items, neg_items])
-        labels = torch.cat([torch.ones(pos_users.numel()), torch.zeros(neg_users.numel())])
-        order = torch.randperm(users.numel(), generator=gen)
+        labels = torch.cat([torch.ones(pos_users.numel(), device=self.device),
+                            torch.zeros(neg_users.numel(), device=self.device)])
+        order = torch.randperm(users.numel(), generator=gen, device=self.device)
         return users[order], items[order], labels[order]
 
     def __iter__(self):
@@ -144,33 +150,37 @@ def csr_rows_dense(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Te
     """Dense (len(rows), n_cols) float rows of a CSR matrix, built without a Python loop."""
     starts, ends = indptr[rows], indptr[rows + 1]
     lengths = ends - starts
-    total = int(lengths.sum())
-    out = torch.zeros((rows.numel(), n_cols), dtype=values.dtype)
+    total = int(lengths.sum())  # one sync per batch on a GPU; output_size below then needs none
+    device = indptr.device
+    out = torch.zeros((rows.numel(), n_cols), dtype=values.dtype, device=device)
     if total == 0:
         return out
-    row_of = torch.repeat_interleave(torch.arange(rows.numel()), lengths)
+    row_of = torch.repeat_interleave(torch.arange(rows.numel(), device=device), lengths, output_size=total)
     # position of each nonzero inside the CSR arrays: start of its row + its offset within the row
-    offsets = torch.arange(total) - torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths, lengths)
-    pos = torch.repeat_interleave(starts, lengths) + offsets
+    offsets = torch.arange(total, device=device) - torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths,
+                                                                           lengths, output_size=total)
+    pos = torch.repeat_interleave(starts, lengths, output_size=total) + offsets
     out[row_of, indices[pos]] = values[pos]
     return out
 
 
 class UserRowLoader(_EpochLoader):
     """Mult-VAE / Mult-DAE / autoencoder training: shuffled users, each batch the dense rows of the
-    CSR user-item matrix for those users only (never the whole matrix densified or on the device)."""
+    CSR user-item matrix for those users only (never the whole matrix densified). With a CUDA
+    `device` the CSR arrays live on the GPU and rows are made dense there."""
 
     def __init__(self, matrix, users: torch.Tensor, batch_size: int, seed: int = 0, shuffle: bool = True,
-                 drop_last: bool = False, rank: int = 0, world_size: int = 1):
+                 drop_last: bool = False, rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu"):
         super().__init__(users.numel(), batch_size, seed, shuffle, drop_last, rank, world_size)
-        self.indptr = torch.from_numpy(matrix.indptr.astype(np.int64))
-        self.indices = torch.from_numpy(matrix.indices.astype(np.int64))
-        self.values = torch.from_numpy(matrix.data.astype(np.float32))
+        self.device = torch.device(device)
+        self.indptr = torch.from_numpy(matrix.indptr.astype(np.int64)).to(self.device)
+        self.indices = torch.from_numpy(matrix.indices.astype(np.int64)).to(self.device)
+        self.values = torch.from_numpy(matrix.data.astype(np.float32)).to(self.device)
         self.n_items = matrix.shape[1]
-        self.users = users.to(torch.int64)
+        self.users = users.to(self.device, torch.int64)
 
     def __iter__(self):
-        users = self.users[self._indices()]
+        users = self.users[self._indices().to(self.device)]
         for s in self._slices():
             u = users[s]
             yield UserBatch(u, csr_rows_dense(self.indptr, self.indices, self.values, u, self.n_items))

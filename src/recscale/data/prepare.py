@@ -139,30 +139,40 @@ def prepare(raw: RawDataset, cfg: PrepareConfig, out: str | Path, overwrite: boo
         raise RecscaleError(f"{out}: already exists (pass --overwrite to replace it)")
     frame = filter_interactions(raw.interactions, cfg)
     parts, users, items, params = split(frame, cfg)
+    return write_prepared(raw, cfg.protocol, parts, users, items, params, out, overwrite,
+                          cfg.test_negatives, cfg.seed)
+
+
+def write_prepared(raw: RawDataset, protocol: str, parts: dict[str, pl.DataFrame], users: pl.DataFrame,
+                   items: pl.DataFrame, params: dict, out: Path, overwrite: bool, test_negatives: int = 100,
+                   seed: int = 0) -> dict:
+    """Sample the NCF evaluation negatives (unless `parts` brings its own `*_negatives`), build the
+    item table and meta.json, and write it all atomically."""
     if parts["train"].height == 0:
         raise RecscaleError("no training interactions left after the split")
     n_users, n_items = users.height, items.height
-    if cfg.protocol == "ncf":
-        parts |= sample_eval_negatives(parts, n_items, cfg.test_negatives, cfg.seed)
+    if protocol == "ncf" and "test_negatives" not in parts:
+        parts |= sample_eval_negatives(parts, n_items, test_negatives, seed)
     item_table, vocab = _item_table(items, raw.items)
+    interactions = pl.concat([p.select("rating") for name, p in parts.items() if not name.endswith("_negatives")])
 
     features = {"user": _feature_meta(n_users), "item": _feature_meta(n_items)}
     if vocab:
         features["genres"] = _feature_meta(len(vocab), multi_hot=True, vocabulary=vocab)
-    ratings = frame["rating"]
+    ratings = interactions["rating"]
     meta = {
         "schema_version": SCHEMA_VERSION,
         "recscale_version": __version__,
         "source": {"dataset": raw.name, "files": {p.name: sha256_file(p) for p in raw.files}},
-        "protocol": {"name": cfg.protocol, **params},
-        "counts": {"users": n_users, "items": n_items, "interactions": int(frame.height),
+        "protocol": {"name": protocol, **params},
+        "counts": {"users": n_users, "items": n_items, "interactions": int(interactions.height),
                    **{name: int(part.height) for name, part in parts.items()}},
         "files": {name: f"{name}.parquet" for name in parts} | {"users": "users.parquet", "items": "items.parquet"},
         "features": features,
         "rating": {"min": float(ratings.min()), "max": float(ratings.max()),
                    "explicit": bool(ratings.n_unique() > 1)},
     }
-    if cfg.protocol == "vae":
+    if protocol == "vae":
         meta["counts"] |= {f"{g}_users": int((users["group"] == g).sum()) for g in ("train", "valid", "test")}
 
     with atomic_directory(out, overwrite=overwrite) as tmp:

@@ -13,16 +13,16 @@ import csv
 import math
 from pathlib import Path
 
+from typing import Callable
+
 import polars as pl
 
 from recscale.errors import RecscaleError
 
-RATINGS_COLUMNS = {"userId": "user", "movieId": "item", "rating": "rating", "timestamp": "timestamp"}
-RATINGS_SCHEMA = {"userId": pl.Int64, "movieId": pl.Int64, "rating": pl.Float64, "timestamp": pl.Int64}
 NO_GENRES = "(no genres listed)"
 
 
-def _header(path: Path) -> list[str]:
+def _header(path: Path, sep: str = ",") -> list[str]:
     try:
         with open(path, newline="", encoding="utf-8") as handle:
             line = handle.readline()
@@ -36,7 +36,7 @@ def _header(path: Path) -> list[str]:
         raise RecscaleError(f"{path}: cannot read file: {exc.strerror}") from None
     if not line.strip():
         raise RecscaleError(f"{path}: file is empty (expected a header line)")
-    return next(csv.reader([line]))
+    return _split(line.rstrip("\r\n"), sep)
 
 
 def _require_columns(path: Path, header: list[str], required: list[str]) -> None:
@@ -46,52 +46,101 @@ def _require_columns(path: Path, header: list[str], required: list[str]) -> None
                             f"(expected {','.join(required)}; found {','.join(h for h in header if h)})")
 
 
-def _first_bad_line(path: Path, header: list[str], checks: dict[str, str]) -> str:
-    """Walk the file and describe the first line that does not parse. `checks` maps a column to
-    'int' or 'float' (floats must be finite)."""
-    index = {name: header.index(name) for name in checks}
-    with open(path, newline="", encoding="utf-8", errors="replace") as handle:
-        reader = csv.reader(handle)
-        next(reader)
-        for row in reader:
-            line = reader.line_num
-            if not row or all(not cell.strip() for cell in row):
-                continue
-            for name, kind in checks.items():
-                pos = index[name]
-                if pos >= len(row) or not row[pos].strip():
-                    return f"{path}:{line}: missing value for {name}"
-                text = row[pos].strip()
-                try:
-                    value = int(text) if kind == "int" else float(text)
-                except ValueError:
-                    return f"{path}:{line}: {name} is not {'an integer' if kind == 'int' else 'a number'}: {text!r}"
-                if kind == "float" and not math.isfinite(value):
-                    return f"{path}:{line}: {name} is not a finite number: {text!r}"
-                if kind == "int" and not -(2**63) <= value < 2**63:
-                    return f"{path}:{line}: {name} is out of the 64-bit integer range: {text!r}"
+KINDS = {"int": pl.Int64, "float": pl.Float64, "str": pl.Utf8}
+
+
+def _split(line: str, sep: str) -> list[str]:
+    if sep == ",":  # quoted fields are legal in CSV
+        return next(csv.reader([line]))
+    return line.split(sep)
+
+
+def _problem(text: str, name: str, kind: str) -> str:
+    if not text.strip():
+        return f"missing value for {name}"
+    if kind == "str":
+        return ""
+    try:
+        value = int(text) if kind == "int" else float(text)
+    except ValueError:
+        return f"{name} is not {'an integer' if kind == 'int' else 'a number'}: {text.strip()!r}"
+    if kind == "float" and not math.isfinite(value):
+        return f"{name} is not a finite number: {text.strip()!r}"
+    if kind == "int" and not -(2**63) <= value < 2**63:
+        return f"{name} is out of the 64-bit integer range: {text.strip()!r}"
     return ""
+
+
+def _first_bad_line(path: Path, sep: str, checks: dict[str, tuple[int, str]], has_header: bool) -> str:
+    """Walk the file and describe the first line that does not parse. `checks` maps a column name
+    to its position and kind ('int', 'float' (finite) or 'str')."""
+    with open(path, encoding="utf-8", errors="replace", newline="") as handle:
+        for number, line in enumerate(handle, 1):
+            line = line.rstrip("\r\n")
+            if (has_header and number == 1) or not line.strip():
+                continue
+            row = _split(line, sep)
+            for name, (pos, kind) in checks.items():
+                problem = _problem(row[pos] if pos < len(row) else "", name, kind)
+                if problem:
+                    return f"{path}:{number}: {problem}"
+    return ""
+
+
+def read_delimited(path: str | Path, sep: str, fields: dict[str, str], names: dict[str, str] | None = None) -> pl.DataFrame:
+    """The typed columns `fields` (canonical name -> kind) of a delimited file.
+
+    Without `names` the file has no header and `fields` are its leading columns in order; with
+    `names` (canonical -> header name) the header picks them. A two-character separator such as
+    MovieLens' '::' is read as ':' with every other column, which is exact for numeric columns.
+    Blank lines are skipped; any other unparseable line is reported as file:line."""
+    path = Path(path)
+    if names is not None:
+        header = _header(path, sep)
+        _require_columns(path, header, list(names.values()))
+        positions = {c: header.index(names[c]) for c in fields}
+    else:
+        if not path.is_file():
+            _header(path)  # the same one-line errors for missing files and directories
+        positions = {c: i for i, c in enumerate(fields)}
+    checks = {(names or {}).get(c, c): (positions[c], kind) for c, kind in fields.items()}
+    wide = len(sep) == 2 and sep[0] == sep[1]
+    if wide and any(kind == "str" for kind in fields.values()):
+        raise ValueError("a doubled separator is only exact for numeric columns")
+    try:
+        read_at = {c: positions[c] * (2 if wide else 1) for c in fields}
+        order = sorted(fields, key=read_at.get)
+        frame = pl.read_csv(path, separator=sep[0], has_header=names is not None,
+                            quote_char='"' if sep == "," else None, columns=[read_at[c] for c in order],
+                            infer_schema=False)  # all text: typed by the strict casts below
+        frame = frame.rename(dict(zip(frame.columns, order)))
+        frame = frame.filter(~pl.all_horizontal(pl.all().is_null()))  # blank lines
+        frame = frame.select(pl.col(c).str.strip_chars().cast(KINDS[kind], strict=False) for c, kind in fields.items())
+        floats = [c for c, kind in fields.items() if kind == "float"]
+        bad = frame.null_count().sum_horizontal().item() > 0 or any(
+            frame[c].is_nan().any() or frame[c].is_infinite().any() for c in floats)
+    except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
+        problem = _first_bad_line(path, sep, checks, names is not None)
+        raise RecscaleError(problem or f"{path}: cannot parse: {str(exc).splitlines()[0]}") from None
+    if bad:
+        raise RecscaleError(_first_bad_line(path, sep, checks, names is not None) or f"{path}: empty or invalid values")
+    if frame.height == 0:
+        raise RecscaleError(f"{path}: no rows" + (" after the header" if names is not None else ""))
+    return frame
 
 
 def read_ratings_csv(path: str | Path) -> pl.DataFrame:
     """Read a CSV in MovieLens' ratings.csv layout (`userId,movieId,rating,timestamp`; extra
     columns are ignored)."""
-    path = Path(path)
-    header = _header(path)
-    _require_columns(path, header, list(RATINGS_COLUMNS))
-    checks = {"userId": "int", "movieId": "int", "rating": "float", "timestamp": "int"}
-    try:
-        frame = pl.read_csv(path, columns=list(RATINGS_COLUMNS), schema_overrides=RATINGS_SCHEMA)
-        bad = frame.null_count().sum_horizontal().item() > 0 or frame["rating"].is_nan().any() \
-            or frame["rating"].is_infinite().any()
-    except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
-        problem = _first_bad_line(path, header, checks)
-        raise RecscaleError(problem or f"{path}: cannot parse: {str(exc).splitlines()[0]}") from None
-    if bad:
-        raise RecscaleError(_first_bad_line(path, header, checks) or f"{path}: empty or invalid values")
-    if frame.height == 0:
-        raise RecscaleError(f"{path}: no rows after the header")
-    return canonical_ratings(frame)
+    frame = read_delimited(path, ",", {"user": "int", "item": "int", "rating": "float", "timestamp": "int"},
+                           names={"user": "userId", "item": "movieId", "rating": "rating", "timestamp": "timestamp"})
+    return canonical_interactions(frame)
+
+
+def canonical_interactions(frame: pl.DataFrame) -> pl.DataFrame:
+    """Canonical column types (user, item: Int64; rating: Float32; timestamp: Int64)."""
+    return frame.select(pl.col("user").cast(pl.Int64), pl.col("item").cast(pl.Int64),
+                        pl.col("rating").cast(pl.Float32), pl.col("timestamp").cast(pl.Int64))
 
 
 def canonical_ratings(frame: pl.DataFrame) -> pl.DataFrame:
@@ -113,10 +162,11 @@ def read_movies_csv(path: str | Path) -> pl.DataFrame:
         frame = pl.read_csv(path, columns=["movieId", "title", "genres"],
                             schema_overrides={"movieId": pl.Int64, "title": pl.Utf8, "genres": pl.Utf8})
     except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
-        problem = _first_bad_line(path, header, {"movieId": "int"})
+        problem = _first_bad_line(path, ",", {"movieId": (header.index("movieId"), "int")}, True)
         raise RecscaleError(problem or f"{path}: cannot parse: {str(exc).splitlines()[0]}") from None
     if frame["movieId"].null_count():
-        raise RecscaleError(_first_bad_line(path, header, {"movieId": "int"}) or f"{path}: empty movieId")
+        raise RecscaleError(_first_bad_line(path, ",", {"movieId": (header.index("movieId"), "int")}, True)
+                            or f"{path}: empty movieId")
     return canonical_movies(frame)
 
 
@@ -125,3 +175,70 @@ def canonical_movies(frame: pl.DataFrame) -> pl.DataFrame:
         pl.element().filter((pl.element() != "") & (pl.element() != NO_GENRES)))
     return frame.select(pl.col("movieId").cast(pl.Int64).alias("item"),
                         pl.col("title").fill_null(""), genres.alias("genres"))
+
+
+def dense_ids(column: pl.Series) -> pl.Series:
+    """Ids 1..n in sorted order of the original keys: stable across runs and machines."""
+    return column.rank("dense").cast(pl.Int64)
+
+
+def _integer_ids(frame: pl.DataFrame, column: str, where: Callable[[], str]) -> pl.DataFrame:
+    """Integer ids as they are; other ids (hashes, names) numbered in sorted order. A column whose
+    first id is an integer must hold only integers: a stray word there is a malformed line
+    (`where()` names it), not a reason to renumber every id."""
+    if frame.schema[column].is_integer():
+        return frame
+    as_int = frame[column].cast(pl.Int64, strict=False)
+    if as_int.null_count() == 0:
+        return frame.with_columns(as_int.alias(column))
+    if as_int[0] is not None:
+        raise RecscaleError(where())
+    return frame.with_columns(dense_ids(frame[column]).alias(column))
+
+
+def read_interactions(path: str | Path, sep: str = ",", user_col: str = "userId", item_col: str = "movieId",
+                      rating_col: str = "rating", time_col: str = "timestamp") -> pl.DataFrame:
+    """Any CSV/TSV (header line) or Parquet file with a user and an item column. Without a rating
+    column every row is a 1.0 (implicit feedback); without a time column every timestamp is 0.
+    Non-integer ids are numbered in sorted order."""
+    path = Path(path)
+    names = {"user": user_col, "item": item_col}
+    fields = {"user": "str", "item": "str"}
+    if rating_col:
+        names["rating"], fields["rating"] = rating_col, "float"
+    if time_col:
+        names["timestamp"], fields["timestamp"] = time_col, "int"
+    if path.suffix == ".parquet":
+        try:
+            frame = pl.read_parquet(path)
+        except FileNotFoundError:
+            raise RecscaleError(f"{path}: file not found") from None
+        except (pl.exceptions.PolarsError, OSError) as exc:
+            raise RecscaleError(f"{path}: unreadable Parquet: {str(exc).splitlines()[0]}") from None
+        _require_columns(path, frame.columns, list(names.values()))
+        frame = frame.select(pl.col(names[c]).alias(c) for c in fields)
+        if frame.null_count().sum_horizontal().item():
+            column = next(c for c in fields if frame[c].null_count())
+            row = int(frame.with_row_index().filter(pl.col(column).is_null())["index"][0])
+            raise RecscaleError(f"{path}: row {row}: missing value for {names[column]}")
+    else:
+        frame = read_delimited(path, sep, fields, names=names)
+
+    def where(column: str) -> Callable[[], str]:
+        def parquet() -> str:
+            bad = frame.with_row_index().filter(frame[column].cast(pl.Int64, strict=False).is_null())
+            return f"{path}: row {int(bad['index'][0])}: {names[column]} is not an integer"
+
+        def delimited() -> str:
+            position = _header(path, sep).index(names[column])
+            return _first_bad_line(path, sep, {names[column]: (position, "int")}, True)
+
+        return parquet if path.suffix == ".parquet" else delimited
+
+    frame = _integer_ids(frame, "user", where("user"))
+    frame = _integer_ids(frame, "item", where("item"))
+    if not rating_col:
+        frame = frame.with_columns(pl.lit(1.0).alias("rating"))
+    if not time_col:
+        frame = frame.with_columns(pl.lit(0).alias("timestamp"))
+    return canonical_interactions(frame)

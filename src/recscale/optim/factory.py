@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 from recscale.errors import RecscaleError
+from recscale.optim.lars import LARS, lars_param_groups
 
-OPTIMIZERS = ("adam", "sgd", "rmsprop", "adagrad")
+OPTIMIZERS = ("adam", "sgd", "lars", "rmsprop", "adagrad")
 
 
 def _sparse_parameters(model: nn.Module) -> set[int]:
@@ -55,11 +56,22 @@ class Optimizers:
             o.load_state_dict(s)
 
 
-def make_optimizers(model: nn.Module, name: str, lr: float, weight_decay: float = 0.0,
-                    momentum: float = 0.9) -> Optimizers:
+def check_optimizer(model: nn.Module, name: str) -> None:
+    """Refuse combinations that cannot train, before a run writes anything."""
     if name not in OPTIMIZERS:
         raise RecscaleError(f"--optimizer: unknown optimizer {name!r} (choose from {', '.join(OPTIMIZERS)})")
+    if name == "lars" and _sparse_parameters(model):
+        raise RecscaleError("--optimizer lars: needs dense embedding gradients "
+                            "(-p embedding_gradients=dense or auto)")
+
+
+def make_optimizers(model: nn.Module, name: str, lr: float, weight_decay: float = 0.0,
+                    momentum: float = 0.9, lars_eta: float = 0.001) -> Optimizers:
+    check_optimizer(model, name)
     sparse_ids = _sparse_parameters(model)
+    if name == "lars":
+        return Optimizers([LARS(lars_param_groups(model, weight_decay), lr=lr, momentum=momentum,
+                                weight_decay=weight_decay, eta=lars_eta)])
     params = [p for p in model.parameters() if p.requires_grad]
     sparse = [p for p in params if id(p) in sparse_ids]
     dense = [p for p in params if id(p) not in sparse_ids]

@@ -28,6 +28,7 @@ from recscale.evaluation.protocols import evaluate, validation_split
 from recscale.models.base import DataShape
 from recscale.models.ncf import NCFConfig, resolve_embedding_gradients
 from recscale.models.registry import MODELS
+from recscale.optim.factory import check_optimizer
 from recscale.training.checkpoint import load_checkpoint, save_checkpoint
 from recscale.training.trainer import StopRequested, Trainer, selection_metric
 
@@ -61,14 +62,16 @@ def model_class(name: str):
     return MODELS[name]
 
 
-def build_model(name: str, data: PreparedDataset, model_params: dict, batch_size: int = 1, world_size: int = 1):
+def build_model(name: str, data: PreparedDataset, model_params: dict, batch_size: int = 1, world_size: int = 1,
+                optimizer: str = ""):
     """The model and its resolved Config (settings left to 'auto' are decided here, from the data
     and the batch size, so that config.toml records what was used). Under DDP embedding gradients
-    are dense: NCCL cannot all-reduce sparse tensors."""
+    are dense (NCCL cannot all-reduce sparse tensors), and under LARS too (it needs a layer's
+    gradient norm)."""
     cls = model_class(name)
     cfg = build(cls.Config, model_params, source=f"model {name}")
     if isinstance(cfg, NCFConfig):
-        if world_size > 1 and cfg.embedding_gradients == "auto":
+        if (world_size > 1 or optimizer == "lars") and cfg.embedding_gradients == "auto":
             cfg = dataclasses.replace(cfg, embedding_gradients="dense")
         cfg = resolve_embedding_gradients(cfg, data.n_users + data.n_items, batch_size // world_size)
     return cls(data_shape(data), cfg), cfg
@@ -156,9 +159,10 @@ def start_run(cfg: TrainConfig, model_params: dict, out: str | Path, overwrite: 
     data = PreparedDataset(cfg.data)
     device = distributed.device_for(info, pick_device(cfg.device))
     with _seeded(cfg.seed, device), _process_group(info, device):
-        model, model_cfg = build_model(cfg.model, data, model_params, cfg.batch_size, info.world_size)
+        model, model_cfg = build_model(cfg.model, data, model_params, cfg.batch_size, info.world_size, cfg.optimizer)
         if model.closed_form and info.enabled:
             raise RecscaleError(f"--model: {cfg.model} is fitted in closed form in one process; run it without torchrun")
+        check_optimizer(model, cfg.optimizer)
         if cfg.pretrained_gmf or cfg.pretrained_mlp:
             if not (cfg.pretrained_gmf and cfg.pretrained_mlp) or cfg.model != "neumf":
                 raise RecscaleError("--pretrained-gmf/--pretrained-mlp: give both, for --model neumf")
@@ -207,7 +211,8 @@ def resume_run(run: str | Path, device: str | None = None) -> dict:
     info = distributed.from_env()
     target = distributed.device_for(info, pick_device(cfg.device))
     with _seeded(cfg.seed, target), _process_group(info, target):
-        model, _ = build_model(cfg.model, data, sections.get("model", {}), cfg.batch_size, info.world_size)
+        model, _ = build_model(cfg.model, data, sections.get("model", {}), cfg.batch_size, info.world_size,
+                               cfg.optimizer)
         model.to(target)
         trainer = Trainer(model, data, cfg, target, run, info.rank, info.world_size,
                           distributed.wrap(model, info, target))

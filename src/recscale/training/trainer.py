@@ -26,7 +26,7 @@ from recscale.distributed import all_reduce_sum
 from recscale.evaluation.protocols import evaluate, validation_split
 from recscale.models.base import Recommender
 from recscale.optim.factory import make_optimizers
-from recscale.optim.schedules import kl_beta
+from recscale.optim.schedules import kl_beta, learning_rate, scaled_lr
 from recscale.training.checkpoint import save_checkpoint
 from recscale.training.logging import RunLogger
 
@@ -44,16 +44,18 @@ def training_users(data: PreparedDataset) -> torch.Tensor:
     return torch.from_numpy(np.flatnonzero(np.diff(data.user_items("train").indptr)))
 
 
-def make_loader(model: Recommender, data: PreparedDataset, cfg: TrainConfig, rank: int = 0, world_size: int = 1):
-    """The loader that feeds this model's batch kind; `cfg.batch_size` is global, split across ranks."""
+def make_loader(model: Recommender, data: PreparedDataset, cfg: TrainConfig, rank: int = 0, world_size: int = 1,
+                device: torch.device | str = "cpu"):
+    """The loader that feeds this model's batch kind; `cfg.batch_size` is global, split across ranks.
+    Pair and row loaders build their batches on `device` (on a GPU: data and negatives stay there)."""
     local = max(1, cfg.batch_size // world_size)
     common = {"seed": cfg.seed, "rank": rank, "world_size": world_size}
     if model.batch_kind == "pairs":
         users, items = data.columns("train", "user", "item")
-        return PairLoader(users, items, data.n_items, local, negatives=cfg.negatives, **common)
+        return PairLoader(users, items, data.n_items, local, negatives=cfg.negatives, device=device, **common)
     if model.batch_kind == "rows":
         matrix = data.user_items("train", binary=not model.explicit_rows)
-        return UserRowLoader(matrix, training_users(data), local, **common)
+        return UserRowLoader(matrix, training_users(data), local, device=device, **common)
     users, items, ratings = data.columns("train", "user", "item", "rating")
     values, offsets = data.item_genres()
     labels = (ratings > model.cfg.like_threshold).float()
@@ -102,11 +104,16 @@ class Trainer:
         self.model, self.data, self.cfg, self.device = model, data, cfg, device
         self.run_dir, self.rank, self.world_size = run_dir, rank, world_size
         self.net = ddp_model or model  # what runs the forward (DDP wrapper or the module itself)
-        self.loader = make_loader(model, data, cfg, rank, world_size)
-        self.batches = Prefetcher(self.loader, device) if device.type == "cuda" else self.loader
-        self.optimizers = make_optimizers(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
+        self.loader = make_loader(model, data, cfg, rank, world_size, device)
+        on_host = getattr(self.loader, "device", torch.device("cpu")).type != device.type
+        self.batches = Prefetcher(self.loader, device) if on_host and device.type == "cuda" else self.loader
+        self.peak_lr = scaled_lr(cfg.lr, cfg.batch_size, cfg.base_batch_size, cfg.lr_scaling)
+        self.optimizers = make_optimizers(model, cfg.optimizer, self.peak_lr, cfg.weight_decay, cfg.momentum,
+                                          cfg.lars_eta)
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-        self.schedule = schedule_for(model, cfg.epochs * len(self.loader))
+        self.total_steps = cfg.epochs * len(self.loader)
+        self.warmup_steps = round(cfg.warmup_epochs * len(self.loader))
+        self.schedule = schedule_for(model, self.total_steps)
         self.metric = selection_metric(data.protocol)
         self.state = TrainState()
         self.stop_signal: int | None = None  # set by a signal handler; honoured after the current step
@@ -117,8 +124,13 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=AMP_DTYPES[self.cfg.precision])
 
+    def lr_at(self, step: int) -> float:
+        return learning_rate(step, self.peak_lr, self.warmup_steps, self.total_steps, self.cfg.warmup,
+                             self.cfg.lr_decay)
+
     def train_step(self, batch) -> torch.Tensor:
         batch = batch.to(self.device, non_blocking=True)
+        self.optimizers.set_lr(self.lr_at(self.state.step))
         with self._autocast():
             loss = self.net(batch, **self.schedule(self.state.step)).loss
         self.optimizers.zero_grad()
@@ -157,7 +169,8 @@ class Trainer:
                     raise StopRequested(self.stop_signal, self.state)
         seconds = time.perf_counter() - start
         total = self._reduce(total.reshape(1)) / self.world_size if self.world_size > 1 else total  # mean over ranks
-        record = {"loss": float(total) / max(self.state.position, 1), "train_seconds": seconds,
+        record = {"loss": float(total) / max(self.state.position, 1), "lr": self.lr_at(self.state.step - 1),
+                  "train_seconds": seconds,
                   "samples": self.state.samples * self.world_size,
                   "samples_per_second": timed_samples * self.world_size / seconds if seconds else float("nan")}
         self.state.position, self.state.loss_sum, self.state.samples = 0, 0.0, 0

@@ -1,0 +1,168 @@
+"""Fetching public datasets: download to a temporary file, verify its checksum, rename it into the
+cache, unpack it safely (no member may land outside the target directory), rename that into place.
+
+Cache: `$RECSCALE_HOME` or `~/.cache/recscale`; `<cache>/<name>/` holds the unpacked files and
+`<cache>/downloads/` the verified archives. A dataset directory exists only when complete. Where the
+publisher pins no checksum, the SHA-256 of the first download is recorded and later downloads must
+match it (trust on first use); `recscale datasets list` says which datasets are pinned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from recscale.errors import RecscaleError
+from recscale.fsutil import atomic_directory
+
+
+@dataclass(frozen=True)
+class Remote:
+    """A downloadable dataset: files (archives or plain) and the format its unpacked files are in."""
+
+    name: str
+    format: str
+    urls: tuple[str, ...]
+    checksums: dict  # url -> (algorithm, hex digest) as the publisher gives it; absent: trust on first use
+    subdir: str = ""  # the directory inside the archive that holds the files
+    note: str = ""
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("RECSCALE_HOME") or Path.home() / ".cache" / "recscale").expanduser()
+
+
+def dataset_dir(remote: Remote, root: Path | None = None) -> Path:
+    return (root or cache_root()) / remote.name
+
+
+def _progress(name: str, done: int, total: int | None) -> None:
+    if not sys.stderr.isatty():
+        return
+    size = f"{done / 2**20:,.1f} MiB" + (f" of {total / 2**20:,.1f} MiB" if total else "")
+    bar = ""
+    if total:
+        filled = int(30 * done / total)
+        bar = "[" + "#" * filled + "." * (30 - filled) + "] "
+    print(f"\r{name}: {bar}{size}", end="" if done != total else "\n", file=sys.stderr, flush=True)
+
+
+def fetch(url: str, target: Path, expected: tuple[str, str] | None, hint: str, timeout: float = 60) -> str:
+    """Download `url` to `target` via a temporary file in the same directory; returns the SHA-256.
+    A checksum mismatch leaves nothing behind."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    digests = {"sha256": hashlib.sha256(), "md5": hashlib.md5(usedforsecurity=False)}
+    handle, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            try:
+                response = urllib.request.urlopen(url, timeout=timeout)
+            except (urllib.error.URLError, OSError, ValueError) as exc:
+                reason = getattr(exc, "reason", None) or exc
+                raise RecscaleError(f"download failed: {url}: {reason}; {hint}") from None
+            with response:
+                total = int(response.headers.get("Content-Length") or 0) or None
+                done = 0
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+                    for d in digests.values():
+                        d.update(chunk)
+                    done += len(chunk)
+                    _progress(target.name, done, total)
+            out.flush()
+            os.fsync(out.fileno())
+        if expected is not None:
+            algorithm, want = expected
+            got = digests[algorithm].hexdigest()
+            if got != want.lower():
+                raise RecscaleError(f"checksum mismatch: {url}: {algorithm} {got}, expected {want} "
+                                    f"(corrupt or tampered download; nothing was kept)")
+        os.replace(tmp, target)
+        return digests["sha256"].hexdigest()
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _safe_member(name: str, archive: Path) -> PurePosixPath:
+    path = PurePosixPath(name.replace("\\", "/"))
+    if path.is_absolute() or ".." in path.parts or (path.parts and ":" in path.parts[0]):
+        raise RecscaleError(f"{archive}: refusing member {name!r}: it would land outside the target directory")
+    return path
+
+
+def extract(archive: Path, target: Path) -> None:
+    """Unpack a .zip or .tar(.gz) into `target`, refusing absolute paths, '..' and links."""
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as z:
+            for info in z.infolist():
+                _safe_member(info.filename, archive)
+                if (info.external_attr >> 16) & 0o170000 == 0o120000:
+                    raise RecscaleError(f"{archive}: refusing member {info.filename!r}: a symbolic link")
+            z.extractall(target)
+        return
+    if tarfile.is_tarfile(archive):
+        with tarfile.open(archive) as t:
+            for member in t.getmembers():
+                _safe_member(member.name, archive)
+                if not (member.isfile() or member.isdir()):
+                    raise RecscaleError(f"{archive}: refusing member {member.name!r}: not a plain file or directory")
+            t.extractall(target, filter="data")
+        return
+    shutil.copy2(archive, target / archive.name)  # a plain file (e.g. the NCF paper's splits)
+
+
+def _trusted(root: Path, url: str) -> str | None:
+    record = root / "downloads" / "sha256.txt"
+    if record.is_file():
+        for line in record.read_text().splitlines():
+            digest, _, recorded = line.partition("  ")
+            if recorded == url:
+                return digest
+    return None
+
+
+def _remember(root: Path, url: str, digest: str) -> None:
+    record = root / "downloads" / "sha256.txt"
+    with open(record, "a") as handle:
+        handle.write(f"{digest}  {url}\n")
+
+
+def ensure_dataset(remote: Remote, root: Path | None = None) -> Path:
+    """The directory holding the dataset's unpacked files, downloading and unpacking it if missing."""
+    root = root or cache_root()
+    target = dataset_dir(remote, root)
+    files = target / remote.subdir if remote.subdir else target
+    if target.is_dir():
+        return files
+    hint = (f"put the unpacked files in a directory and pass --raw-dir DIR "
+            f"(or place them in {files})")
+    archives = []
+    for url in remote.urls:
+        archive = root / "downloads" / PurePosixPath(url.split("?")[0]).name
+        expected = remote.checksums.get(url)
+        if expected is None and (known := _trusted(root, url)):
+            expected = ("sha256", known)
+        if not archive.is_file():
+            digest = fetch(url, archive, expected, hint)
+            if remote.checksums.get(url) is None and _trusted(root, url) is None:
+                _remember(root, url, digest)
+        archives.append(archive)
+    try:
+        with atomic_directory(target) as tmp:
+            for archive in archives:
+                extract(archive, tmp)
+    except RecscaleError:
+        for archive in archives:  # a refused archive is not kept either
+            archive.unlink(missing_ok=True)
+        raise
+    return files

@@ -1,0 +1,128 @@
+"""Splits made elsewhere, imported as they are, so that results compare with other tools (and with
+the NCF paper) on the very same split.
+
+- `import_split`: train/valid/test files (any layout `read_interactions` reads) under the `ncf`
+  or `random` protocol; under `vae`, train plus fold-in and held-out files of the validation and
+  test users. NCF evaluation negatives are sampled unless given.
+- `read_ncf_paper`: the NCF paper's NAME.train.rating, NAME.test.rating and NAME.test.negative
+  (ml-1m, pinterest-20), with the paper's own 99 test negatives per user.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from recscale.data.prepare import _encode, _id_map, write_prepared
+from recscale.data.readers import canonical_interactions, read_delimited
+from recscale.data.sources import RawDataset
+from recscale.errors import RecscaleError
+
+PARTS = {"ncf": (("train", "test"), ("valid",)), "random": (("train", "test"), ("valid",)),
+         "vae": (("train", "valid_foldin", "valid_heldout", "test_foldin", "test_heldout"), ())}
+
+
+def _one_row_per_pair(part: pl.DataFrame) -> pl.DataFrame:
+    return part.sort("user", "item", "timestamp").unique(["user", "item"], keep="last", maintain_order=True)
+
+
+def import_split(name: str, parts: dict[str, pl.DataFrame], protocol: str, out: Path, files: tuple[Path, ...] = (),
+                 item_features: pl.DataFrame | None = None, negatives: dict[str, pl.DataFrame] | None = None,
+                 test_negatives: int = 100, seed: int = 0, overwrite: bool = False) -> dict:
+    """Write a prepared dataset from ready parts (canonical columns, original ids)."""
+    required, optional = PARTS[protocol]
+    missing = [p for p in required if p not in parts]
+    unknown = [p for p in parts if p not in required + optional]
+    if missing or unknown:
+        raise RecscaleError(f"--protocol {protocol}: a pre-split import needs {', '.join(required)}"
+                            + (f" (optional: {', '.join(optional)})" if optional else "")
+                            + (f"; missing {', '.join(missing)}" if missing else "")
+                            + (f"; unexpected {', '.join(unknown)}" if unknown else ""))
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise RecscaleError(f"{out}: already exists (pass --overwrite to replace it)")
+    parts = {k: _one_row_per_pair(canonical_interactions(v)) for k, v in parts.items()}
+    if protocol == "vae":
+        groups = {"train": parts["train"], "valid": parts["valid_foldin"], "test": parts["test_foldin"]}
+        ids = {g: np.sort(p["user"].unique().to_numpy()) for g, p in groups.items()}
+        overlap = np.intersect1d(ids["train"], np.concatenate([ids["valid"], ids["test"]]))
+        if overlap.size or np.intersect1d(ids["valid"], ids["test"]).size:
+            raise RecscaleError("--protocol vae: training, validation and test users must be disjoint")
+        users = _id_map(np.concatenate([ids[g] for g in groups]), "user").with_columns(
+            pl.Series("group", np.repeat(list(groups), [ids[g].size for g in groups])))
+        items = _id_map(np.sort(parts["train"]["item"].unique().to_numpy()), "item")
+    else:
+        everything = pl.concat([p.select("user", "item") for p in parts.values()]
+                               + [n.select("user", "item") for n in (negatives or {}).values()])
+        users = _id_map(np.sort(everything["user"].unique().to_numpy()), "user")
+        items = _id_map(np.sort(everything["item"].unique().to_numpy()), "item")
+    encoded = {k: _encode(v, users, items) for k, v in parts.items()}
+    params: dict = {"imported": True, "seed": seed}
+    if protocol == "ncf":
+        for split_name, split in encoded.items():
+            if split_name != "train" and split["user"].is_duplicated().any():
+                raise RecscaleError(f"--protocol ncf: the {split_name} split must hold one interaction per user")
+        if negatives:
+            for split_name, frame in negatives.items():
+                encoded[f"{split_name}_negatives"] = _ordered_negatives(frame, users, items, encoded[split_name])
+            test_negatives = encoded["test_negatives"].height // max(encoded["test"].height, 1)
+        params |= {"valid": "valid" in encoded, "test_negatives": test_negatives}
+    raw = RawDataset(name, pl.DataFrame(), item_features, files)
+    return write_prepared(raw, protocol, encoded, users, items, params, out, overwrite, test_negatives, seed)
+
+
+def _ordered_negatives(frame: pl.DataFrame, users: pl.DataFrame, items: pl.DataFrame,
+                       split: pl.DataFrame) -> pl.DataFrame:
+    """Encoded (user, item) negatives, grouped by user in the order of the split's rows, the same
+    number for every user (the layout PreparedDataset.negatives reads)."""
+    encoded = (frame.with_row_index("_order")
+               .join(users.rename({"user": "_u"}), left_on="user", right_on="original_id")
+               .join(items.rename({"item": "_i"}), left_on="item", right_on="original_id"))
+    if encoded.height != frame.height:
+        raise RecscaleError("test negatives name users or items that are in no split")
+    per_user = encoded.group_by("_u").len()
+    if per_user["len"].n_unique() != 1 or per_user.height != split.height:
+        raise RecscaleError("test negatives: every evaluated user needs the same number of negatives")
+    order = split.select(pl.col("user").alias("_u")).with_row_index("_split_order")
+    return (encoded.join(order, on="_u").sort("_split_order", "_order")
+                   .select(pl.col("_u").alias("user"), pl.col("_i").alias("item")))
+
+
+NEGATIVE_KEY = re.compile(r"^\((\d+),(\d+)\)$")
+
+
+def _read_ncf_negatives(path: Path) -> pl.DataFrame:
+    """NAME.test.negative: '(user,item)' then the user's negatives, tab-separated, one user a line."""
+    users, items = [], []
+    with open(path, encoding="utf-8", newline="") as handle:
+        for number, line in enumerate(handle, 1):
+            fields = line.rstrip("\r\n").split("\t")
+            if not fields[0].strip():
+                continue
+            key = NEGATIVE_KEY.match(fields[0].strip())
+            if not key or not all(f.strip().isdigit() for f in fields[1:] if f.strip()):
+                raise RecscaleError(f"{path}:{number}: expected '(user,item)' and integer item ids, tab-separated")
+            negatives = [int(f) for f in fields[1:] if f.strip()]
+            users += [int(key.group(1))] * len(negatives)
+            items += negatives
+    return pl.DataFrame({"user": users, "item": items}, schema={"user": pl.Int64, "item": pl.Int64})
+
+
+def read_ncf_paper(root: Path, name: str | None = None) -> tuple[str, dict, dict, tuple[Path, ...]]:
+    """(name, parts, negatives, files) of the NCF paper's split in `root`."""
+    root = Path(root)
+    if name is None:
+        found = sorted(p.name[: -len(".train.rating")] for p in root.glob("*.train.rating"))
+        if len(found) != 1:
+            raise RecscaleError(f"{root}: expected one NAME.train.rating (found {len(found)})")
+        name = found[0]
+    paths = [root / f"{name}.{suffix}" for suffix in ("train.rating", "test.rating", "test.negative")]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise RecscaleError(f"{root}: missing {', '.join(missing)}")
+    fields = {"user": "int", "item": "int", "rating": "float", "timestamp": "int"}
+    parts = {"train": read_delimited(paths[0], "\t", fields), "test": read_delimited(paths[1], "\t", fields)}
+    return name, parts, {"test": _read_ncf_negatives(paths[2])}, tuple(paths)
