@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             + f"\n\nMachine: {machine()}. Command: `python benchmarks/gpu.py`.")
     print(body)
     if not args.no_write:
-        write_section("gpu", "## GPU throughput\n\n" + body)
+        write_section("gpu", "## GPU throughput (`benchmarks/gpu.py`)\n\n" + body)
     return results
 
 

@@ -134,7 +134,7 @@ def main() -> None:
     print(body)
     if not args.no_write:
         plot(curves, ROOT / "benchmarks" / "large_batch.png")
-        write_section("large-batch", "## Large-batch training (NeuMF)\n\n" + body)
+        write_section("large-batch", "## Large-batch training, NeuMF (`benchmarks/large_batch.py`)\n\n" + body)
 
 
 if __name__ == "__main__":

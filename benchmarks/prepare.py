@@ -82,7 +82,7 @@ def main() -> None:
             f"Command: `python benchmarks/prepare.py`.")
     print(body)
     if not args.no_write:
-        write_section("prepare", "## Prepare at ml-20m scale\n\n" + body)
+        write_section("prepare", "## Prepare at ml-20m scale (`benchmarks/prepare.py`)\n\n" + body)
 
 
 if __name__ == "__main__":

@@ -139,15 +139,16 @@ def _netflix_bad_line(path: Path) -> str:
 def read_netflix_file(path: Path) -> pl.DataFrame:
     """One combined_data_N.txt: 'MovieID:' lines, each followed by its 'CustomerID,Rating,Date' lines."""
     try:
+        # Only the first column is text ('MovieID:' or a CustomerID); the others are typed on read.
         raw = pl.read_csv(path, has_header=False, new_columns=["a", "b", "c"], separator=",",
-                          schema_overrides={"a": pl.Utf8, "b": pl.Utf8, "c": pl.Utf8}, quote_char=None)
+                          schema_overrides={"a": pl.Utf8, "b": pl.Float32, "c": pl.Date}, quote_char=None)
         raw = raw.filter(pl.col("a").is_not_null())
         is_movie = pl.col("a").str.ends_with(":")
         frame = raw.select(
             pl.when(is_movie).then(pl.col("a").str.strip_suffix(":")).forward_fill().cast(pl.Int64).alias("item"),
             pl.when(~is_movie).then(pl.col("a")).cast(pl.Int64).alias("user"),
-            pl.col("b").cast(pl.Float32).alias("rating"),
-            pl.col("c").str.to_date("%Y-%m-%d").alias("date"),
+            pl.col("b").alias("rating"),
+            pl.col("c").alias("date"),
             is_movie.alias("_movie"),
         ).filter(~pl.col("_movie"))
         broken = frame.select(pl.any_horizontal(pl.all().is_null()).any()).item()

@@ -16,17 +16,13 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from recscale.data.prepare import _encode, _id_map, write_prepared
+from recscale.data.prepare import _encode, _id_map, latest_per_pair, write_prepared
 from recscale.data.readers import canonical_interactions, read_delimited
 from recscale.data.sources import RawDataset
 from recscale.errors import RecscaleError
 
 PARTS = {"ncf": (("train", "test"), ("valid",)), "random": (("train", "test"), ("valid",)),
          "vae": (("train", "valid_foldin", "valid_heldout", "test_foldin", "test_heldout"), ())}
-
-
-def _one_row_per_pair(part: pl.DataFrame) -> pl.DataFrame:
-    return part.sort("user", "item", "timestamp").unique(["user", "item"], keep="last", maintain_order=True)
 
 
 def import_split(name: str, parts: dict[str, pl.DataFrame], protocol: str, out: Path, files: tuple[Path, ...] = (),
@@ -44,7 +40,7 @@ def import_split(name: str, parts: dict[str, pl.DataFrame], protocol: str, out: 
     out = Path(out)
     if out.exists() and not overwrite:
         raise RecscaleError(f"{out}: already exists (pass --overwrite to replace it)")
-    parts = {k: _one_row_per_pair(canonical_interactions(v)) for k, v in parts.items()}
+    parts = {k: latest_per_pair(canonical_interactions(v)) for k, v in parts.items()}
     if protocol == "vae":
         groups = {"train": parts["train"], "valid": parts["valid_foldin"], "test": parts["test_foldin"]}
         ids = {g: np.sort(p["user"].unique().to_numpy()) for g, p in groups.items()}

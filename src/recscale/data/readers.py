@@ -109,13 +109,14 @@ def read_delimited(path: str | Path, sep: str, fields: dict[str, str], names: di
         raise ValueError("a doubled separator is only exact for numeric columns")
     try:
         read_at = {c: positions[c] * (2 if wide else 1) for c in fields}
-        order = sorted(fields, key=read_at.get)
-        frame = pl.read_csv(path, separator=sep[0], has_header=names is not None,
-                            quote_char='"' if sep == "," else None, columns=[read_at[c] for c in order],
-                            infer_schema=False)  # all text: typed by the strict casts below
-        frame = frame.rename(dict(zip(frame.columns, order)))
+        options = {"separator": sep[0], "has_header": names is not None, "quote_char": '"' if sep == "," else None}
+        # Polars names headerless columns itself (the scheme changed across versions): ask it.
+        default_names = pl.read_csv(path, n_rows=1, infer_schema=False, **options).columns
+        source = {c: default_names[read_at[c]] for c in fields}
+        frame = pl.read_csv(path, columns=[source[c] for c in fields], **options,
+                            schema_overrides={source[c]: KINDS[kind] for c, kind in fields.items()})
+        frame = frame.select(pl.col(source[c]).alias(c) for c in fields)
         frame = frame.filter(~pl.all_horizontal(pl.all().is_null()))  # blank lines
-        frame = frame.select(pl.col(c).str.strip_chars().cast(KINDS[kind], strict=False) for c, kind in fields.items())
         floats = [c for c, kind in fields.items() if kind == "float"]
         bad = frame.null_count().sum_horizontal().item() > 0 or any(
             frame[c].is_nan().any() or frame[c].is_infinite().any() for c in floats)
@@ -196,6 +197,22 @@ def _integer_ids(frame: pl.DataFrame, column: str, where: Callable[[], str]) -> 
     return frame.with_columns(dense_ids(frame[column]).alias(column))
 
 
+def _first_id_kind(path: Path, sep: str, column: str) -> str:
+    """'int' when the file's first id in `column` is an integer (then all must be), else 'str'."""
+    header = _header(path, sep)
+    if column not in header:
+        return "int"  # read_delimited reports the missing column
+    with open(path, encoding="utf-8", errors="replace", newline="") as handle:
+        next(handle)
+        for line in handle:
+            if line.strip():
+                row = _split(line.rstrip("\r\n"), sep)
+                position = header.index(column)
+                value = row[position].strip() if position < len(row) else ""
+                return "int" if value.lstrip("-").isdigit() else "str"
+    return "int"
+
+
 def read_interactions(path: str | Path, sep: str = ",", user_col: str = "userId", item_col: str = "movieId",
                       rating_col: str = "rating", time_col: str = "timestamp") -> pl.DataFrame:
     """Any CSV/TSV (header line) or Parquet file with a user and an item column. Without a rating
@@ -203,7 +220,8 @@ def read_interactions(path: str | Path, sep: str = ",", user_col: str = "userId"
     Non-integer ids are numbered in sorted order."""
     path = Path(path)
     names = {"user": user_col, "item": item_col}
-    fields = {"user": "str", "item": "str"}
+    fields = {"user": "str", "item": "str"} if path.suffix == ".parquet" else {
+        c: _first_id_kind(path, sep, names[c]) for c in ("user", "item")}
     if rating_col:
         names["rating"], fields["rating"] = rating_col, "float"
     if time_col:

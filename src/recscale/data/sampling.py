@@ -48,17 +48,30 @@ def _first_occurrence(rows: torch.Tensor) -> torch.Tensor:
     return ~dup
 
 
+NEGATIVE_CHUNK_USERS = 1 << 14  # bounds the candidate temporaries (about 40 MB per million candidates)
+
+
 def sample_distinct_negatives(keys: torch.Tensor, users: torch.Tensor, n_items: int, n: int,
                               generator: torch.Generator) -> torch.Tensor:
     """For each (distinct) user, `n` distinct items that are not its positives: shape (len(users), n).
 
     Draws a block of candidates per user and keeps the first `n` valid ones; users left short are
     drawn again with a larger block (rare); a user with fewer than `n` non-positives is an error.
+    Users are processed in chunks so that memory stays flat at ml-20m scale.
     """
     users = users.to(torch.int64)
     out = torch.empty((users.numel(), n), dtype=torch.int64)
     if n == 0 or users.numel() == 0:
         return out
+    for start in range(0, users.numel(), NEGATIVE_CHUNK_USERS):
+        chunk = slice(start, start + NEGATIVE_CHUNK_USERS)
+        out[chunk] = _distinct_negatives_block(keys, users[chunk], n_items, n, generator)
+    return out
+
+
+def _distinct_negatives_block(keys: torch.Tensor, users: torch.Tensor, n_items: int, n: int,
+                              generator: torch.Generator) -> torch.Tensor:
+    out = torch.empty((users.numel(), n), dtype=torch.int64)
     lo = torch.searchsorted(keys, users * n_items)
     hi = torch.searchsorted(keys, (users + 1) * n_items)
     free = n_items - (hi - lo)
