@@ -1,6 +1,6 @@
 """The NCF large-batch experiment, reproduced on a synthetic ml-20m-like log.
 
-    python benchmarks/large_batch.py                 # 5M interactions, about 40 minutes on 2 cores
+    python benchmarks/large_batch.py                 # 5M interactions, about 45 minutes on 2 cores
     python benchmarks/large_batch.py --interactions 300000 --epochs 3 --no-write   # a smoke run
 
 NeuMF (a small tower, so that the CPU finishes) trained with Adam at the base batch, then at 16x

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, peak_rss_mib, table, write_section  # noqa: E402
+from common import machine, table, write_section  # noqa: E402
 
 CHILD = """
 import json, sys, time

@@ -130,3 +130,14 @@ def test_prepare_from_a_raw_dir_end_to_end(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     assert "prepared" in capsys.readouterr().out
     assert (tmp_path / "p" / "meta.json").is_file()
+
+
+SHARED_ML = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small"
+
+
+@pytest.mark.skipif(not SHARED_ML.is_dir(), reason="needs ../shared/data/ml-latest-small (present in CI)")
+def test_published_ml_latest_small_reads_like_the_embedded_copy(movielens):
+    raw = read_format("movielens-csv", SHARED_ML)
+    assert raw.interactions.sort("user", "item", "timestamp").equals(
+        movielens.interactions.sort("user", "item", "timestamp"))
+    assert raw.items.sort("item").equals(movielens.items.sort("item"))

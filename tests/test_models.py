@@ -171,7 +171,7 @@ def test_same_seed_same_metrics_and_parameters(clusters, tmp_path):
         state = torch.load(tmp_path / name / "checkpoints" / "last.pt", weights_only=True)["model"]
         return record, state
 
-    (a, sa), (b, sb), (c, sc) = run(3, "a"), run(3, "b"), run(4, "c")
+    (a, sa), (b, sb), (_, sc) = run(3, "a"), run(3, "b"), run(4, "c")
     assert a["hr@10"] == b["hr@10"] and a["loss"] == b["loss"]
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)

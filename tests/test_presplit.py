@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import polars as pl
-import pytest
 
 from recscale.cli import main
 from recscale.data.prepared import PreparedDataset
