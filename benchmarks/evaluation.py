@@ -81,7 +81,7 @@ def main() -> None:
 
     from recscale.config import PrepareConfig
     from recscale.data.prepare import prepare
-    from recscale.data.sources import RawDataset
+    from recscale.data.raw import RawDataset
     from recscale.training.run import resolve_train_config, start_run
 
     work = Path(tempfile.mkdtemp())

@@ -9,7 +9,8 @@ import pytest
 from recscale.config import PrepareConfig
 from recscale.data.prepare import prepare
 from recscale.data.prepared import PreparedDataset
-from recscale.data.sources import RawDataset, load_dataset
+from recscale.data.raw import RawDataset
+from recscale.data.sources import load_dataset
 
 
 @pytest.fixture(scope="session")

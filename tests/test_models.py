@@ -11,7 +11,7 @@ from recscale.config import PrepareConfig, TrainConfig
 from recscale.data.batch import UserBatch
 from recscale.data.prepare import prepare
 from recscale.data.prepared import PreparedDataset
-from recscale.data.sources import RawDataset
+from recscale.data.raw import RawDataset
 from recscale.evaluation.protocols import evaluate
 from recscale.models.base import DataShape
 from recscale.models.ncf import GMF, MLP, NeuMF

@@ -7,7 +7,7 @@ from recscale.cli import main
 from recscale.config import PrepareConfig, TrainConfig
 from recscale.data.prepare import prepare
 from recscale.data.prepared import PreparedDataset
-from recscale.data.sources import RawDataset
+from recscale.data.raw import RawDataset
 from recscale.training.run import start_run
 
 

@@ -23,7 +23,8 @@ from recscale.data.prepared import PreparedDataset
 from recscale.data.download import cache_root, dataset_dir, ensure_dataset
 from recscale.data.formats import FORMATS, read_format
 from recscale.data.readers import read_interactions, read_movies_csv
-from recscale.data.sources import REMOTES, RawDataset, load_dataset
+from recscale.data.raw import RawDataset
+from recscale.data.sources import REMOTES, load_dataset
 from recscale.data.presplit import import_split, read_ncf_paper
 from recscale.data.synth import SynthSpec, synthesize, write_movielens_layout
 from recscale.errors import RecscaleError
@@ -477,3 +478,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"recscale {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `recscale ... | head`: the reader left; stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141

@@ -22,7 +22,7 @@ from typing import Callable
 import polars as pl
 
 from recscale.data.readers import canonical_interactions, dense_ids, read_delimited, read_movies_csv, read_ratings_csv
-from recscale.data.sources import RawDataset
+from recscale.data.raw import RawDataset
 from recscale.errors import RecscaleError
 
 ML100K_GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",

@@ -17,7 +17,7 @@ import torch
 from recscale import __version__
 from recscale.config import PrepareConfig
 from recscale.data.sampling import positive_keys, sample_distinct_negatives
-from recscale.data.sources import RawDataset
+from recscale.data.raw import RawDataset
 from recscale.data.splits import leave_last_out, random_split, strong_generalization
 from recscale.errors import RecscaleError
 from recscale.fsutil import atomic_directory, sha256_file

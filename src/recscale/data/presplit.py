@@ -18,7 +18,7 @@ import polars as pl
 
 from recscale.data.prepare import _encode, _id_map, latest_per_pair, write_prepared
 from recscale.data.readers import canonical_interactions, read_delimited
-from recscale.data.sources import RawDataset
+from recscale.data.raw import RawDataset
 from recscale.errors import RecscaleError
 
 PARTS = {"ncf": (("train", "test"), ("valid",)), "random": (("train", "test"), ("valid",)),

@@ -9,26 +9,17 @@ Netflix; it is read from files put in place by hand (--raw-dir)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
 from recscale.data.readers import canonical_movies, canonical_ratings
 from recscale.data.download import Remote, ensure_dataset
+from recscale.data.formats import read_format
+from recscale.data.raw import RawDataset
 from recscale.errors import RecscaleError
 
 EMBEDDED_DIR = Path(__file__).parent / "embedded"
-
-
-@dataclass(frozen=True)
-class RawDataset:
-    """Interactions and optional item features in canonical columns, plus the files they came from."""
-
-    name: str
-    interactions: pl.DataFrame
-    items: pl.DataFrame | None
-    files: tuple[Path, ...]
 
 
 def _load_embedded_ml_latest_small() -> RawDataset:
@@ -75,8 +66,3 @@ def load_dataset(name: str, raw_dir: str | Path | None = None) -> RawDataset:
     if raw_dir is None and not remote.urls:
         raise RecscaleError(f"--dataset {name}: {remote.note}")
     return read_format(remote.format, raw_dir if raw_dir is not None else ensure_dataset(remote))
-
-
-def read_format(name: str, root):  # imported late: formats.py builds RawDatasets defined here
-    from recscale.data.formats import read_format as read
-    return read(name, root)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from recscale.data.sources import RawDataset
+from recscale.data.raw import RawDataset
 from recscale.errors import RecscaleError
 
 FIRST_TIMESTAMP = 946_684_800   # 2000-01-01
