@@ -38,10 +38,7 @@ FULL = {"users": 138_493, "items": 26_744, "interactions": 20_000_000, "ncf_batc
         "vae_batch": 4096, "epochs": 3}
 SMALL = {"users": 300, "items": 150, "interactions": 4_500, "ncf_batch": 4096, "vae_batch": 128, "epochs": 2}
 PLAN = [("neumf", "ncf", "ncf_batch"), ("multvae", "vae", "vae_batch")]
-
-
-def precisions(device: str) -> list[str]:
-    return ["fp32", "bf16", "fp16"]
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def measure(data_dir: Path, model: str, batch: int, precision: str, epochs: int, device: str) -> dict:
@@ -72,7 +69,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     results = []
     for model, protocol, batch_key in PLAN:
-        for precision in precisions(device):
+        for precision in PRECISIONS:
             r = measure(work / protocol, model, sizes[batch_key], precision, sizes["epochs"], device)
             results.append(r)
             print(f"{model} {precision}: {r[r['unit'] + '_per_second']:,.0f} {r['unit']}/s "

@@ -89,6 +89,9 @@ def test_lastfm_360k(tmp_path):
     assert frame["user"].to_list() == [1, 1, 2] and frame["rating"].to_list() == [111.0, 2137.0, 3.0]
     assert frame.filter(pl.col("rating") == 3.0)["item"].item() == frame.filter(pl.col("rating") == 2137.0)["item"].item()
     assert set(raw.items["title"]) == {"betty blowtorch", '"the" unquoted band'}
+    _write(tmp_path / "usersha1-artmbid-artname-plays.tsv", ["u1\tm1\tband\t5", "", "u2\tm1\tband\tlots"])
+    with pytest.raises(RecscaleError, match=r"plays.tsv:3: plays is not an integer: 'lots'"):
+        read_format("lastfm-360k", tmp_path)
 
 
 def test_generic_tsv_with_string_ids_and_implicit_feedback(tmp_path):

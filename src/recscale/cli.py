@@ -56,11 +56,16 @@ def _raw_from_args(args) -> RawDataset:
         if not args.raw_dir:
             raise RecscaleError(f"--format {args.format}: needs --raw-dir DIR (the unpacked files)")
         return read_format(args.format, args.raw_dir)
-    ratings = read_interactions(args.ratings, _separator(args.sep, args.ratings), args.user_col, args.item_col,
-                                args.rating_col, args.time_col)
+    ratings = _read_interactions_file(args, args.ratings)
     movies = read_movies_csv(args.movies) if args.movies else None
     files = tuple(Path(p) for p in (args.ratings, args.movies) if p)
     return RawDataset(Path(args.ratings).stem, ratings, movies, files)
+
+
+def _read_interactions_file(args, path: str):
+    """--ratings or one file of an imported split, read with the column and separator flags."""
+    return read_interactions(path, _separator(args.sep, path), args.user_col, args.item_col,
+                             args.rating_col, args.time_col)
 
 
 def _separator(sep: str | None, path: str) -> str:
@@ -79,13 +84,10 @@ PRESPLIT_FLAGS = {"train": "train_file", "valid": "valid_file", "test": "test_fi
 
 def _import_files(args, cfg: PrepareConfig) -> dict:
     """--train-file etc.: a split made elsewhere, imported as it is."""
-    sep = lambda path: _separator(args.sep, path)  # noqa: E731
-    read = lambda path: read_interactions(path, sep(path), args.user_col, args.item_col,  # noqa: E731
-                                          args.rating_col, args.time_col)
     given = {part: getattr(args, flag) for part, flag in PRESPLIT_FLAGS.items() if getattr(args, flag)}
     if cfg.protocol == "vae":  # --valid-file/--test-file are the fold-in parts of the held-out users
         given = {({"valid": "valid_foldin", "test": "test_foldin"}.get(k, k)): v for k, v in given.items()}
-    parts = {part: read(path) for part, path in given.items()}
+    parts = {part: _read_interactions_file(args, path) for part, path in given.items()}
     items = read_movies_csv(args.movies) if args.movies else None
     files = tuple(Path(p) for p in [*given.values(), args.movies] if p)
     return import_split(Path(args.train_file).stem, parts, cfg.protocol, Path(args.out), files, items,

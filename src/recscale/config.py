@@ -129,15 +129,14 @@ class TrainConfig:
                 raise RecscaleError(f"--{name.replace('_', '-')}: must be >= 1")
         if self.lr <= 0:
             raise RecscaleError("--lr: must be > 0")
-        if self.precision not in PRECISIONS:
-            raise RecscaleError(f"--precision: choose from {', '.join(PRECISIONS)}")
         if self.lr_scaling == "linear" and self.base_batch_size < 1:
             raise RecscaleError("--lr-scaling linear: needs --base-batch-size >= 1")
         if self.warmup != "none" and self.warmup_epochs <= 0:
             raise RecscaleError(f"--warmup {self.warmup}: needs --warmup-epochs > 0")
         if self.warmup_epochs < 0:
             raise RecscaleError("--warmup-epochs: must be >= 0")
-        for name, allowed in (("lr_scaling", LR_SCALINGS), ("warmup", WARMUPS), ("lr_decay", DECAYS)):
+        for name, allowed in (("precision", PRECISIONS), ("lr_scaling", LR_SCALINGS), ("warmup", WARMUPS),
+                              ("lr_decay", DECAYS)):
             if getattr(self, name) not in allowed:
                 raise RecscaleError(f"--{name.replace('_', '-')}: choose from {', '.join(allowed)}")
         if self.negatives < 1:

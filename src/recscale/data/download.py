@@ -149,12 +149,11 @@ def ensure_dataset(remote: Remote, root: Path | None = None) -> Path:
     archives = []
     for url in remote.urls:
         archive = root / "downloads" / PurePosixPath(url.split("?")[0]).name
-        expected = remote.checksums.get(url)
-        if expected is None and (known := _trusted(root, url)):
-            expected = ("sha256", known)
+        known = _trusted(root, url)
+        expected = remote.checksums.get(url) or (("sha256", known) if known else None)
         if not archive.is_file():
             digest = fetch(url, archive, expected, hint)
-            if remote.checksums.get(url) is None and _trusted(root, url) is None:
+            if expected is None:
                 _remember(root, url, digest)
         archives.append(archive)
     try:

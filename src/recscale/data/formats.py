@@ -21,14 +21,14 @@ from typing import Callable
 
 import polars as pl
 
-from recscale.data.readers import canonical_interactions, dense_ids, read_delimited, read_movies_csv, read_ratings_csv
+from recscale.data.readers import (INTERACTION_KINDS, canonical_interactions, dense_ids, first_bad_line,
+                                   read_delimited, read_movies_csv, read_ratings_csv)
 from recscale.data.raw import RawDataset
 from recscale.errors import RecscaleError
 
 ML100K_GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
                  "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",
                  "Thriller", "War", "Western"]
-ID_RATING_TIME = {"user": "int", "item": "int", "rating": "float", "timestamp": "int"}
 
 
 def _require(root: Path, *names: str) -> list[Path]:
@@ -92,13 +92,13 @@ def read_movies_dat(path: Path) -> pl.DataFrame:
 
 def read_movielens_100k(root: Path) -> RawDataset:
     data, item = _require(root, "u.data", "u.item")
-    ratings = read_delimited(data, "\t", ID_RATING_TIME)
+    ratings = read_delimited(data, "\t", INTERACTION_KINDS)
     return RawDataset(root.name, ratings, read_u_item(item), (data, item))
 
 
 def read_movielens_dat(root: Path) -> RawDataset:
     data, movies = _require(root, "ratings.dat", "movies.dat")
-    ratings = read_delimited(data, "::", ID_RATING_TIME)
+    ratings = read_delimited(data, "::", INTERACTION_KINDS)
     return RawDataset(root.name, ratings, read_movies_dat(movies), (data, movies))
 
 
@@ -108,9 +108,6 @@ def read_movielens_csv(root: Path) -> RawDataset:
 
 
 # ----------------------------------------------------------------------------- Netflix Prize
-
-NETFLIX_EPOCH = datetime.date(1970, 1, 1)
-
 
 def _netflix_bad_line(path: Path) -> str:
     movie_seen = False
@@ -194,16 +191,17 @@ def read_lastfm(root: Path) -> RawDataset:
     integer ids in sorted order of their keys (the artist's MBID, or its name when it has none);
     the artist names become item titles. No timestamps: every row gets 0."""
     (path,) = _require(root, LASTFM_FILE)
+    checks = {"usersha1": (0, "str"), "plays": (3, "int")}
     try:
         raw = pl.read_csv(path, separator="\t", has_header=False, quote_char=None,
                           new_columns=["usersha1", "mbid", "name", "plays"],
                           schema_overrides={"usersha1": pl.Utf8, "mbid": pl.Utf8, "name": pl.Utf8, "plays": pl.Int64})
     except (pl.exceptions.PolarsError, ValueError) as exc:
-        raise RecscaleError(f"{path}: cannot parse: {str(exc).splitlines()[0]}") from None
-    raw = raw.filter(pl.col("usersha1").is_not_null())
-    if raw["plays"].null_count():
-        line = int(raw.with_row_index()["index"].filter(raw["plays"].is_null())[0]) + 1
-        raise RecscaleError(f"{path}:{line}: missing or non-integer play count")
+        problem = first_bad_line(path, "\t", checks, False)
+        raise RecscaleError(problem or f"{path}: cannot parse: {str(exc).splitlines()[0]}") from None
+    raw = raw.filter(~pl.all_horizontal(pl.all().is_null()))  # blank lines
+    if raw["plays"].null_count() or raw["usersha1"].null_count():
+        raise RecscaleError(first_bad_line(path, "\t", checks, False) or f"{path}: missing values")
     key = pl.when(pl.col("mbid").fill_null("") != "").then(pl.col("mbid")).otherwise("name:" + pl.col("name"))
     frame = raw.with_columns(key.alias("artist"))
     frame = frame.with_columns(dense_ids(frame["usersha1"]).alias("user"), dense_ids(frame["artist"]).alias("item"))

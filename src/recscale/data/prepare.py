@@ -77,6 +77,17 @@ def _id_map(original_ids: np.ndarray, name: str) -> pl.DataFrame:
                          "original_id": original_ids})
 
 
+def sorted_id_maps(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """User and item maps over every id in `frame`, in sorted order of the original ids."""
+    return tuple(_id_map(np.sort(frame[c].unique().to_numpy()), c) for c in ("user", "item"))
+
+
+def refuse_existing(out: Path, overwrite: bool) -> None:
+    """Fail before any work, not after it (atomic_directory checks again when writing)."""
+    if out.exists() and not overwrite:
+        raise RecscaleError(f"{out}: already exists (pass --overwrite to replace it)")
+
+
 def _encode(frame: pl.DataFrame, users: pl.DataFrame, items: pl.DataFrame) -> pl.DataFrame:
     """Replace original ids by contiguous ones (rows whose ids are not in the maps are dropped)."""
     return (frame.join(users.rename({"user": "_u"}), left_on="user", right_on="original_id")
@@ -116,8 +127,7 @@ def split(frame: pl.DataFrame, cfg: PrepareConfig) -> tuple[dict[str, pl.DataFra
                     "min_user_interactions": cfg.effective_min_user_interactions}
     if cfg.protocol == "ncf":
         parts = leave_last_out(frame, 2 if cfg.valid else 1)
-        users = _id_map(np.sort(frame["user"].unique().to_numpy()), "user")
-        items = _id_map(np.sort(frame["item"].unique().to_numpy()), "item")
+        users, items = sorted_id_maps(frame)
         params |= {"valid": cfg.valid, "test_negatives": cfg.test_negatives}
     elif cfg.protocol == "vae":
         n_heldout = _heldout_users(cfg, frame["user"].n_unique())
@@ -129,8 +139,7 @@ def split(frame: pl.DataFrame, cfg: PrepareConfig) -> tuple[dict[str, pl.DataFra
         params |= {"heldout_users": n_heldout, "holdout_fraction": cfg.holdout_fraction}
     else:
         parts = random_split(frame, cfg.ratios, cfg.seed)
-        users = _id_map(np.sort(frame["user"].unique().to_numpy()), "user")
-        items = _id_map(np.sort(frame["item"].unique().to_numpy()), "item")
+        users, items = sorted_id_maps(frame)
         params |= {"ratios": list(cfg.ratios)}
     encoded = {name: _encode(part, users, items) for name, part in parts.items()}
     return encoded, users, items, params
@@ -162,8 +171,7 @@ def _feature_meta(n: int, **extra) -> dict:
 def prepare(raw: RawDataset, cfg: PrepareConfig, out: str | Path, overwrite: bool = False) -> dict:
     """Write the prepared dataset for `raw` under `cfg` to `out`; return its meta.json content."""
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise RecscaleError(f"{out}: already exists (pass --overwrite to replace it)")
+    refuse_existing(out, overwrite)
     frame = filter_interactions(raw.interactions, cfg)
     parts, users, items, params = split(frame, cfg)
     return write_prepared(raw, cfg.protocol, parts, users, items, params, out, overwrite,

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from recscale.data.prepare import _encode, _id_map, latest_per_pair, write_prepared
-from recscale.data.readers import canonical_interactions, read_delimited
+from recscale.data.prepare import _encode, _id_map, latest_per_pair, refuse_existing, sorted_id_maps, write_prepared
+from recscale.data.readers import INTERACTION_KINDS, canonical_interactions, read_delimited
 from recscale.data.raw import RawDataset
 from recscale.errors import RecscaleError
 
@@ -38,8 +38,7 @@ def import_split(name: str, parts: dict[str, pl.DataFrame], protocol: str, out: 
                             + (f"; missing {', '.join(missing)}" if missing else "")
                             + (f"; unexpected {', '.join(unknown)}" if unknown else ""))
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise RecscaleError(f"{out}: already exists (pass --overwrite to replace it)")
+    refuse_existing(out, overwrite)
     parts = {k: latest_per_pair(canonical_interactions(v)) for k, v in parts.items()}
     if protocol == "vae":
         groups = {"train": parts["train"], "valid": parts["valid_foldin"], "test": parts["test_foldin"]}
@@ -51,10 +50,8 @@ def import_split(name: str, parts: dict[str, pl.DataFrame], protocol: str, out: 
             pl.Series("group", np.repeat(list(groups), [ids[g].size for g in groups])))
         items = _id_map(np.sort(parts["train"]["item"].unique().to_numpy()), "item")
     else:
-        everything = pl.concat([p.select("user", "item") for p in parts.values()]
-                               + [n.select("user", "item") for n in (negatives or {}).values()])
-        users = _id_map(np.sort(everything["user"].unique().to_numpy()), "user")
-        items = _id_map(np.sort(everything["item"].unique().to_numpy()), "item")
+        users, items = sorted_id_maps(pl.concat([p.select("user", "item") for p in parts.values()]
+                                                + [n.select("user", "item") for n in (negatives or {}).values()]))
     encoded = {k: _encode(v, users, items) for k, v in parts.items()}
     params: dict = {"imported": True, "seed": seed}
     if protocol == "ncf":
@@ -119,6 +116,6 @@ def read_ncf_paper(root: Path, name: str | None = None) -> tuple[str, dict, dict
     missing = [p.name for p in paths if not p.is_file()]
     if missing:
         raise RecscaleError(f"{root}: missing {', '.join(missing)}")
-    fields = {"user": "int", "item": "int", "rating": "float", "timestamp": "int"}
-    parts = {"train": read_delimited(paths[0], "\t", fields), "test": read_delimited(paths[1], "\t", fields)}
+    parts = {"train": read_delimited(paths[0], "\t", INTERACTION_KINDS),
+             "test": read_delimited(paths[1], "\t", INTERACTION_KINDS)}
     return name, parts, {"test": _read_ncf_negatives(paths[2])}, tuple(paths)

@@ -13,8 +13,6 @@ import csv
 import math
 from pathlib import Path
 
-from typing import Callable
-
 import polars as pl
 
 from recscale.errors import RecscaleError
@@ -47,6 +45,7 @@ def _require_columns(path: Path, header: list[str], required: list[str]) -> None
 
 
 KINDS = {"int": pl.Int64, "float": pl.Float64, "str": pl.Utf8}
+INTERACTION_KINDS = {"user": "int", "item": "int", "rating": "float", "timestamp": "int"}  # in file order
 
 
 def _split(line: str, sep: str) -> list[str]:
@@ -71,7 +70,7 @@ def _problem(text: str, name: str, kind: str) -> str:
     return ""
 
 
-def _first_bad_line(path: Path, sep: str, checks: dict[str, tuple[int, str]], has_header: bool) -> str:
+def first_bad_line(path: Path, sep: str, checks: dict[str, tuple[int, str]], has_header: bool) -> str:
     """Walk the file and describe the first line that does not parse. `checks` maps a column name
     to its position and kind ('int', 'float' (finite) or 'str')."""
     with open(path, encoding="utf-8", errors="replace", newline="") as handle:
@@ -121,10 +120,10 @@ def read_delimited(path: str | Path, sep: str, fields: dict[str, str], names: di
         bad = frame.null_count().sum_horizontal().item() > 0 or any(
             frame[c].is_nan().any() or frame[c].is_infinite().any() for c in floats)
     except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
-        problem = _first_bad_line(path, sep, checks, names is not None)
+        problem = first_bad_line(path, sep, checks, names is not None)
         raise RecscaleError(problem or f"{path}: cannot parse: {str(exc).splitlines()[0]}") from None
     if bad:
-        raise RecscaleError(_first_bad_line(path, sep, checks, names is not None) or f"{path}: empty or invalid values")
+        raise RecscaleError(first_bad_line(path, sep, checks, names is not None) or f"{path}: empty or invalid values")
     if frame.height == 0:
         raise RecscaleError(f"{path}: no rows" + (" after the header" if names is not None else ""))
     return frame
@@ -133,7 +132,7 @@ def read_delimited(path: str | Path, sep: str, fields: dict[str, str], names: di
 def read_ratings_csv(path: str | Path) -> pl.DataFrame:
     """Read a CSV in MovieLens' ratings.csv layout (`userId,movieId,rating,timestamp`; extra
     columns are ignored)."""
-    frame = read_delimited(path, ",", {"user": "int", "item": "int", "rating": "float", "timestamp": "int"},
+    frame = read_delimited(path, ",", INTERACTION_KINDS,
                            names={"user": "userId", "item": "movieId", "rating": "rating", "timestamp": "timestamp"})
     return canonical_interactions(frame)
 
@@ -163,10 +162,10 @@ def read_movies_csv(path: str | Path) -> pl.DataFrame:
         frame = pl.read_csv(path, columns=["movieId", "title", "genres"],
                             schema_overrides={"movieId": pl.Int64, "title": pl.Utf8, "genres": pl.Utf8})
     except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
-        problem = _first_bad_line(path, ",", {"movieId": (header.index("movieId"), "int")}, True)
+        problem = first_bad_line(path, ",", {"movieId": (header.index("movieId"), "int")}, True)
         raise RecscaleError(problem or f"{path}: cannot parse: {str(exc).splitlines()[0]}") from None
     if frame["movieId"].null_count():
-        raise RecscaleError(_first_bad_line(path, ",", {"movieId": (header.index("movieId"), "int")}, True)
+        raise RecscaleError(first_bad_line(path, ",", {"movieId": (header.index("movieId"), "int")}, True)
                             or f"{path}: empty movieId")
     return canonical_movies(frame)
 
@@ -183,22 +182,19 @@ def dense_ids(column: pl.Series) -> pl.Series:
     return column.rank("dense").cast(pl.Int64)
 
 
-def _integer_ids(frame: pl.DataFrame, column: str, where: Callable[[], str]) -> pl.DataFrame:
-    """Integer ids as they are; other ids (hashes, names) numbered in sorted order. A column whose
-    first id is an integer must hold only integers: a stray word there is a malformed line
-    (`where()` names it), not a reason to renumber every id."""
-    if frame.schema[column].is_integer():
-        return frame
-    as_int = frame[column].cast(pl.Int64, strict=False)
-    if as_int.null_count() == 0:
-        return frame.with_columns(as_int.alias(column))
-    if as_int[0] is not None:
-        raise RecscaleError(where())
-    return frame.with_columns(dense_ids(frame[column]).alias(column))
+def _as_ids(column: pl.Series) -> pl.Series:
+    """Integer ids as they are (also when stored as text); other ids (hashes, names) numbered in
+    sorted order."""
+    if column.dtype.is_integer():
+        return column
+    as_int = column.cast(pl.Int64, strict=False)
+    return as_int if as_int.null_count() == 0 else dense_ids(column)
 
 
 def _first_id_kind(path: Path, sep: str, column: str) -> str:
-    """'int' when the file's first id in `column` is an integer (then all must be), else 'str'."""
+    """'int' when the file's first id in `column` is an integer, else 'str'. With 'int' every id must
+    be one: a stray word is a malformed line (reported by read_delimited), not a reason to
+    renumber every id."""
     header = _header(path, sep)
     if column not in header:
         return "int"  # read_delimited reports the missing column
@@ -242,19 +238,7 @@ def read_interactions(path: str | Path, sep: str = ",", user_col: str = "userId"
     else:
         frame = read_delimited(path, sep, fields, names=names)
 
-    def where(column: str) -> Callable[[], str]:
-        def parquet() -> str:
-            bad = frame.with_row_index().filter(frame[column].cast(pl.Int64, strict=False).is_null())
-            return f"{path}: row {int(bad['index'][0])}: {names[column]} is not an integer"
-
-        def delimited() -> str:
-            position = _header(path, sep).index(names[column])
-            return _first_bad_line(path, sep, {names[column]: (position, "int")}, True)
-
-        return parquet if path.suffix == ".parquet" else delimited
-
-    frame = _integer_ids(frame, "user", where("user"))
-    frame = _integer_ids(frame, "item", where("item"))
+    frame = frame.with_columns(_as_ids(frame["user"]).alias("user"), _as_ids(frame["item"]).alias("item"))
     if not rating_col:
         frame = frame.with_columns(pl.lit(1.0).alias("rating"))
     if not time_col:

@@ -16,6 +16,7 @@ import polars as pl
 
 from recscale.data.raw import RawDataset
 from recscale.errors import RecscaleError
+from recscale.fsutil import atomic_directory
 
 FIRST_TIMESTAMP = 946_684_800   # 2000-01-01
 LAST_TIMESTAMP = 1_577_836_800  # 2020-01-01
@@ -156,7 +157,6 @@ def synthesize(spec: SynthSpec) -> Synthetic:
 
 def write_movielens_layout(raw: RawDataset, out_dir) -> None:
     """ratings.csv (userId,movieId,rating,timestamp) and movies.csv (movieId,title,genres) into `out_dir`."""
-    from recscale.fsutil import atomic_directory
     with atomic_directory(out_dir, overwrite=True) as tmp:
         raw.interactions.rename({"user": "userId", "item": "movieId"}).write_csv(tmp / "ratings.csv")
         items = raw.items.select(pl.col("item").alias("movieId"), "title", pl.col("genres").list.join("|"))

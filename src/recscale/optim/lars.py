@@ -65,11 +65,10 @@ class LARS(torch.optim.Optimizer):
                     raise RuntimeError("LARS needs dense gradients (a layer's gradient norm)")
                 grad = p.grad
                 decay = group["weight_decay"]
+                rate = group["lr"]
                 if group["adapt"]:
-                    rate = group["lr"] * trust_ratio(torch.linalg.vector_norm(p), torch.linalg.vector_norm(grad),
-                                                     group["eta"], decay, group["eps"])
-                else:
-                    rate = torch.tensor(group["lr"], device=p.device)
+                    rate = rate * trust_ratio(torch.linalg.vector_norm(p), torch.linalg.vector_norm(grad),
+                                              group["eta"], decay, group["eps"])
                 update = grad.add(p, alpha=decay) if decay else grad.clone()
                 update.mul_(rate)
                 state = self.state[p]
