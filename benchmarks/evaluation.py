@@ -41,11 +41,12 @@ def synthetic(n_users: int, n_items: int, seed: int = 0) -> pl.DataFrame:
 
 
 def child(kind: str, run: str, out: str) -> None:
-    from recscale.cli import run_recommend
+    import recscale
     from recscale.evaluation.protocols import evaluate
-    from recscale.training.run import load_run
+    from recscale.recommend import read_user_file
 
-    model, data, cfg, device = load_run(run, "cpu")
+    loaded = recscale.load_run(run, "cpu")
+    model, data, device = loaded.model, loaded.data, loaded.loaded.device
     base = peak_rss_mib()
     if kind == "evaluate":
         times = []
@@ -62,7 +63,7 @@ def child(kind: str, run: str, out: str) -> None:
             users_file = Path(out).with_suffix(".users.txt")
             users_file.write_text("\n".join(map(str, data.original_user_ids()[:n_users])) + "\n")
         start = time.perf_counter()
-        rows = run_recommend(Path(run), 100, Path(out), str(users_file) if users_file else None, "cpu")
+        rows = loaded.write_recommendations(out, read_user_file(users_file, data) if users_file else None, 100)
         seconds = time.perf_counter() - start
         print(json.dumps({"users": n_users, "rows": rows, "seconds": seconds,
                           "rss_before": base, "rss_peak": peak_rss_mib()}))
@@ -82,15 +83,13 @@ def main() -> None:
     from recscale.config import PrepareConfig
     from recscale.data.prepare import prepare
     from recscale.data.raw import RawDataset
-    from recscale.training.run import resolve_train_config, start_run
+    import recscale
 
     work = Path(tempfile.mkdtemp())
     frame = synthetic(args.users, args.items)
     meta = prepare(RawDataset("synthetic", frame, None, ()),
                    PrepareConfig(protocol="vae", min_rating=0, heldout_users=args.heldout_users), work / "data")
-    cfg = resolve_train_config({"data": str(work / "data"), "model": "multvae", "epochs": 1, "device": "cpu",
-                                "progress": False}, source="benchmark")
-    start_run(cfg, {}, work / "run")
+    recscale.train(work / "data", "multvae", work / "run", epochs=1, device="cpu", progress=False)
 
     def run_child(kind):
         out = subprocess.run([sys.executable, __file__, "--child", kind, str(work / "run"), str(work / "recs.parquet")],

@@ -32,7 +32,7 @@ from recscale.bench import benchmark  # noqa: E402
 from recscale.config import PrepareConfig  # noqa: E402
 from recscale.data.prepare import prepare  # noqa: E402
 from recscale.data.synth import SynthSpec, synthesize  # noqa: E402
-from recscale.training.run import resolve_train_config  # noqa: E402
+from recscale.training.build import resolve_run_config  # noqa: E402
 
 FULL = {"users": 138_493, "items": 26_744, "interactions": 20_000_000, "ncf_batch": 1_048_576,
         "vae_batch": 4096, "epochs": 3}
@@ -42,8 +42,8 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def measure(data_dir: Path, model: str, batch: int, precision: str, epochs: int, device: str) -> dict:
-    cfg = resolve_train_config({"data": str(data_dir), "model": model, "batch_size": batch, "epochs": epochs,
-                                "precision": precision, "device": device, "progress": False}, source="gpu.py")
+    cfg = resolve_run_config({"data": str(data_dir), "model": model, "batch_size": batch, "epochs": epochs,
+                              "precision": precision, "device": device, "progress": False}, source="gpu.py")
     with contextlib.redirect_stderr(io.StringIO()):
         return benchmark(cfg, {}, untimed_epochs=1)
 

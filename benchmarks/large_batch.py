@@ -27,7 +27,8 @@ from common import ROOT, machine, table, write_section  # noqa: E402
 from recscale.config import PrepareConfig  # noqa: E402
 from recscale.data.prepare import prepare  # noqa: E402
 from recscale.data.synth import SynthSpec, synthesize  # noqa: E402
-from recscale.training.run import resolve_train_config, start_run  # noqa: E402
+from recscale.training.build import resolve_run_config  # noqa: E402
+from recscale.training.run import start_run  # noqa: E402
 
 BASE_BATCH = 4096
 BASE_LR = 0.001
@@ -56,9 +57,9 @@ def configs(base: int, lr: float, lars_lr: float, lars_eta: float) -> list[tuple
 
 
 def run(data_dir: Path, name: str, settings: dict, epochs: int, out: Path) -> list[dict]:
-    cfg = resolve_train_config({"data": str(data_dir), "model": "neumf", "epochs": epochs, "device": "cpu",
-                                "progress": False, "patience": epochs, "ks": [10], **settings},
-                               source=name)
+    cfg = resolve_run_config({"data": str(data_dir), "model": "neumf", "epochs": epochs, "device": "cpu",
+                              "progress": False, "patience": epochs, "ks": [10], **settings},
+                             source=name)
     with contextlib.redirect_stderr(io.StringIO()):
         start_run(cfg, {**MODEL, "embedding_gradients": "dense"}, out)
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -28,7 +28,7 @@ from recscale.config import PrepareConfig  # noqa: E402
 from recscale.data.prepare import prepare  # noqa: E402
 from recscale.data.sources import load_dataset  # noqa: E402
 from recscale.evaluation.protocols import evaluate  # noqa: E402
-from recscale.training.run import load_run, resolve_train_config, start_run  # noqa: E402
+import recscale  # noqa: E402
 
 PLAN = {
     "ncf": (["popularity", "neumf"], ["hr@10", "ndcg@10"]),
@@ -37,14 +37,11 @@ PLAN = {
 
 
 def run_one(data_dir: Path, model: str, seed: int, out: Path) -> tuple[dict, float]:
-    cfg = resolve_train_config({"data": str(data_dir), "model": model, "seed": seed, "device": "cpu",
-                                "progress": False}, source="benchmark")
     start = time.perf_counter()
     with contextlib.redirect_stderr(io.StringIO()):
-        start_run(cfg, {}, out)
+        run = recscale.train(data_dir, model, out, seed=seed, device="cpu", progress=False)
     seconds = time.perf_counter() - start
-    trained, data, _, device = load_run(out, "cpu")
-    return evaluate(trained, data, "test", ks=(10, 20, 50, 100), device=device), seconds
+    return run.evaluate("test", ks=(10, 20, 50, 100), write=False), seconds
 
 
 def main() -> None:

@@ -50,16 +50,15 @@ def export_split(out: Path) -> Path:
 def time_recscale(data_dir: Path, batch: int, epochs: int) -> list[float]:
     import torch
 
-    from recscale.training.run import _seeded, build_model, pick_device, resolve_train_config
-    from recscale.training.trainer import Trainer
     from recscale.data.prepared import PreparedDataset
+    from recscale.training.build import build_model, build_trainer, resolve_run_config, seeded
 
-    cfg = resolve_train_config({"data": str(data_dir), "model": "neumf", "batch_size": batch, "device": "cpu",
-                                "lr": 1e-3, "progress": False}, source="benchmark")
+    cfg = resolve_run_config({"data": str(data_dir), "model": "neumf", "batch_size": batch, "device": "cpu",
+                              "lr": 1e-3, "progress": False}, source="benchmark")
     data = PreparedDataset(data_dir)
-    with _seeded(0, torch.device("cpu")):
-        model, _ = build_model("neumf", data, {}, cfg.batch_size)
-        trainer = Trainer(model, data, cfg, pick_device("cpu"), run_dir=None)
+    with seeded(0, torch.device("cpu")):
+        model, _ = build_model(cfg, {}, data)
+        trainer = build_trainer(cfg, model, data, torch.device("cpu"))
         trainer.logger.enabled = False
         times = []
         for _ in range(epochs + 1):
@@ -127,9 +126,10 @@ def main() -> None:
         ours, theirs = [], []
         for _ in range(args.rounds):
             ours += time_recscale(data_dir, batch, args.epochs)
-            out = subprocess.run([args.recbole_python, __file__, "--side", "recbole", "--root", str(work / "recbole"),
-                                  "--batch-sizes", str(batch), "--epochs", str(args.epochs)],
-                                 capture_output=True, text=True)
+            # RecBole writes log_tensorboard/ and saved/ into its working directory: give it a scratch one
+            out = subprocess.run([args.recbole_python, str(Path(__file__).resolve()), "--side", "recbole",
+                                  "--root", str(work / "recbole"), "--batch-sizes", str(batch), "--epochs",
+                                  str(args.epochs)], capture_output=True, text=True, cwd=work)
             if out.returncode:
                 raise SystemExit(f"RecBole side failed:\n{out.stderr[-3000:]}")
             theirs += json.loads(out.stdout.strip().splitlines()[-1])

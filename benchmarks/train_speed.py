@@ -33,7 +33,7 @@ from recscale.data.sources import load_dataset  # noqa: E402
 from recscale.models.base import DataShape  # noqa: E402
 from recscale.models.ncf import NCFConfig, NeuMF  # noqa: E402
 from recscale.optim.factory import make_optimizers  # noqa: E402
-from recscale.training.run import resolve_train_config  # noqa: E402
+from recscale.training.build import resolve_run_config  # noqa: E402
 
 SHAPES = {"ml-latest-small": (671, 9_066), "ml-20m": (138_493, 26_744)}
 
@@ -90,8 +90,8 @@ def main() -> None:
         data_dir = work / protocol
         if not data_dir.exists():
             prepare(raw, PrepareConfig(protocol=protocol), data_dir)
-        cfg = resolve_train_config({"data": str(data_dir), "model": model, "device": "cpu", "epochs": 4,
-                                    "progress": False, **extra}, source="benchmark")
+        cfg = resolve_run_config({"data": str(data_dir), "model": model, "device": "cpu", "epochs": 4,
+                                  "progress": False, **extra}, source="benchmark")
         r = benchmark(cfg, {}, untimed_epochs=1)
         rate_key = f"{r['unit']}_per_second"
         results.append([model, r["precision"], f"{r['batch_size']:,}", f"{r['epoch_seconds']:.2f}",

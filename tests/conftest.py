@@ -50,3 +50,19 @@ def synthetic_raw(n_users=40, n_items=60, per_user=20, seed=0) -> RawDataset:
                           "rating": rng.integers(1, 6, len(users)).astype(np.float32),
                           "timestamp": rng.permutation(len(users)).astype(np.int64)})
     return RawDataset("synthetic", frame, None, ())
+
+
+@pytest.fixture(scope="session")
+def popularity(prepared):
+    """protocol -> (popularity model fitted on the embedded data's training split, its dataset)."""
+    from recscale.models.base import DataShape
+    from recscale.models.popularity import Popularity
+    from recscale.training.run import sparse_tensor
+
+    def get(protocol: str):
+        data = prepared(protocol)
+        model = Popularity(DataShape(data.n_users, data.n_items))
+        model.fit(sparse_tensor(data.user_items("train")))
+        return model, data
+
+    return get

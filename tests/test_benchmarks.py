@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -15,6 +17,7 @@ def _load(name: str):
     return module
 
 
+@pytest.mark.slow
 def test_gpu_benchmark_runs_on_cpu_at_small_sizes(capsys):
     results = _load("gpu").main(["--small", "--no-write", "--device", "cpu"])
     assert [(r["model"], r["precision"]) for r in results] == [

@@ -33,24 +33,25 @@ def test_prepare_from_a_ratings_file(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, fragment", [
     (["prepare", "--out", "X"], "give exactly one of --dataset NAME, --format FORMAT --raw-dir DIR, or --ratings FILE"),
-    (["prepare", "--ratings", "BAD", "--out", "X"], "BAD:3: userId is not an integer: 'u2'"),
+    (["prepare", "--ratings", "BAD", "--out", "X"], "BAD:3: rating is not a number: 'x'"),
     (["prepare", "--ratings", "MISSING.csv", "--out", "X"], "MISSING.csv: file not found"),
     (["prepare", "--dataset", "ml-latest-small", "--ratios", "0.5,0.1,0.1", "--protocol", "random", "--out", "X"],
      "--ratios: need three non-negative fractions that sum to 1"),
     (["prepare", "--dataset", "ml-latest-small", "--protocol", "nope", "--out", "X"], "--protocol: invalid choice"),
-    (["evaluate", "--run", "NORUN"], "is not a run directory"),
+    (["evaluate", "--run", "NORUN"], "NORUN: not a run directory"),
     (["train", "--data", "NODATA", "--out", "X"], "not a prepared dataset"),
     (["train", "--data", "NODATA", "--model", "nope", "--out", "X"], "unknown model 'nope'"),
 ])
 def test_bad_input_is_one_line_with_exit_code_2(tmp_path, monkeypatch, capsys, argv, fragment):
     monkeypatch.chdir(tmp_path)
-    write_ratings(tmp_path / "BAD", ["1,2,3,4", "u2,3,4,5"])
+    write_ratings(tmp_path / "BAD", ["1,2,3,4", "2,3,x,5"])
     code, _, err = _run(argv, capsys)
     assert code == 2
     assert fragment in err and err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "X").exists()
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path, capsys):
     code, out, _ = _run(["demo", "--out", str(tmp_path / "demo"), "--device", "cpu", "--quick"], capsys)
     assert code == 0
@@ -78,6 +79,7 @@ def test_registry_and_cli_agree(capsys):
     assert {m for models in DEMO_MODELS.values() for m in models} <= set(MODELS)
 
 
+@pytest.mark.slow
 def test_module_entry_point_and_console_script():
     out = subprocess.run([sys.executable, "-m", "recscale", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("recscale ")

@@ -13,12 +13,12 @@ import torch
 import torch.multiprocessing as mp
 
 from recscale import distributed
-from recscale.config import PrepareConfig, TrainConfig
+from recscale.config import PrepareConfig, build_run_config
 from recscale.data.batch import PairBatch, UserBatch
 from recscale.data.prepare import prepare
 from recscale.data.prepared import PreparedDataset
-from recscale.training.run import build_model
-from recscale.training.trainer import Trainer
+from recscale.models.base import StepSchedule
+from recscale.training.build import build_model, build_trainer
 from tests.conftest import synthetic_raw
 
 GLOBAL_BATCH = 64
@@ -49,16 +49,17 @@ def one_step(rank: int, world: int, port: int, data_dir: str, model_name: str, o
     distributed.init(info, device)
     data = PreparedDataset(data_dir)
     params = {"embedding_gradients": "dense"} if model_name == "neumf" else {"dropout": 0.0}
-    cfg = TrainConfig(data=data_dir, model=model_name, batch_size=GLOBAL_BATCH, optimizer="sgd", lr=0.5, device="cpu")
+    cfg = build_run_config({"data": data_dir, "model": model_name, "batch_size": GLOBAL_BATCH, "optimizer": "sgd",
+                            "lr": 0.5, "device": "cpu"})
     torch.manual_seed(0)
-    model, _ = build_model(model_name, data, params, GLOBAL_BATCH, world)
-    trainer = Trainer(model, data, cfg, device, None, rank, world, distributed.wrap(model, info, device))
+    model, _ = build_model(cfg, params, data, world)
+    trainer = build_trainer(cfg, model, data, device, None, info)
     batch, eps = _global_batch(model_name, data)
     part = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)
     local = type(batch)(*[t[part] for t in (batch.users, batch.items, batch.labels)]) if model_name == "neumf" \
         else UserBatch(batch.users[part], batch.rows[part])
     if eps is not None:  # the same noise per example as the single process draws
-        trainer.schedule = lambda step: {"beta": 0.2, "eps": eps[part]}
+        trainer.schedule = StepSchedule(lambda step: {"beta": 0.2, "eps": eps[part]})
     trainer.train_step(local)
     torch.save(model.state_dict(), out)
     distributed.destroy()
@@ -73,6 +74,7 @@ def datasets(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_name, protocol", [("neumf", "ncf"), ("multvae", "vae")])
 def test_two_ranks_with_half_batches_equal_one_process_with_the_whole(datasets, tmp_path, model_name, protocol):
     data_dir = str(datasets / protocol)
@@ -91,8 +93,9 @@ def test_two_ranks_with_half_batches_equal_one_process_with_the_whole(datasets, 
     assert single.exitcode == 0
     ranks = [torch.load(tmp_path / f"r{r}.pt") for r in range(2)]
     one = torch.load(tmp_path / "single.pt")
-    start = build_model(model_name, PreparedDataset(data_dir), {"embedding_gradients": "dense"} if model_name == "neumf"
-                        else {"dropout": 0.0}, GLOBAL_BATCH)[0]
+    start_cfg = build_run_config({"data": data_dir, "model": model_name, "batch_size": GLOBAL_BATCH})
+    start = build_model(start_cfg, {"embedding_gradients": "dense"} if model_name == "neumf" else {"dropout": 0.0},
+                        PreparedDataset(data_dir))[0]
     moved = False
     for name, value in one.items():
         assert torch.equal(ranks[0][name], ranks[1][name])  # replicas stay identical
@@ -113,6 +116,7 @@ def _records(run):
 TRAIN = ["--model", "neumf", "--epochs", "2", "--batch-size", "8192", "--device", "cpu", "--seed", "1"]
 
 
+@pytest.mark.slow
 def test_two_processes_reach_the_quality_of_one_on_the_embedded_data(prepared, tmp_path):
     data = str(prepared("ncf").root)
     one = _train(["--data", data, *TRAIN, "--out", str(tmp_path / "one")])
@@ -124,6 +128,7 @@ def test_two_processes_reach_the_quality_of_one_on_the_embedded_data(prepared, t
     assert _records(tmp_path / "two")[-1]["users"] == 671  # the ranks' shards summed to every user
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_restarted_and_the_run_resumes(prepared, tmp_path):
     data = str(prepared("ncf").root)
     run = tmp_path / "run"

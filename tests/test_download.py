@@ -138,3 +138,40 @@ def test_prepare_dataset_downloads_when_missing(server, tmp_path, monkeypatch, c
     code = main(["datasets", "list"])
     listing = capsys.readouterr().out
     assert code == 0 and "ml-20m" in listing and f"cache: {tmp_path / 'home'}" in listing
+
+
+def test_an_archive_put_in_the_cache_by_hand_is_verified_before_use(server, tmp_path, capsys):
+    served, base = server
+    remote = _tiny(served, base)  # pinned to the served archive's checksum
+    downloads = tmp_path / "cache" / "downloads"
+    downloads.mkdir(parents=True)
+    _zip(downloads / "tiny.zip", {"tiny/u.data": U_DATA + "99\t1\t5\t1\n", "tiny/u.item": U_ITEM})  # not the real one
+    with pytest.raises(RecscaleError, match=r"checksum mismatch: .*downloads/tiny.zip: sha256"):
+        ensure_dataset(remote, tmp_path / "cache")
+    assert not (downloads / "tiny.zip").exists() and not (tmp_path / "cache" / "tiny").exists()
+    # unpinned: the first copy seen is recorded (and said so), later copies must match it
+    unpinned = Remote("tiny", "movielens-100k", (f"{base}/tiny.zip",), {}, "tiny")
+    digest = _zip(downloads / "tiny.zip", {"tiny/u.data": U_DATA, "tiny/u.item": U_ITEM})
+    ensure_dataset(unpinned, tmp_path / "cache")
+    assert "trust on first use" in capsys.readouterr().err
+    assert (downloads / "sha256.txt").read_text().startswith(digest)
+
+
+def test_unpinned_downloads_need_https_and_a_given_checksum_replaces_trust_on_first_use(server, tmp_path):
+    remote = Remote("far", "movielens-100k", ("http://example.invalid/far.zip",), {}, "far")
+    with pytest.raises(RecscaleError, match=r"would come over plain HTTP; .*--sha256 far.zip=HEX"):
+        ensure_dataset(remote, tmp_path / "cache")
+    served, base = server
+    url = f"{base}/tiny.zip"
+    first = _zip(served / "tiny.zip", {"tiny/u.data": U_DATA, "tiny/u.item": U_ITEM})
+    unpinned = Remote("tiny", "movielens-100k", (url,), {}, "tiny")
+    ensure_dataset(unpinned, tmp_path / "cache")  # recorded on first use
+    import shutil
+    shutil.rmtree(tmp_path / "cache" / "tiny")
+    (tmp_path / "cache" / "downloads" / "tiny.zip").unlink()
+    second = _zip(served / "tiny.zip", {"tiny/u.data": U_DATA + "99\t1\t5\t1\n", "tiny/u.item": U_ITEM})
+    with pytest.raises(RecscaleError, match="checksum mismatch"):
+        ensure_dataset(unpinned, tmp_path / "cache")
+    ensure_dataset(unpinned, tmp_path / "cache", checksums={"tiny.zip": second})  # the user vouches for it
+    assert (tmp_path / "cache" / "tiny" / "tiny" / "u.data").read_text().endswith("99\t1\t5\t1\n")
+    assert first != second

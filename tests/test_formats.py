@@ -86,7 +86,9 @@ def test_lastfm_360k(tmp_path):
         newline="\r\n", trailing_blank=True)
     raw = read_format("lastfm-360k", tmp_path)
     frame = raw.interactions.sort("user", "rating")
-    assert frame["user"].to_list() == [1, 1, 2] and frame["rating"].to_list() == [111.0, 2137.0, 3.0]
+    assert frame["user"].to_list() == ["00000c289a1829a808ac09c00daf10bc3c4e223b"] * 2 + [
+        "fffe8c7f952d9b960a56ed4dcb40a415d924b224"] and frame["rating"].to_list() == [111.0, 2137.0, 3.0]
+    assert set(frame["item"]) == {"3bd73256-3905-4f3a-97e2-8b341527f805", 'name:"the" unquoted band'}
     assert frame.filter(pl.col("rating") == 3.0)["item"].item() == frame.filter(pl.col("rating") == 2137.0)["item"].item()
     assert set(raw.items["title"]) == {"betty blowtorch", '"the" unquoted band'}
     _write(tmp_path / "usersha1-artmbid-artname-plays.tsv", ["u1\tm1\tband\t5", "", "u2\tm1\tband\tlots"])
@@ -97,7 +99,7 @@ def test_lastfm_360k(tmp_path):
 def test_generic_tsv_with_string_ids_and_implicit_feedback(tmp_path):
     path = _write(tmp_path / "log.tsv", ["who\twhat\twhen", "ann\tb-2\t10", "bob\ta-1\t20", "ann\ta-1\t30"])
     frame = read_interactions(path, "\t", "who", "what", "", "when")
-    assert frame.rows() == [(1, 2, 1.0, 10), (2, 1, 1.0, 20), (1, 1, 1.0, 30)]
+    assert frame.rows() == [("ann", "b-2", 1.0, 10), ("bob", "a-1", 1.0, 20), ("ann", "a-1", 1.0, 30)]
     pl.DataFrame({"u": [5, 6], "i": [7, 8], "r": [1.0, 2.0]}).write_parquet(tmp_path / "log.parquet")
     parquet = read_interactions(tmp_path / "log.parquet", user_col="u", item_col="i", rating_col="r", time_col="")
     assert parquet.rows() == [(5, 7, 1.0, 0), (6, 8, 2.0, 0)]

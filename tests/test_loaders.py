@@ -69,8 +69,8 @@ def test_pair_loader_negatives_and_positive_coverage(world):
         i = torch.cat([b.items for b in batches])
         y = torch.cat([b.labels for b in batches])
         assert (y == 0).sum() == 4 * (y == 1).sum()
-        assert not is_positive(loader.keys, u[y == 0], i[y == 0], 50).any()
-        assert is_positive(loader.keys, u[y == 1], i[y == 1], 50).all()
+        assert not is_positive(loader.sampler.keys, u[y == 0], i[y == 0], 50).any()
+        assert is_positive(loader.sampler.keys, u[y == 1], i[y == 1], 50).all()
         positives += (u[y == 1] * 50 + i[y == 1]).tolist()
     assert len(counts) == 1
     assert set(positives) == set(keep.tolist())

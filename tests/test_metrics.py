@@ -102,14 +102,12 @@ def test_results_do_not_depend_on_the_batch_size(prepared, protocol):
     assert results[0]["users"] > 0
 
 
-def test_catalog_coverage_counts_the_items_shown_to_some_user(prepared):
+def test_catalog_coverage_counts_the_items_shown_to_some_user(popularity):
     from recscale.evaluation.protocols import evaluation_sets
-    from recscale.training.run import sparse_tensor
-    data = prepared("random")
-    model = MODELS["popularity"](DataShape(data.n_users, data.n_items))
-    model.fit(sparse_tensor(data.user_items("train")))
+    model, data = popularity("random")
     result = evaluate(model, data, "test", ks=(10,))
-    users, inputs, target = evaluation_sets(data, "test")
+    users, inputs, masked, target = evaluation_sets(data, "test")
+    assert masked is inputs  # scored from, and masked by, train + valid
     counts = model.counts.numpy()
     shown = set()
     for u in users:  # brute force: each user's 10 most popular unseen items, lower id first on ties

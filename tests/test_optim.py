@@ -137,8 +137,8 @@ def test_trainer_follows_the_schedule_and_lars_trains(prepared, tmp_path, capsys
 
 
 @pytest.mark.parametrize("argv, fragment", [
-    (["--lr-scaling", "linear"], "--lr-scaling linear: needs --base-batch-size >= 1"),
-    (["--warmup", "linear"], "--warmup linear: needs --warmup-epochs > 0"),
+    (["--lr-scaling", "linear"], "--lr-scaling: linear needs --base-batch-size >= 1"),
+    (["--warmup", "linear"], "--warmup: linear needs --warmup-epochs > 0"),
     (["--optimizer", "lars", "-p", "embedding_gradients=sparse"], "--optimizer lars: needs dense embedding"),
 ])
 def test_bad_schedule_flags_are_one_line_errors(prepared, tmp_path, capsys, argv, fragment):

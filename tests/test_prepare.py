@@ -150,7 +150,7 @@ def test_empty_after_filtering_and_too_many_heldout_users(tmp_path):
         prepare(raw, PrepareConfig(protocol="ncf", min_rating=9), tmp_path / "a")
     with pytest.raises(RecscaleError, match="--heldout-users: 20 validation"):
         prepare(raw, PrepareConfig(protocol="vae", heldout_users=20), tmp_path / "b")
-    with pytest.raises(RecscaleError, match="--test-negatives: user"):
+    with pytest.raises(RecscaleError, match="--test-negatives: 45 asked, but a user has only 40 of the 60 items left"):
         prepare(raw, PrepareConfig(protocol="ncf", test_negatives=45), tmp_path / "c")
     assert list(tmp_path.iterdir()) == []
 

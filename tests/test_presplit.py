@@ -11,7 +11,8 @@ from recscale.cli import main
 from recscale.data.prepared import PreparedDataset
 from recscale.evaluation.protocols import evaluate
 from recscale.models.popularity import Popularity
-from recscale.training.run import data_shape, sparse_tensor
+from recscale.training.build import data_shape
+from recscale.training.run import sparse_tensor
 
 
 def _ncf_paper(root, users=12, items=40, negatives=9, seed=0):

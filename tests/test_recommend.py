@@ -4,7 +4,7 @@ import numpy as np
 import polars as pl
 
 from recscale.cli import main
-from recscale.config import PrepareConfig, TrainConfig
+from recscale.config import PrepareConfig, build_run_config
 from recscale.data.prepare import prepare
 from recscale.data.prepared import PreparedDataset
 from recscale.data.raw import RawDataset
@@ -22,7 +22,7 @@ def _tiny(tmp_path):
                          orient="row")
     prepare(RawDataset("tiny", frame, None, ()), PrepareConfig(protocol="random", ratios=(1.0, 0.0, 0.0)),
             tmp_path / "data")
-    start_run(TrainConfig(data=str(tmp_path / "data"), model="popularity", device="cpu"), {}, tmp_path / "run")
+    start_run(build_run_config({"data": str(tmp_path / "data"), "model": "popularity", "device": "cpu"}), {}, tmp_path / "run")
     return tmp_path / "run"
 
 
@@ -45,7 +45,7 @@ def test_hand_checked_top_k_with_original_ids(tmp_path, capsys):
 
 def test_never_recommends_a_seen_item_and_parquet_matches_tsv(prepared, tmp_path):
     data = prepared("random")
-    start_run(TrainConfig(data=str(data.root), model="popularity", device="cpu"), {}, tmp_path / "run")
+    start_run(build_run_config({"data": str(data.root), "model": "popularity", "device": "cpu"}), {}, tmp_path / "run")
     assert main(["recommend", "--run", str(tmp_path / "run"), "--k", "20", "--all",
                  "--out", str(tmp_path / "recs.parquet")]) == 0
     recs = pl.read_parquet(tmp_path / "recs.parquet")
@@ -68,7 +68,7 @@ def test_unknown_and_malformed_user_ids_are_reported_and_the_rest_served(tmp_pat
     code = main(["recommend", "--run", str(run), "--k", "1", "--users", str(users), "--out", str(tmp_path / "r.tsv")])
     err = capsys.readouterr().err
     assert code == 0
-    assert f"{users}:3: not a user id: 'abc'" in err and f"{users}:4: unknown user id 999" in err
+    assert f"{users}:3: not a user id: 'abc'" in err and f"{users}:4: unknown user id '999'" in err
     served = [line.split("\t")[0] for line in (tmp_path / "r.tsv").read_text().splitlines()[1:]]
     assert served == ["101", "103"]
 
@@ -93,7 +93,7 @@ def test_users_without_history_get_popular_items_flagged(tmp_path, capsys):
     with_input = set(data.table("valid_foldin")["user"].to_list()) | set(data.table("test_foldin")["user"].to_list())
     lonely = {int(data.original_user_ids()[u]) for u in held - with_input}
     assert lonely  # the seed puts some isolated users among the held-out ones
-    start_run(TrainConfig(data=str(tmp_path / "data"), model="ease", device="cpu"), {}, tmp_path / "run")
+    start_run(build_run_config({"data": str(tmp_path / "data"), "model": "ease", "device": "cpu"}), {}, tmp_path / "run")
     assert main(["recommend", "--run", str(tmp_path / "run"), "--k", "3", "--all", "--out", str(tmp_path / "r.tsv")]) == 0
     recs = pl.read_csv(tmp_path / "r.tsv", separator="\t")
     flagged = set(recs.filter(pl.col("fallback") == 1)["user"].to_list())

@@ -57,6 +57,7 @@ def small_ncf(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(small_ncf, tmp_path):
     full, broken = tmp_path / "full", tmp_path / "broken"
     proc = _train(["--data", str(small_ncf), *TRAIN, "--out", str(full)])
@@ -76,6 +77,7 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(small_ncf, tm
     assert len(lines[0]) == 3
 
 
+@pytest.mark.slow
 def test_sigterm_stops_gracefully_with_a_resume_hint(small_ncf, tmp_path):
     run = tmp_path / "run"
     code, err = _kill_mid_epoch(["--data", str(small_ncf), *TRAIN, "--out", str(run)], run, signal.SIGTERM)

@@ -65,7 +65,7 @@ def test_a_model_that_knows_the_clusters_beats_popularity(synth):
 
 
 def test_impossible_sizes_are_refused():
-    with pytest.raises(RecscaleError, match="--interactions: need at least 5 per user"):
+    with pytest.raises(RecscaleError, match="interactions: need at least 5 per user"):
         synthesize(SynthSpec(users=100, items=50, interactions=100))
     with pytest.raises(RecscaleError, match="at most half"):
         synthesize(SynthSpec(users=10, items=10, interactions=60))

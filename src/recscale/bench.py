@@ -1,5 +1,6 @@
 """`recscale benchmark`: time a model's training epochs and validation, as NVIDIA's VAE-CF
-`--benchmark` does. The first `untimed_epochs` are dropped (allocator and cache warm-up)."""
+`--benchmark` does. The first `untimed_epochs` are dropped (allocator and cache warm-up). The run is
+built by the same construction path as `recscale train` (training/build.py)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ import statistics
 
 import torch
 
-from recscale.config import TrainConfig
+from recscale.config import Layer, RunConfig
 from recscale.data.prepared import PreparedDataset
 from recscale.errors import RecscaleError
-from recscale.training.run import _seeded, build_model, pick_device
-from recscale.training.trainer import Trainer
+from recscale.fsutil import atomic_file
+from recscale.training.build import build_model, build_trainer, pick_device, seeded
 
 
 def peak_memory_mib(device: torch.device) -> float:
@@ -22,32 +23,36 @@ def peak_memory_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def benchmark(cfg: TrainConfig, model_params: dict, untimed_epochs: int = 1) -> dict:
+def benchmark(cfg: RunConfig, model_params: Layer | dict, untimed_epochs: int = 1) -> dict:
+    if untimed_epochs < 0:
+        raise RecscaleError(f"--untimed-epochs: must be >= 0, got {untimed_epochs}")
     if cfg.epochs <= untimed_epochs:
         raise RecscaleError(f"--epochs: need more than --untimed-epochs ({untimed_epochs}) epochs to time")
     data = PreparedDataset(cfg.data)
-    device = pick_device(cfg.device)
-    with _seeded(cfg.seed, device):
-        model, _ = build_model(cfg.model, data, model_params, cfg.batch_size)
+    device = pick_device(cfg.system.device)
+    with seeded(cfg.system.seed, device):
+        model, _ = build_model(cfg, model_params, data)
         if model.closed_form:
             raise RecscaleError(f"--model: {cfg.model} is fitted in closed form; there are no epochs to time")
-        trainer = Trainer(model.to(device), data, cfg, device, run_dir=None)
+        trainer = build_trainer(cfg, model.to(device), data, device)
         trainer.logger.enabled = False
         records = []
         for _ in range(cfg.epochs):
             record = trainer.train_epoch()
             trainer.state.epoch += 1
-            record |= {"valid_seconds": trainer.validate()["valid_seconds"]}
+            validation = trainer.validate()
+            record |= {"valid_seconds": validation["valid_seconds"], "metrics": validation}
             records.append(record)
     timed = records[untimed_epochs:]
-    unit = "users" if model.batch_kind == "rows" else "samples"
+    unit = model.throughput_unit
     return {
-        "model": cfg.model, "device": str(device), "precision": cfg.precision, "batch_size": cfg.batch_size,
-        "epochs_timed": len(timed), "unit": unit,
+        "model": cfg.model, "protocol": data.protocol, "device": str(device), "precision": cfg.system.precision,
+        "batch_size": cfg.loader.batch_size, "epochs_timed": len(timed), "unit": unit,
         "epoch_seconds": statistics.mean(r["train_seconds"] for r in timed),
         "valid_seconds": statistics.mean(r["valid_seconds"] for r in timed),
         f"{unit}_per_second": statistics.mean(r["samples_per_second"] for r in timed),
         "peak_memory_mib": peak_memory_mib(device),
+        "validation": records[-1]["metrics"],
     }
 
 
@@ -61,6 +66,5 @@ def format_benchmark(result: dict) -> str:
 
 
 def write_json(result: dict, path) -> None:
-    from recscale.fsutil import atomic_file
     with atomic_file(path) as tmp:
         tmp.write_text(json.dumps(result, indent=2) + "\n")

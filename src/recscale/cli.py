@@ -1,4 +1,4 @@
-"""The `recscale` command line. The only module that imports everything.
+"""The `recscale` command line: it parses flags, calls the Python API (api.py) and prints.
 
 Every failure caused by the user's input is a RecscaleError: one line on stderr, exit code 2, no
 traceback unless --debug.
@@ -8,33 +8,28 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
-from recscale import __version__
-from recscale.config import PrepareConfig, TrainConfig, add_arguments, build, from_namespace, read_config_file
-from recscale.data.prepare import prepare
-from recscale.data.prepared import PreparedDataset
-from recscale.data.download import cache_root, dataset_dir, ensure_dataset
+from recscale import __version__, api
+from recscale.bench import benchmark, format_benchmark, write_json
+from recscale.config import (MAX_K, EvalConfig, Layer, PrepareConfig, add_arguments, add_run_arguments, build, flags, from_namespace,
+                             read_config_file, run_flags, run_layers, tomllib)
+from recscale.data.download import cache_root, dataset_dir, ensure_dataset, parse_checksums
 from recscale.data.formats import FORMATS, read_format
-from recscale.data.readers import read_interactions, read_movies_csv
-from recscale.data.raw import RawDataset
-from recscale.data.sources import REMOTES, load_dataset
+from recscale.data.prepare import dataset_notes, prepare
 from recscale.data.presplit import import_split, read_ncf_paper
+from recscale.data.raw import RawDataset
+from recscale.data.readers import read_interactions, read_movies_csv
+from recscale.data.sources import REMOTES, load_dataset
 from recscale.data.synth import SynthSpec, synthesize, write_movielens_layout
 from recscale.errors import RecscaleError
-from recscale.evaluation.protocols import evaluate
-from recscale.fsutil import atomic_file
+from recscale.evaluation.report import format_table
 from recscale.models.registry import MODELS
-from recscale.bench import benchmark, format_benchmark, write_json
-from recscale.recommend import recommend
-from recscale.config import tomllib
-from recscale.training.run import load_run, resolve_train_config, resume_run, start_run
+from recscale.recommend import read_user_file
+from recscale.training.build import resolve_run_config
 
 
 class _Parser(argparse.ArgumentParser):
@@ -51,7 +46,7 @@ def _raw_from_args(args) -> RawDataset:
         raise RecscaleError("prepare: give exactly one of --dataset NAME, --format FORMAT --raw-dir DIR, "
                             "or --ratings FILE")
     if args.dataset:
-        return load_dataset(args.dataset, args.raw_dir)
+        return load_dataset(args.dataset, args.raw_dir, parse_checksums(args.sha256))
     if args.format:
         if not args.raw_dir:
             raise RecscaleError(f"--format {args.format}: needs --raw-dir DIR (the unpacked files)")
@@ -95,14 +90,14 @@ def _import_files(args, cfg: PrepareConfig) -> dict:
 
 
 def _import_ncf_paper(args, cfg: PrepareConfig) -> dict:
-    root = args.raw_dir or ensure_dataset(REMOTES[args.dataset])
+    root = args.raw_dir or ensure_dataset(REMOTES[args.dataset], checksums=parse_checksums(args.sha256))
     name, parts, negatives, files = read_ncf_paper(Path(root), args.dataset[len("ncf-"):] if args.dataset else None)
     return import_split(f"ncf-{name}", parts, "ncf", Path(args.out), files, negatives=negatives,
                         seed=cfg.seed, overwrite=args.overwrite)
 
 
 def cmd_prepare(args) -> int:
-    cfg = build(PrepareConfig, from_namespace(PrepareConfig, args), source="flags")
+    cfg = build(PrepareConfig, flags(from_namespace(PrepareConfig, args)))
     started = time.perf_counter()
     fmt = args.format or (REMOTES[args.dataset].format if args.dataset in REMOTES else None)
     if args.train_file:
@@ -118,6 +113,8 @@ def cmd_prepare(args) -> int:
     counts = ", ".join(f"{k}={v}" for k, v in meta["counts"].items())
     print(f"prepared {meta['source']['dataset']} ({cfg.protocol}) in {time.perf_counter() - started:.1f}s "
           f"-> {args.out}\n  {counts}")
+    for note in dataset_notes(meta):
+        print(f"note: {note}", file=sys.stderr)
     return 0
 
 
@@ -137,22 +134,33 @@ def parse_params(pairs: list[str]) -> dict:
     return params
 
 
-def resolve_run_config(args) -> tuple[TrainConfig, dict]:
-    file_sections = read_config_file(args.config) if args.config else {}
-    cfg = resolve_train_config(file_sections.get("train", {}), from_namespace(TrainConfig, args),
-                               source=args.config or "flags")
-    return cfg, {**file_sections.get("model", {}), **parse_params(args.param)}
+PRETRAINED_FLAGS = ("pretrained_gmf", "pretrained_mlp")  # flags kept from before they became model settings
 
 
-def _without(argv: list[str], flags: tuple[str, ...]) -> list[str]:
+def resolve_flags(args) -> tuple:
+    """(RunConfig, model hyperparameter layer): defaults < the model's defaults < --config < flags."""
+    layers, model_layers = [], []
+    if args.config:
+        file_layers, file_model = run_layers(read_config_file(args.config), args.config)
+        layers += file_layers
+        model_layers.append(file_model)
+    layers.append(flags(run_flags(args)))
+    cfg = resolve_run_config(*layers)
+    params = {k: getattr(args, k) for k in PRETRAINED_FLAGS if getattr(args, k, None)}
+    model_layers.append(Layer({**params, **parse_params(args.param)}, "flags", "param"))
+    merged = {k: v for layer in model_layers for k, v in layer.values.items()}
+    return cfg, Layer(merged, model_layers[-1].source if len(model_layers) == 1 else "config and flags", "param")
+
+
+def _without(argv: list[str], flags_: tuple[str, ...]) -> list[str]:
     """argv minus the given flags and their values (`--flag V` or `--flag=V`)."""
     out, skip = [], False
     for token in argv:
         if skip:
             skip = False
-        elif token in flags:
+        elif token in flags_:
             skip = True
-        elif not any(token.startswith(f + "=") for f in flags):
+        elif not any(token.startswith(f + "=") for f in flags_):
             out.append(token)
     return out
 
@@ -173,112 +181,59 @@ def launch_torchrun(args) -> int:
 
 
 def cmd_train(args) -> int:
+    if args.nproc < 1:
+        raise RecscaleError(f"--nproc: must be >= 1, got {args.nproc}")
+    if args.max_restarts < 0:
+        raise RecscaleError(f"--max-restarts: must be >= 0, got {args.max_restarts}")
     if args.nproc > 1 and "RANK" not in os.environ:
         return launch_torchrun(args)
     if args.resume:
-        if args.out or args.config or args.param or from_namespace(TrainConfig, args).keys() - {"device"}:
+        given = set(run_flags(args)) - {"device"}
+        if args.out or args.config or args.param or given or any(getattr(args, k) for k in PRETRAINED_FLAGS):
             raise RecscaleError("--resume: takes only --device; the run's config.toml holds the rest")
-        record = resume_run(args.resume, args.device)
+        best = api.resume(args.resume, args.device).best
         print(f"resumed and finished {args.resume}")
-        print(format_table({f"best ({record.get('split', '-')})": record}, (10, 20, 50, 100), record["protocol"]))
+        print(format_table({f"best ({best.get('split', '-')})": best}, (10, 20, 50, 100), best.get("protocol", "ncf")))
         return 0
     if not args.out:
         raise RecscaleError("--out: a run directory is required (or --resume RUN)")
-    cfg, model_params = resolve_run_config(args)
-    record = start_run(cfg, model_params, args.out, overwrite=args.overwrite)
+    cfg, params = resolve_flags(args)
+    run = api.run_training(cfg, params, args.out, overwrite=args.overwrite)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return 0
+    record = run.best
     print(f"trained {cfg.model} -> {args.out}")
-    print(format_table({f"{cfg.model} ({record['split']})": record}, cfg.ks, record["protocol"]))
+    print(format_table({f"{cfg.model} ({record['split']})": record}, cfg.eval.ks, record["protocol"]))
     return 0
 
 
-# ----------------------------------------------------------------------------- evaluate
+# ----------------------------------------------------------------------------- evaluate, recommend
 
 def _parse_ks(text: str) -> tuple[int, ...]:
+    """--k 10,20: checked like the ks setting of a run (one place for its rules)."""
     try:
         ks = tuple(sorted({int(k) for k in text.split(",") if k.strip()}))
     except ValueError:
         raise RecscaleError(f"--k: expected comma-separated integers, got {text!r}") from None
-    if not ks or ks[0] < 1:
-        raise RecscaleError(f"--k: cut-offs must be positive integers, got {text!r}")
-    return ks
-
-
-TABLE_METRICS = {"sampled": ("hr", "ndcg"), "full": ("recall", "ndcg")}
-
-
-def format_table(rows: dict[str, dict], ks, protocol: str) -> str:
-    """One line per model: HR/NDCG (ncf, sampled) or Recall/NDCG (full ranking) at each K, and MRR."""
-    kinds = TABLE_METRICS["sampled" if protocol == "ncf" else "full"]
-    names = [f"{m}@{k}" for k in ks for m in kinds] + ["mrr"]
-    present = [n for n in names if any(n in r for r in rows.values())]
-    width = max(len(r) for r in rows) + 2
-    lines = ["model".ljust(width) + "".join(n.rjust(11) for n in present) + "users".rjust(8)]
-    for label, metrics in rows.items():
-        lines.append(label.ljust(width) + "".join(f"{metrics.get(n, float('nan')):11.4f}" for n in present)
-                     + f"{metrics.get('users', 0):8d}")
-    return "\n".join(lines)
-
-
-def run_evaluate(run: Path, split: str, ks, device: str) -> dict:
-    model, data, cfg, target = load_run(run, device)
-    if split == "valid" and not (data.has("valid") or data.has("valid_heldout")):
-        raise RecscaleError(f"--split: {cfg.data} has no validation split")
-    metrics = evaluate(model, data, split, ks=ks, device=target, batch_size=cfg.eval_batch_size)
-    result = {"run": str(run), "model": cfg.model, "split": split, "protocol": data.protocol, **metrics}
-    with atomic_file(run / f"eval-{split}.json") as tmp:
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    return build(EvalConfig, Layer({"ks": ks}, "flags", "flag", aliases={"ks": "--k"})).ks
 
 
 def cmd_evaluate(args) -> int:
     ks = _parse_ks(args.k)
-    result = run_evaluate(Path(args.run), args.split, ks, args.device)
+    result = api.load_run(args.run, args.device, args.checkpoint).evaluate(args.split, ks, args.test_history)
     print(format_table({f"{result['model']} ({args.split})": result}, ks, result["protocol"]))
     print(f"wrote {Path(args.run) / f'eval-{args.split}.json'}")
     return 0
 
 
-# ----------------------------------------------------------------------------- recommend
-
-def read_user_file(path: str, data: PreparedDataset) -> np.ndarray:
-    """Contiguous ids of the users listed in `path` (one original id per line, optional header);
-    malformed or unknown ids are reported line by line on stderr and skipped."""
-    lookup = {int(u): i for i, u in enumerate(data.original_user_ids())}
-    found: list[int] = []
-    try:
-        lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError as exc:
-        raise RecscaleError(f"--users: {path}: cannot read: {exc.strerror}") from None
-    for number, line in enumerate(lines, 1):
-        text = line.strip()
-        if not text or (number == 1 and text.lower() in ("user", "userid", "user_id")):
-            continue
-        try:
-            user = int(text)
-        except ValueError:
-            print(f"{path}:{number}: not a user id: {text!r} (skipped)", file=sys.stderr)
-            continue
-        if user not in lookup:
-            print(f"{path}:{number}: unknown user id {user} (skipped)", file=sys.stderr)
-            continue
-        found.append(lookup[user])
-    return np.array(found, dtype=np.int64)
-
-
-def run_recommend(run: Path, k: int, out: Path, users_file: str | None, device: str) -> int:
-    model, data, cfg, target = load_run(run, device)
-    users = read_user_file(users_file, data) if users_file else np.arange(data.n_users)
-    return recommend(model, data, users, k, out, device=target, batch_size=cfg.eval_batch_size)
-
-
 def cmd_recommend(args) -> int:
-    if args.k < 1:
-        raise RecscaleError("--k: must be >= 1")
+    if not 1 <= args.k <= MAX_K:
+        raise RecscaleError(f"--k: must lie in [1, {MAX_K}], got {args.k}")
     if bool(args.users) == bool(args.all):
         raise RecscaleError("recommend: give exactly one of --users FILE or --all")
-    rows = run_recommend(Path(args.run), args.k, Path(args.out), args.users, args.device)
+    run = api.load_run(args.run, args.device, args.checkpoint)
+    users = read_user_file(args.users, run.data) if args.users else None
+    rows = run.write_recommendations(args.out, users, args.k)
     print(f"wrote {rows} recommendations -> {args.out}")
     return 0
 
@@ -286,9 +241,12 @@ def cmd_recommend(args) -> int:
 # ----------------------------------------------------------------------------- benchmark
 
 def cmd_benchmark(args) -> int:
-    cfg, model_params = resolve_run_config(args)
-    result = benchmark(cfg, model_params, untimed_epochs=args.untimed_epochs)
+    cfg, params = resolve_flags(args)
+    result = benchmark(cfg, params, untimed_epochs=args.untimed_epochs)
     print(format_benchmark(result))
+    validation = result["validation"]
+    print(format_table({f"{cfg.model} ({validation['split']}, last epoch)": validation}, cfg.eval.ks,
+                       result["protocol"]))
     if args.json:
         write_json(result, args.json)
         print(f"wrote {args.json}")
@@ -300,29 +258,31 @@ def cmd_benchmark(args) -> int:
 def cmd_datasets(args) -> int:
     action = args.action or "list"
     if action == "list":
-        print(f"{'name':18s} {'format':15s} {'checksum':22s} {'cached':7s} source")
-        print(f"{'ml-latest-small':18s} {'movielens-csv':15s} {'embedded':22s} {'yes':7s} inside the package")
+        print(f"{'name':18s} {'format':15s} {'checksum':30s} {'cached':7s} source")
+        print(f"{'ml-latest-small':18s} {'movielens-csv':15s} {'embedded':30s} {'yes':7s} inside the package")
         for name, remote in REMOTES.items():
             pinned = next(iter(remote.checksums.values()), None)
-            check = f"{pinned[0]} (publisher)" if pinned else ("-" if not remote.urls else "sha256 on first use")
+            check = (f"{pinned[0]} (publisher)" if pinned else
+                     "-" if not remote.urls else "sha256 on first use (TOFU)")
             cached = "yes" if dataset_dir(remote).is_dir() else "no"
-            print(f"{name:18s} {remote.format:15s} {check:22s} {cached:7s} "
+            print(f"{name:18s} {remote.format:15s} {check:30s} {cached:7s} "
                   f"{remote.urls[0] if remote.urls else remote.note}")
-        print(f"cache: {cache_root()} (set RECSCALE_HOME to move it)")
+        print(f"cache: {cache_root()} (set RECSCALE_HOME to move it); TOFU: the SHA-256 of the first copy is "
+              f"recorded and later copies must match; pass --sha256 FILE=HEX to pin your own")
         return 0
     if action == "download":
         if not args.name:
             raise RecscaleError("datasets download: name a dataset (see `recscale datasets list`)")
         if args.name not in REMOTES or not REMOTES[args.name].urls:
             raise RecscaleError(f"datasets download: {args.name!r} is not downloadable (see `recscale datasets list`)")
-        print(f"{args.name}: {ensure_dataset(REMOTES[args.name])}")
+        print(f"{args.name}: {ensure_dataset(REMOTES[args.name], checksums=parse_checksums(args.sha256))}")
         return 0
-    spec = SynthSpec(args.users, args.items, args.interactions, args.seed, args.clusters)
     if not args.out:
         raise RecscaleError("datasets synth: --out DIR is required")
+    spec = build(SynthSpec, flags({k: getattr(args, k) for k in ("users", "items", "interactions", "seed", "clusters")}))
     started = time.perf_counter()
-    write_movielens_layout(synthesize(spec).raw, args.out)
-    print(f"wrote {args.interactions:,} interactions ({args.users:,} users x {args.items:,} items) in "
+    write_movielens_layout(synthesize(spec).raw, args.out, overwrite=args.overwrite)
+    print(f"wrote {spec.interactions:,} interactions ({spec.users:,} users x {spec.items:,} items) in "
           f"{time.perf_counter() - started:.1f}s -> {args.out}/ratings.csv, movies.csv")
     return 0
 
@@ -334,27 +294,28 @@ DEMO_KS = {"ncf": (10, 20), "vae": (20, 50, 100)}
 def cmd_demo(args) -> int:
     """prepare -> fit -> evaluate -> recommend on the embedded MovieLens ml-latest-small."""
     out = Path(args.out)
-    raw = load_dataset("ml-latest-small")
     for protocol, models in DEMO_MODELS.items():
-        data_dir = out / f"ml-latest-small-{protocol}"
-        meta = prepare(raw, PrepareConfig(protocol=protocol, seed=args.seed), data_dir, overwrite=True)
-        print(f"[prepare] {protocol}: {meta['counts']['users']} users, {meta['counts']['items']} items "
-              f"-> {data_dir}", flush=True)
+        data = api.prepare("ml-latest-small", out / f"ml-latest-small-{protocol}", protocol, seed=args.seed,
+                           overwrite=True)
+        counts = data.meta["counts"]
+        print(f"[prepare] {protocol}: {counts['users']} users, {counts['items']} items -> {data.root}", flush=True)
         rows = {}
         for name in models:
-            run = out / f"{name}-{protocol}"
+            run_dir = out / f"{name}-{protocol}"
             quick = {"epochs": 2} if args.quick else {}
-            cfg = resolve_train_config({"data": str(data_dir), "model": name, "seed": args.seed,
-                                        "device": args.device, **quick}, source="demo")
             started = time.perf_counter()
-            start_run(cfg, {}, run, overwrite=True)
-            rows[f"{name} (test)"] = run_evaluate(run, "test", cfg.ks, args.device)
-            n = run_recommend(run, 10, run / "recs.tsv", None, args.device)
-            print(f"[train] {name} ({time.perf_counter() - started:.0f}s): run -> {run}; metrics -> "
-                  f"{run / 'eval-test.json'}; top-10 recommendations ({n} rows) -> {run / 'recs.tsv'}", flush=True)
+            run = api.train(data, name, run_dir, overwrite=True, seed=args.seed, device=args.device, **quick)
+            rows[f"{name} (test)"] = run.evaluate("test")
+            n = run.write_recommendations(run_dir / "recs.tsv", k=10)
+            print(f"[train] {name} ({time.perf_counter() - started:.0f}s): run -> {run_dir}; metrics -> "
+                  f"{run_dir / 'eval-test.json'}; top-10 recommendations ({n} rows) -> {run_dir / 'recs.tsv'}",
+                  flush=True)
         print(f"\nTest metrics, {protocol} protocol "
-              f"({'100 sampled negatives' if protocol == 'ncf' else 'full ranking, fold-in users'}):")
+              f"({'100 sampled negatives' if protocol == 'ncf' else 'full ranking, fold-in users'}; "
+              f"± is the 95% interval over users):")
         print(format_table(rows, DEMO_KS[protocol], protocol) + "\n", flush=True)
+        for note in dataset_notes(data.meta):
+            print(f"note: {note}\n", flush=True)
     return 0
 
 
@@ -379,9 +340,14 @@ def models_help() -> str:
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="TOML/YAML file with [train] and [model] sections; flags override it")
+    p.add_argument("--config", help="TOML/YAML file with [run], [optim], [loader], [eval], [system] and [model] "
+                   "sections (or an older file's [train] section); flags override it")
     p.add_argument("--param", "-p", action="append", metavar="KEY=VALUE", help="a model hyperparameter")
-    add_arguments(p, TrainConfig)
+    p.add_argument("--pretrained-gmf", dest="pretrained_gmf", help="neumf: a trained gmf run to start from "
+                   "(the model setting pretrained_gmf)")
+    p.add_argument("--pretrained-mlp", dest="pretrained_mlp", help="neumf: a trained mlp run to start from "
+                   "(the model setting pretrained_mlp)")
+    add_run_arguments(p)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -396,6 +362,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=[*FORMATS, "ncf-paper"], help="read the published files in --raw-dir "
                    "(ncf-paper: NAME.train.rating, NAME.test.rating, NAME.test.negative)")
     p.add_argument("--raw-dir", help="directory with a dataset's unpacked files")
+    p.add_argument("--sha256", action="append", metavar="FILE=HEX", help="--dataset: your own SHA-256 of a "
+                   "downloaded archive (FILE: its file name), checked before it is used")
     p.add_argument("--ratings", help="any CSV/TSV (with a header) or Parquet file of interactions")
     p.add_argument("--sep", help="--ratings field separator (default: tab for .tsv, else comma)")
     p.add_argument("--user-col", default="userId", help="--ratings user column [default: userId]")
@@ -421,26 +389,31 @@ def make_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_train_arguments(p)
     p.add_argument("--out", help="run directory to write (runs/NAME)")
-    p.add_argument("--overwrite", action="store_true", help="replace a run in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out (the old run "
+                   "stays until the new one has its first checkpoint)")
     p.add_argument("--resume", metavar="RUN", help="continue RUN from its last checkpoint")
     p.add_argument("--nproc", type=int, default=1, help="data-parallel worker processes on this machine "
                    "(starts torchrun; --batch-size stays the global batch)")
     p.add_argument("--max-restarts", type=int, default=0, help="with --nproc: restart the worker group "
                    "this many times after a failure; it resumes from the last checkpoint")
 
-    p = sub.add_parser("evaluate", help="score a trained run on a split")
-    p.add_argument("--run", required=True, help="run directory from `recscale train`")
-    p.add_argument("--split", choices=["valid", "test"], default="test")
-    p.add_argument("--k", default="10,20,50,100", help="cut-offs, comma-separated")
-    p.add_argument("--device", default="auto")
-
-    p = sub.add_parser("recommend", help="write top-k unseen items per user")
-    p.add_argument("--run", required=True, help="run directory from `recscale train`")
-    p.add_argument("--k", type=int, default=10)
-    p.add_argument("--users", help="file with one original user id per line")
-    p.add_argument("--all", action="store_true", help="every user of the dataset")
-    p.add_argument("--out", required=True, help="recs.tsv or recs.parquet")
-    p.add_argument("--device", default="auto")
+    for name, text in (("evaluate", "score a trained run on a split"), ("recommend", "write top-k unseen items per user")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--run", required=True, help="run directory from `recscale train`")
+        p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N [default: auto]")
+        p.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                       help="best (validation) or last [default: best]")
+        if name == "evaluate":
+            p.add_argument("--split", choices=["valid", "test"], default="test")
+            p.add_argument("--k", default="10,20,50,100", help="cut-offs, comma-separated")
+            p.add_argument("--test-history", choices=("train+valid", "train"), default=None,
+                           help="ncf/random: score test users from train+valid or from train only "
+                           "[default: the run's setting, train+valid]")
+        else:
+            p.add_argument("--k", type=int, default=10)
+            p.add_argument("--users", help="file with one original user id per line")
+            p.add_argument("--all", action="store_true", help="every user of the dataset")
+            p.add_argument("--out", required=True, help="recs.tsv or recs.parquet")
 
     p = sub.add_parser("benchmark", help="time training epochs and validation of a model",
                        epilog=models_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -451,12 +424,11 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("datasets", help="list, download or synthesize datasets")
     p.add_argument("action", nargs="?", choices=["list", "download", "synth"], help="[default: list]")
     p.add_argument("name", nargs="?", help="download: the dataset's name")
-    p.add_argument("--users", type=int, default=10_000, help="synth: users")
-    p.add_argument("--items", type=int, default=2_000, help="synth: items")
-    p.add_argument("--interactions", type=int, default=500_000, help="synth: interactions")
-    p.add_argument("--clusters", type=int, default=20, help="synth: latent user/item clusters")
-    p.add_argument("--seed", type=int, default=0, help="synth: seed")
+    p.add_argument("--sha256", action="append", metavar="FILE=HEX", help="download: your own SHA-256 of an "
+                   "archive (FILE: its file name), checked before use; replaces a checksum recorded on first use")
+    add_arguments(p, SynthSpec, skip=("in_cluster", "item_exponent", "activity_exponent", "min_per_user"))
     p.add_argument("--out", help="synth: directory to write ratings.csv and movies.csv into")
+    p.add_argument("--overwrite", action="store_true", help="synth: replace ratings.csv and movies.csv in --out")
 
     p = sub.add_parser("demo", help="the whole pipeline on the embedded MovieLens data")
     p.add_argument("--out", default="runs/demo")
@@ -483,3 +455,16 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `recscale ... | head`: the reader left; stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except MemoryError:
+        if args.debug:
+            raise
+        print(f"recscale {args.command}: error: out of memory (a smaller batch, dataset or model may fit)",
+              file=sys.stderr)
+        return 1
+    except Exception as exc:  # a bug, not the user's input: still one line, with the way to see more
+        if args.debug:
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"recscale {args.command}: internal error: {type(exc).__name__}: {first} (rerun with --debug "
+              f"for the traceback, and please report it)", file=sys.stderr)
+        return 1

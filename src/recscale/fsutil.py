@@ -32,7 +32,21 @@ def _make_parent(path: Path) -> None:
         raise RecscaleError(f"{path.parent}: directory is not writable")
 
 
-def _fsync_dir(path: Path) -> None:
+def _umask() -> int:
+    """The process's umask (read by setting and restoring it; there is no other portable way)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def respect_umask(path: Path, directory: bool = False) -> None:
+    """mkstemp/mkdtemp create 0600/0700 whatever the umask; give outputs the mode that a plain
+    open() or mkdir() would, so that a shared group or a web server can read them as expected."""
+    with contextlib.suppress(OSError):
+        os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
+def fsync_dir(path: Path) -> None:
     # Makes a rename durable across a crash; not every platform lets us open a directory.
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
@@ -54,6 +68,7 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iter
         raise RecscaleError(f"{target}: already exists (pass --overwrite to replace it)")
     _make_parent(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    respect_umask(tmp, directory=True)
     try:
         try:
             yield tmp
@@ -66,7 +81,7 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iter
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -74,18 +89,30 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iter
 
 @contextlib.contextmanager
 def atomic_file(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `target`; fsync and rename it to `target` on success."""
+    """Yield a temporary path beside `target`; fsync and rename it to `target` on success.
+
+    A failed write (disk full, quota, permissions) is a one-line RecscaleError naming `target`;
+    the temporary file is removed and a previous `target` stays as it was."""
     target = Path(target)
+    if target.is_dir():
+        raise RecscaleError(f"{target}: is a directory, expected a file name")
     _make_parent(target)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+    except OSError as exc:
+        raise RecscaleError(f"{target}: cannot write: {exc.strerror or exc}") from None
     os.close(fd)
     tmp = Path(name)
+    respect_umask(tmp)
     try:
-        yield tmp
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-        _fsync_dir(target.parent)
+        try:
+            yield tmp
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise RecscaleError(f"{target}: cannot write: {exc.strerror or exc}") from exc
+        fsync_dir(target.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

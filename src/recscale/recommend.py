@@ -1,16 +1,21 @@
-"""Top-k recommendations with already-seen items filtered out, written in chunks with original ids.
+"""Top-k recommendations with already-seen items filtered out, with original ids.
 
-Output columns: user, rank (1-based), item, score, fallback; equal scores rank the lower item id
-first. A user with no history (no input interactions: nothing for the model to go on) gets the
-most popular unseen training items instead, with fallback = 1. TSV or Parquet by the file's suffix; written to a
-temporary file renamed into place, so a failed run leaves nothing half-written.
+Columns: user, rank (1-based), item, score, fallback; equal scores rank the lower item id first. A
+user with no history (no input interactions: nothing for the model to go on) gets the most popular
+unseen training items instead, with fallback = 1. Original ids are integers or strings, as the
+raw data had them. `recommend` writes TSV or Parquet by the file's suffix, batch by batch into a
+temporary file renamed into place (a failed run leaves nothing half-written); `recommend_frame`
+returns a Polars frame.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -23,6 +28,8 @@ from recscale.fsutil import atomic_file
 from recscale.models.base import Recommender
 
 FORMATS = (".tsv", ".parquet")
+COLUMNS = ("user", "rank", "item", "score", "fallback")
+HEADER_WORDS = ("user", "userid", "user_id")
 
 
 def history_splits(data: PreparedDataset) -> tuple[str, ...]:
@@ -31,41 +38,47 @@ def history_splits(data: PreparedDataset) -> tuple[str, ...]:
     return tuple(p for p in data.meta["files"] if p not in skip and not p.endswith("_negatives"))
 
 
-class _Writer:
-    def __init__(self, path: Path, fmt: str):
-        self.fmt, self.path = fmt, path
-        self.schema = pa.schema([("user", pa.int64()), ("rank", pa.int32()), ("item", pa.int64()),
-                                 ("score", pa.float32()), ("fallback", pa.int8())])
-        if fmt == ".parquet":
-            self.parquet = pq.ParquetWriter(path, self.schema)
-        else:
-            self.handle = open(path, "w")
-            self.handle.write("user\trank\titem\tscore\tfallback\n")
+def read_user_file(path: str | Path, data: PreparedDataset, report=None) -> np.ndarray:
+    """Contiguous ids of the users listed in `path` (one original id per line, optional header);
+    malformed or unknown ids are reported line by line to `report` and skipped."""
+    report = report or sys.stderr
+    ids = data.original_user_ids()
+    integer = ids.dtype.kind in "iu"
+    lookup = {str(u): i for i, u in enumerate(ids.tolist())}
+    try:
+        lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+    except IsADirectoryError:
+        raise RecscaleError(f"--users: {path}: is a directory, expected a file of user ids") from None
+    except OSError as exc:
+        raise RecscaleError(f"--users: {path}: cannot read: {exc.strerror}") from None
+    found: list[int] = []
+    for number, line in enumerate(lines, 1):
+        text = line.strip().lstrip("\ufeff")
+        if not text or (number == 1 and text.lower() in HEADER_WORDS and text not in lookup):
+            continue
+        key = text
+        if integer:
+            try:
+                key = str(int(text))
+            except ValueError:
+                print(f"{path}:{number}: not a user id: {text!r} (skipped)", file=report)
+                continue
+        if key not in lookup:
+            print(f"{path}:{number}: unknown user id {text!r} (skipped)", file=report)
+            continue
+        found.append(lookup[key])
+    return np.array(found, dtype=np.int64)
 
-    def write(self, users: np.ndarray, ranks: np.ndarray, items: np.ndarray, scores: np.ndarray,
-              fallback: np.ndarray) -> None:
-        if self.fmt == ".parquet":
-            self.parquet.write_table(pa.table([users, ranks.astype(np.int32), items, scores.astype(np.float32),
-                                               fallback.astype(np.int8)], schema=self.schema))
-        else:
-            lines = ["\t".join(row) for row in zip(users.astype(str), ranks.astype(str), items.astype(str),
-                                                   np.char.mod("%.6g", scores), fallback.astype(int).astype(str))]
-            self.handle.write("\n".join(lines) + "\n")
 
-    def close(self) -> None:
-        if self.fmt == ".parquet":
-            self.parquet.close()
-        else:
-            self.handle.close()
+def _arrow_type(ids: np.ndarray) -> pa.DataType:
+    return pa.int64() if ids.dtype.kind in "iu" else pa.string()
 
 
 @torch.no_grad()
-def recommend(model: Recommender, data: PreparedDataset, users: np.ndarray, k: int, out: str | Path,
-              device="cpu", batch_size: int = 1024) -> int:
-    """Write the top-`k` unseen items for each contiguous user id in `users`; return rows written."""
-    out = Path(out)
-    if out.suffix not in FORMATS:
-        raise RecscaleError(f"--out: {out.name}: use a .tsv or .parquet file name")
+def recommendation_batches(model: Recommender, data: PreparedDataset, users: np.ndarray, k: int,
+                           device="cpu", batch_size: int = 1024) -> Iterator[dict[str, np.ndarray]]:
+    """The top-`k` unseen items of each contiguous user id in `users`, a batch of users at a time,
+    as columns with original ids."""
     model.eval()
     seen = data.user_items(*history_splits(data))
     inputs = seen if data.protocol != "vae" else data.user_items(*[p for p in history_splits(data) if "heldout" not in p])
@@ -73,28 +86,56 @@ def recommend(model: Recommender, data: PreparedDataset, users: np.ndarray, k: i
     user_ids, item_ids = data.original_user_ids(), data.original_item_ids()
     history_size = np.diff(inputs.indptr)
     popularity = torch.from_numpy(np.asarray(data.user_items("train").sum(axis=0)).ravel()).float().to(device)
+    for start in range(0, users.size, batch_size):
+        u = users[start:start + batch_size]
+        history = dense_rows(inputs, u, device) if model.needs_history else None
+        scores = model.score(torch.from_numpy(u).to(device), history).float()
+        empty = torch.from_numpy(history_size[u] == 0).to(device)  # (B,) nothing to go on
+        scores = torch.where(empty[:, None], popularity.expand_as(scores), scores)
+        scores = scores.masked_fill(dense_rows(seen, u, device) > 0, float("-inf"))
+        # ties go to the lower item id (metrics.top_k's rule), so the output is deterministic
+        index = top_k(scores, torch.zeros_like(scores, dtype=torch.bool), k)
+        values = torch.gather(scores, 1, index)  # (B, k)
+        valid = torch.isfinite(values).cpu().numpy().ravel()  # fewer than k unseen items
+        yield {"user": np.repeat(user_ids[u], k)[valid],
+               "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), u.size)[valid],
+               "item": item_ids[index.cpu().numpy()].ravel()[valid],
+               "score": values.cpu().numpy().ravel()[valid].astype(np.float32),
+               "fallback": np.repeat(empty.cpu().numpy(), k)[valid].astype(np.int8)}
+
+
+def recommend(model: Recommender, data: PreparedDataset, users: np.ndarray, k: int, out: str | Path,
+              device="cpu", batch_size: int = 1024) -> int:
+    """Write the top-`k` unseen items for each contiguous user id in `users`; return rows written."""
+    out = Path(out)
+    if out.suffix not in FORMATS:
+        raise RecscaleError(f"--out: {out.name}: use a .tsv or .parquet file name")
+    schema = pa.schema([("user", _arrow_type(data.original_user_ids())), ("rank", pa.int32()),
+                        ("item", _arrow_type(data.original_item_ids())), ("score", pa.float32()),
+                        ("fallback", pa.int8())])
     rows = 0
     with atomic_file(out) as tmp:
-        writer = _Writer(tmp, out.suffix)
-        try:
-            for start in range(0, users.size, batch_size):
-                u = users[start:start + batch_size]
-                history = dense_rows(inputs, u, device) if model.needs_history else None
-                scores = model.score(torch.from_numpy(u).to(device), history).float()
-                empty = torch.from_numpy(history_size[u] == 0).to(device)  # (B,) nothing to go on
-                scores = torch.where(empty[:, None], popularity.expand_as(scores), scores)
-                scores = scores.masked_fill(dense_rows(seen, u, device) > 0, float("-inf"))
-                # ties go to the lower item id (metrics.top_k's rule), so the output is deterministic
-                index = top_k(scores, torch.zeros_like(scores, dtype=torch.bool), k)
-                values = torch.gather(scores, 1, index)  # (B, k)
-                valid = torch.isfinite(values).cpu().numpy()  # fewer than k unseen items
-                n = u.size
-                writer.write(np.repeat(user_ids[u], k)[valid.ravel()],
-                             np.tile(np.arange(1, k + 1), n)[valid.ravel()],
-                             item_ids[index.cpu().numpy()].ravel()[valid.ravel()],
-                             values.cpu().numpy().ravel()[valid.ravel()],
-                             np.repeat(empty.cpu().numpy(), k)[valid.ravel()])
-                rows += int(valid.sum())
-        finally:
-            writer.close()
+        if out.suffix == ".parquet":
+            with pq.ParquetWriter(tmp, schema) as writer:
+                for batch in recommendation_batches(model, data, users, k, device, batch_size):
+                    writer.write_table(pa.table([batch[c] for c in COLUMNS], schema=schema))
+                    rows += batch["rank"].size
+        else:
+            with open(tmp, "w", encoding="utf-8") as handle:
+                handle.write("\t".join(COLUMNS) + "\n")
+                for batch in recommendation_batches(model, data, users, k, device, batch_size):
+                    if batch["rank"].size:
+                        text = zip(batch["user"].astype(str), batch["rank"].astype(str), batch["item"].astype(str),
+                                   np.char.mod("%.6g", batch["score"]), batch["fallback"].astype(str))
+                        handle.write("\n".join("\t".join(row) for row in text) + "\n")
+                    rows += batch["rank"].size
     return rows
+
+
+def recommend_frame(model: Recommender, data: PreparedDataset, users: np.ndarray, k: int, device="cpu",
+                    batch_size: int = 1024) -> pl.DataFrame:
+    """The same recommendations as a Polars frame (in memory: for notebooks and services)."""
+    parts = [pl.DataFrame(batch) for batch in recommendation_batches(model, data, users, k, device, batch_size)]
+    if not parts:
+        return pl.DataFrame({c: [] for c in COLUMNS})
+    return pl.concat(parts)

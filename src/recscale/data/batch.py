@@ -33,10 +33,26 @@ class PairBatch(_TensorBatch):
 
 @dataclasses.dataclass(frozen=True)
 class UserBatch(_TensorBatch):
-    """Rows of the user-item matrix, dense only for the batch: Mult-VAE, Mult-DAE, autoencoder."""
+    """Rows of the user-item matrix for the batch's users: Mult-VAE, Mult-DAE, autoencoder.
 
-    users: torch.Tensor  # (B,) int64
-    rows: torch.Tensor   # (B, I) float32
+    Either dense (`rows`) or sparse, as the CSR slice of the batch (`indices`, `offsets`, `values`:
+    the nonzeros of every row in order, each row's start, their values); the model asks for one."""
+
+    users: torch.Tensor                  # (B,) int64
+    rows: torch.Tensor | None = None     # (B, I) float32
+    indices: torch.Tensor | None = None  # (nnz,) int64 item of each nonzero
+    offsets: torch.Tensor | None = None  # (B,) int64 start of each row's nonzeros
+    values: torch.Tensor | None = None   # (nnz,) float32
+
+    @property
+    def sparse(self) -> bool:
+        return self.rows is None
+
+    def row_of_nonzeros(self) -> torch.Tensor:
+        """(nnz,) the batch row of each nonzero."""
+        lengths = torch.diff(self.offsets, append=self.offsets.new_tensor([self.indices.numel()]))
+        return torch.repeat_interleave(torch.arange(self.users.numel(), device=self.users.device), lengths,
+                                       output_size=self.indices.numel())
 
 
 @dataclasses.dataclass(frozen=True)

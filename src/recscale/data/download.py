@@ -2,9 +2,12 @@
 cache, unpack it safely (no member may land outside the target directory), rename that into place.
 
 Cache: `$RECSCALE_HOME` or `~/.cache/recscale`; `<cache>/<name>/` holds the unpacked files and
-`<cache>/downloads/` the verified archives. A dataset directory exists only when complete. Where the
-publisher pins no checksum, the SHA-256 of the first download is recorded and later downloads must
-match it (trust on first use); `recscale datasets list` says which datasets are pinned.
+`<cache>/downloads/` the archives. A dataset directory exists only when complete. Every archive is
+verified before it is unpacked, whether we downloaded it or someone put it in the downloads folder:
+against the publisher's checksum, a checksum the user gave (`--sha256 FILE=HEX`), or, where neither
+exists, the SHA-256 recorded when it was first seen (trust on first use, said so on stderr and in
+`recscale datasets list`). An archive that no checksum vouches for is only fetched over HTTPS (or
+from this machine): over plain HTTP anyone on the path could hand us a file we would then trust.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import sys
 import tarfile
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from dataclasses import dataclass
@@ -121,24 +125,68 @@ def extract(archive: Path, target: Path) -> None:
     shutil.copy2(archive, target / archive.name)  # a plain file (e.g. the NCF paper's splits)
 
 
+def _digests(path: Path) -> dict[str, str]:
+    digests = {"sha256": hashlib.sha256(), "md5": hashlib.md5(usedforsecurity=False)}
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            for d in digests.values():
+                d.update(chunk)
+    return {name: d.hexdigest() for name, d in digests.items()}
+
+
+def verify(path: Path, expected: tuple[str, str], source: str) -> None:
+    """Raise (and remove `path`) unless it has the expected checksum."""
+    algorithm, want = expected
+    got = _digests(path)[algorithm]
+    if got != want.lower():
+        path.unlink(missing_ok=True)
+        raise RecscaleError(f"checksum mismatch: {source}: {algorithm} {got}, expected {want} "
+                            f"(corrupt or tampered file; nothing was kept)")
+
+
+def _secure(url: str) -> bool:
+    """HTTPS, or a server on this machine (tests, a local mirror)."""
+    parsed = urllib.parse.urlparse(url)
+    return parsed.scheme == "https" or (parsed.hostname or "") in ("localhost", "::1") or \
+        (parsed.hostname or "").startswith("127.")
+
+
+def parse_checksums(pairs: list[str] | None) -> dict[str, str]:
+    """--sha256 FILE=HEX (FILE: the archive's file name) -> {file name: hex digest}."""
+    out = {}
+    for pair in pairs or []:
+        name, sep, digest = pair.partition("=")
+        digest = digest.strip().lower()
+        if not sep or not name.strip() or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise RecscaleError(f"--sha256: expected FILE=HEX with a 64-digit SHA-256, got {pair!r}")
+        out[name.strip()] = digest
+    return out
+
+
 def _trusted(root: Path, url: str) -> str | None:
+    """The SHA-256 recorded for `url` (the latest record: a user-given checksum replaces one
+    recorded on first use)."""
     record = root / "downloads" / "sha256.txt"
+    found = None
     if record.is_file():
         for line in record.read_text().splitlines():
             digest, _, recorded = line.partition("  ")
             if recorded == url:
-                return digest
-    return None
+                found = digest
+    return found
 
 
 def _remember(root: Path, url: str, digest: str) -> None:
     record = root / "downloads" / "sha256.txt"
+    record.parent.mkdir(parents=True, exist_ok=True)
     with open(record, "a") as handle:
         handle.write(f"{digest}  {url}\n")
 
 
-def ensure_dataset(remote: Remote, root: Path | None = None) -> Path:
-    """The directory holding the dataset's unpacked files, downloading and unpacking it if missing."""
+def ensure_dataset(remote: Remote, root: Path | None = None, checksums: dict[str, str] | None = None) -> Path:
+    """The directory holding the dataset's unpacked files, downloading, verifying and unpacking it
+    if missing. `checksums` (archive file name -> SHA-256) are the user's own, and take precedence
+    over a checksum recorded on first use."""
     root = root or cache_root()
     target = dataset_dir(remote, root)
     files = target / remote.subdir if remote.subdir else target
@@ -148,13 +196,25 @@ def ensure_dataset(remote: Remote, root: Path | None = None) -> Path:
             f"(or place them in {files})")
     archives = []
     for url in remote.urls:
-        archive = root / "downloads" / PurePosixPath(url.split("?")[0]).name
+        filename = PurePosixPath(url.split("?")[0]).name
+        archive = root / "downloads" / filename
+        given = (checksums or {}).get(filename)
         known = _trusted(root, url)
-        expected = remote.checksums.get(url) or (("sha256", known) if known else None)
+        expected = remote.checksums.get(url) or (("sha256", given or known) if (given or known) else None)
         if not archive.is_file():
+            if expected is None and not _secure(url):
+                raise RecscaleError(f"{url}: no checksum vouches for this file and it would come over plain HTTP; "
+                                    f"download it yourself and pass --sha256 {filename}=HEX, or use --raw-dir")
             digest = fetch(url, archive, expected, hint)
-            if expected is None:
-                _remember(root, url, digest)
+        elif expected is not None:
+            verify(archive, expected, str(archive))  # also an archive someone else put there
+            digest = _digests(archive)["sha256"]
+        else:
+            digest = _digests(archive)["sha256"]
+            print(f"recscale: {archive} has no published checksum; recorded its sha256 {digest} "
+                  f"(trust on first use: later copies must match)", file=sys.stderr)
+        if expected is None or (given and given != known):
+            _remember(root, url, digest)
         archives.append(archive)
     try:
         with atomic_directory(target) as tmp:

@@ -21,7 +21,7 @@ from typing import Callable
 
 import polars as pl
 
-from recscale.data.readers import (INTERACTION_KINDS, canonical_interactions, dense_ids, first_bad_line,
+from recscale.data.readers import (INTERACTION_KINDS, canonical_interactions, first_bad_line,
                                    read_delimited, read_movies_csv, read_ratings_csv)
 from recscale.data.raw import RawDataset
 from recscale.errors import RecscaleError
@@ -187,9 +187,10 @@ LASTFM_FILE = "usersha1-artmbid-artname-plays.tsv"
 
 
 def read_lastfm(root: Path) -> RawDataset:
-    """usersha1, artist MBID (often empty), artist name, plays; no header. Users and artists get
-    integer ids in sorted order of their keys (the artist's MBID, or its name when it has none);
-    the artist names become item titles. No timestamps: every row gets 0."""
+    """usersha1, artist MBID (often empty), artist name, plays; no header. Users are their sha1,
+    artists their MBID, or 'name:' + their name when they have none (text ids, numbered in sorted
+    order by `prepare`; the original ids stay in users.parquet and items.parquet); the artist names
+    become item titles. No timestamps: every row gets 0."""
     (path,) = _require(root, LASTFM_FILE)
     checks = {"usersha1": (0, "str"), "plays": (3, "int")}
     try:
@@ -203,8 +204,7 @@ def read_lastfm(root: Path) -> RawDataset:
     if raw["plays"].null_count() or raw["usersha1"].null_count():
         raise RecscaleError(first_bad_line(path, "\t", checks, False) or f"{path}: missing values")
     key = pl.when(pl.col("mbid").fill_null("") != "").then(pl.col("mbid")).otherwise("name:" + pl.col("name"))
-    frame = raw.with_columns(key.alias("artist"))
-    frame = frame.with_columns(dense_ids(frame["usersha1"]).alias("user"), dense_ids(frame["artist"]).alias("item"))
+    frame = raw.with_columns(pl.col("usersha1").alias("user"), key.alias("item"))
     items = frame.group_by("item").agg(pl.col("name").first().fill_null("").alias("title")).sort("item")
     items = items.with_columns(pl.lit([], dtype=pl.List(pl.Utf8)).alias("genres"))
     ratings = frame.select("user", "item", pl.col("plays").cast(pl.Float32).alias("rating"),

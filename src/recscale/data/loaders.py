@@ -15,6 +15,7 @@ batch on every rank is dropped (each example at most once per epoch).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import queue
 import threading
@@ -24,7 +25,8 @@ import numpy as np
 import torch
 
 from recscale.data.batch import PairBatch, TabularBatch, UserBatch, multi_hot_batch
-from recscale.data.sampling import positive_keys, sample_negatives
+from recscale.data.sampling import NegativeSampler
+from recscale.errors import RecscaleError
 
 
 def epoch_generator(seed: int, epoch: int, rank: int = 0, device: torch.device | str = "cpu") -> torch.Generator:
@@ -56,6 +58,8 @@ def n_batches(n: int, batch_size: int, drop_last: bool) -> int:
 class _EpochLoader:
     """Shared mechanics: epoch counter, rank/world, batch count from the per-rank example count."""
 
+    dropped_users = 0  # users whose examples the loader had to leave out (PairLoader says why)
+
     def __init__(self, n_examples: int, batch_size: int, seed: int, shuffle: bool, drop_last: bool,
                  rank: int, world_size: int):
         if batch_size < 1:
@@ -65,6 +69,7 @@ class _EpochLoader:
         self.n_examples, self.batch_size, self.seed = n_examples, batch_size, seed
         self.shuffle, self.drop_last, self.rank, self.world_size = shuffle, drop_last, rank, world_size
         self.epoch, self.start_batch = 0, 0
+        self.device = torch.device("cpu")  # where batches are built; loaders that build on a GPU say so
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
@@ -109,16 +114,27 @@ class PairLoader(_EpochLoader):
     sampled non-positive items per positive (label 0), shuffled together and cut into batches.
 
     The batch size counts positives and negatives alike (as NVIDIA's NCF does). With a CUDA `device`
-    the positives live on the GPU and negatives are drawn there: no host work or copies per epoch."""
+    the positives live on the GPU and negatives are drawn there: no host work or copies per epoch.
+
+    A user who has interacted with every item has no negative to contrast its positives with; its
+    positives are left out of training (`dropped_users` counts them), so that every epoch has the
+    same fixed size on every rank."""
 
     def __init__(self, users: torch.Tensor, items: torch.Tensor, n_items: int, batch_size: int,
                  negatives: int = 4, seed: int = 0, drop_last: bool = False, rank: int = 0, world_size: int = 1,
                  device: torch.device | str = "cpu"):
+        device = torch.device(device)
+        users, items = users.to(device, torch.int64), items.to(device, torch.int64)
+        n_users = int(users.max()) + 1 if users.numel() else 0
+        sampler = NegativeSampler(users, items, n_users, n_items)
+        full = sampler.free <= 0
+        self.dropped_users = int(full.sum())
+        if self.dropped_users:
+            keep = ~full[users]
+            users, items = users[keep], items[keep]
         super().__init__(users.numel(), batch_size, seed, True, drop_last, rank, world_size)
-        self.device = torch.device(device)
-        self.users, self.items = users.to(self.device, torch.int64), items.to(self.device, torch.int64)
+        self.device, self.users, self.items, self.sampler = device, users, items, sampler
         self.n_items, self.negatives = n_items, negatives
-        self.keys = positive_keys(self.users, self.items, n_items)
 
     @property
     def per_rank(self) -> int:
@@ -131,7 +147,7 @@ class PairLoader(_EpochLoader):
         gen = epoch_generator(self.seed, self.epoch, 1 + self.rank, self.device)
         pos_users, pos_items = self.users[shard], self.items[shard]
         neg_users = pos_users.repeat(self.negatives)
-        neg_items = sample_negatives(self.keys, neg_users, self.n_items, gen)
+        neg_items = self.sampler.sample(neg_users, gen)
         users = torch.cat([pos_users, neg_users])
         items = torch.cat([pos_items, neg_items])
         labels = torch.cat([torch.ones(pos_users.numel(), device=self.device),
@@ -165,14 +181,16 @@ def csr_rows_dense(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Te
 
 
 class UserRowLoader(_EpochLoader):
-    """Mult-VAE / Mult-DAE / autoencoder training: shuffled users, each batch the dense rows of the
-    CSR user-item matrix for those users only (never the whole matrix densified). With a CUDA
-    `device` the CSR arrays live on the GPU and rows are made dense there."""
+    """Mult-VAE / Mult-DAE / autoencoder training: shuffled users, each batch the rows of the CSR
+    user-item matrix for those users only: dense (never the whole matrix densified) or, with
+    `sparse=True`, the CSR slice itself (its cost follows the interactions, not the catalog). With a
+    CUDA `device` the CSR arrays live on the GPU and batches are made there."""
 
     def __init__(self, matrix, users: torch.Tensor, batch_size: int, seed: int = 0, shuffle: bool = True,
-                 drop_last: bool = False, rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu"):
+                 drop_last: bool = False, rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu",
+                 sparse: bool = False):
         super().__init__(users.numel(), batch_size, seed, shuffle, drop_last, rank, world_size)
-        self.device = torch.device(device)
+        self.device, self.sparse = torch.device(device), sparse
         self.indptr = torch.from_numpy(matrix.indptr.astype(np.int64)).to(self.device)
         self.indices = torch.from_numpy(matrix.indices.astype(np.int64)).to(self.device)
         self.values = torch.from_numpy(matrix.data.astype(np.float32)).to(self.device)
@@ -183,7 +201,20 @@ class UserRowLoader(_EpochLoader):
         users = self.users[self._indices().to(self.device)]
         for s in self._slices():
             u = users[s]
-            yield UserBatch(u, csr_rows_dense(self.indptr, self.indices, self.values, u, self.n_items))
+            if self.sparse:
+                yield UserBatch(u, None, *csr_rows_sparse(self.indptr, self.indices, self.values, u))
+            else:
+                yield UserBatch(u, csr_rows_dense(self.indptr, self.indices, self.values, u, self.n_items))
+
+
+def csr_rows_sparse(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor,
+                    rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The CSR slice (indices, offsets, values) of the given rows, in their order."""
+    starts, lengths = indptr[rows], indptr[rows + 1] - indptr[rows]
+    total = int(lengths.sum())
+    offsets = torch.cumsum(lengths, 0) - lengths
+    pos = torch.repeat_interleave(starts - offsets, lengths, output_size=total) + torch.arange(total, device=rows.device)
+    return indices[pos], offsets, values[pos]
 
 
 class TabularLoader(TensorLoader):
@@ -249,3 +280,44 @@ class Prefetcher:
                     slots.get_nowait()
                 except queue.Empty:
                     thread.join(0.01)
+
+
+# ----------------------------------------------------------------------------- from a prepared dataset
+
+
+@dataclasses.dataclass(frozen=True)
+class LoaderOptions:
+    """What every training loader takes besides the data; `batch_size` is this process's share."""
+
+    batch_size: int
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device | str = "cpu"
+    negatives: int = 4
+
+
+def pair_loader(data, options: LoaderOptions) -> PairLoader:
+    """Positives of the training split with sampled negatives (NCF models)."""
+    if options.negatives >= data.n_items:
+        raise RecscaleError(f"--negatives: {options.negatives} is not below the {data.n_items} items of {data.root}")
+    users, items = data.columns("train", "user", "item")
+    return PairLoader(users, items, data.n_items, options.batch_size, negatives=options.negatives,
+                      seed=options.seed, rank=options.rank, world_size=options.world_size, device=options.device)
+
+
+def row_loader(data, options: LoaderOptions, binary: bool = True, sparse: bool = False) -> UserRowLoader:
+    """Training users' rows of the user-item matrix: 1/0 (`binary`) or the ratings."""
+    return UserRowLoader(data.user_items("train", binary=binary), data.training_users(), options.batch_size,
+                         seed=options.seed, rank=options.rank, world_size=options.world_size,
+                         device=options.device, sparse=sparse)
+
+
+def tabular_loader(data, options: LoaderOptions, labels: Callable[[torch.Tensor], torch.Tensor]) -> TabularLoader:
+    """(user, item, genres) rows of the training split; `labels` turns ratings into targets."""
+    users, items, ratings = data.columns("train", "user", "item", "rating")
+    genres = data.item_genres()
+    if genres is None:
+        genres = (torch.zeros(0, dtype=torch.int64), torch.zeros(data.n_items, dtype=torch.int64))
+    return TabularLoader(users, items, labels(ratings).float(), *genres, options.batch_size, seed=options.seed,
+                         rank=options.rank, world_size=options.world_size)

@@ -18,12 +18,14 @@ from recscale import __version__
 from recscale.config import PrepareConfig
 from recscale.data.sampling import positive_keys, sample_distinct_negatives
 from recscale.data.raw import RawDataset
-from recscale.data.splits import leave_last_out, random_split, strong_generalization
+from recscale.data.splits import ORDER_COLUMNS, leave_last_out, random_split, strong_generalization, with_order
 from recscale.errors import RecscaleError
 from recscale.fsutil import atomic_directory, sha256_file
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: protocol.tie_break recorded; version 1 datasets ordered ties by item id
+READABLE_SCHEMAS = (1, 2)
 PAPER_HELDOUT_USERS = 10_000
+FEW_HELDOUT_USERS = 1_000  # below this, a vae split's metrics carry wide intervals: say so
 
 
 def embedding_size(cardinality: int) -> int:
@@ -43,23 +45,46 @@ def _pair_key(frame: pl.DataFrame) -> pl.Series | None:
     return (frame["user"] - u_min) * width + (frame["item"] - i_min)
 
 
+def encode_text_ids(frames: dict[str, pl.DataFrame]) -> tuple[dict[str, pl.DataFrame], dict[str, pl.Series]]:
+    """Text ids (Utf8 user or item columns) -> integers 0..n-1 in sorted order of the text, the
+    same numbering across all `frames`. Returns the frames and, for each column that was text, the
+    text of each number (its position), so that the original ids can be written back."""
+    names: dict[str, pl.Series] = {}
+    for column in ("user", "item"):
+        if not any(f.schema[column] == pl.Utf8 for f in frames.values() if f.height):
+            continue
+        text = pl.concat([f[column].cast(pl.Utf8) for f in frames.values()]).unique().sort()
+        lookup = pl.DataFrame({column: text, "_id": pl.int_range(text.len(), eager=True, dtype=pl.Int64)})
+        frames = {name: f.with_columns(pl.col(column).cast(pl.Utf8))
+                         .join(lookup, on=column, how="left", maintain_order="left")
+                         .with_columns(pl.col("_id").alias(column)).drop("_id")
+                  for name, f in frames.items()}
+        names[column] = text
+    return frames, names
+
+
 def latest_per_pair(frame: pl.DataFrame) -> pl.DataFrame:
-    """One row per (user, item): the latest (ties: the later row). Only the rows of repeated pairs
-    are sorted: sorting all 20M rows by three keys took 4.6 GB at ml-20m scale, this about 2 GB."""
+    """One row per (user, item): the latest by timestamp, then by the tie key (`with_order`; the
+    file rule when the frame has none), then the later row. Only the rows of repeated pairs are
+    sorted: sorting all 20M rows by three keys took 4.6 GB at ml-20m scale, this about 2 GB."""
+    if "_tie" not in frame.columns:
+        frame = with_order(frame, "file", 0)
+    order = ("user", "item", "timestamp", "_tie", "_line")
     key = _pair_key(frame)
     if key is None:
-        return frame.sort("user", "item", "timestamp", maintain_order=True).unique(
-            ["user", "item"], keep="last", maintain_order=True)
+        return frame.sort(*order).unique(["user", "item"], keep="last", maintain_order=True)
     repeated = key.is_duplicated()
     if not repeated.any():
         return frame
-    latest = (frame.filter(repeated).sort("user", "item", "timestamp", maintain_order=True)
-                   .unique(["user", "item"], keep="last", maintain_order=True))
+    latest = frame.filter(repeated).sort(*order).unique(["user", "item"], keep="last", maintain_order=True)
     return pl.concat([frame.filter(~repeated), latest])
 
 
 def filter_interactions(frame: pl.DataFrame, cfg: PrepareConfig) -> pl.DataFrame:
-    """Minimum rating; one row per (user, item), keeping the latest; minimum interactions per user."""
+    """Minimum rating; one row per (user, item), keeping the latest; minimum interactions per user.
+    The result carries the order columns (`with_order`) for the split."""
+    if "_tie" not in frame.columns:
+        frame = with_order(frame, cfg.tie_break, cfg.seed)
     if cfg.effective_min_rating is not None:
         frame = frame.filter(pl.col("rating") >= cfg.effective_min_rating)
     frame = latest_per_pair(frame)
@@ -71,15 +96,19 @@ def filter_interactions(frame: pl.DataFrame, cfg: PrepareConfig) -> pl.DataFrame
     return frame
 
 
-def _id_map(original_ids: np.ndarray, name: str) -> pl.DataFrame:
-    """Contiguous ids 0..n-1 in the given order, with the original ids beside them."""
-    return pl.DataFrame({name: np.arange(original_ids.size, dtype=np.int32),
-                         "original_id": original_ids})
+def _id_map(ids: np.ndarray, name: str, names: dict[str, pl.Series] | None = None) -> pl.DataFrame:
+    """Contiguous ids 0..n-1 for `ids` in the given order, with the original ids beside them:
+    `ids` themselves, or their text for columns that had text ids (`names`, from encode_text_ids).
+    `_key` keeps `ids` for joining with the interactions; it is not written."""
+    text = (names or {}).get(name)
+    original = text.gather(ids) if text is not None else ids
+    return pl.DataFrame({name: np.arange(ids.size, dtype=np.int32), "_key": ids, "original_id": original})
 
 
-def sorted_id_maps(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+def sorted_id_maps(frame: pl.DataFrame, names: dict[str, pl.Series] | None = None
+                   ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """User and item maps over every id in `frame`, in sorted order of the original ids."""
-    return tuple(_id_map(np.sort(frame[c].unique().to_numpy()), c) for c in ("user", "item"))
+    return tuple(_id_map(np.sort(frame[c].unique().to_numpy()), c, names) for c in ("user", "item"))
 
 
 def refuse_existing(out: Path, overwrite: bool) -> None:
@@ -89,11 +118,12 @@ def refuse_existing(out: Path, overwrite: bool) -> None:
 
 
 def _encode(frame: pl.DataFrame, users: pl.DataFrame, items: pl.DataFrame) -> pl.DataFrame:
-    """Replace original ids by contiguous ones (rows whose ids are not in the maps are dropped)."""
-    return (frame.join(users.rename({"user": "_u"}), left_on="user", right_on="original_id")
-                 .join(items.rename({"item": "_i"}), left_on="item", right_on="original_id")
+    """Replace ids by contiguous ones (rows whose ids are not in the maps are dropped). The maps'
+    `_key` column holds the ids as `frame` has them (the numbers of text ids)."""
+    return (frame.join(users.select(pl.col("user").alias("_u"), pl.col("_key")), left_on="user", right_on="_key")
+                 .join(items.select(pl.col("item").alias("_i"), pl.col("_key")), left_on="item", right_on="_key")
                  .select(pl.col("_u").alias("user"), pl.col("_i").alias("item"),
-                         *[c for c in frame.columns if c not in ("user", "item")])
+                         *[c for c in frame.columns if c not in ("user", "item", *ORDER_COLUMNS)])
                  .sort("user", "item"))
 
 
@@ -108,9 +138,14 @@ def _heldout_users(cfg: PrepareConfig, n_users: int) -> int:
 
 def _item_table(items: pl.DataFrame, raw_items: pl.DataFrame | None) -> tuple[pl.DataFrame, list[str]]:
     """The item id map with titles and genre ids; returns it and the genre vocabulary."""
+    items = items.drop("_key")
     if raw_items is None:
         return items, []
-    table = items.join(raw_items.rename({"item": "original_id"}), on="original_id", how="left", maintain_order="left")
+    raw_items = raw_items.rename({"item": "original_id"})
+    if raw_items.schema["original_id"] != items.schema["original_id"]:  # text ids in one of the files
+        raw_items = raw_items.with_columns(pl.col("original_id").cast(pl.Utf8))
+        items = items.with_columns(pl.col("original_id").cast(pl.Utf8))
+    table = items.join(raw_items, on="original_id", how="left", maintain_order="left")
     vocab = sorted(table["genres"].explode().drop_nulls().unique().to_list())
     lookup = {g: i for i, g in enumerate(vocab)}
     table = table.with_columns(
@@ -120,26 +155,27 @@ def _item_table(items: pl.DataFrame, raw_items: pl.DataFrame | None) -> tuple[pl
     return table, vocab
 
 
-def split(frame: pl.DataFrame, cfg: PrepareConfig) -> tuple[dict[str, pl.DataFrame], pl.DataFrame, pl.DataFrame, dict]:
+def split(frame: pl.DataFrame, cfg: PrepareConfig, names: dict[str, pl.Series] | None = None
+          ) -> tuple[dict[str, pl.DataFrame], pl.DataFrame, pl.DataFrame, dict]:
     """Split by protocol and encode ids. Returns encoded parts, user map, item map, and the protocol
     parameters actually used."""
     params: dict = {"seed": cfg.seed, "min_rating": cfg.effective_min_rating,
-                    "min_user_interactions": cfg.effective_min_user_interactions}
+                    "min_user_interactions": cfg.effective_min_user_interactions, "tie_break": cfg.tie_break}
     if cfg.protocol == "ncf":
         parts = leave_last_out(frame, 2 if cfg.valid else 1)
-        users, items = sorted_id_maps(frame)
+        users, items = sorted_id_maps(frame, names)
         params |= {"valid": cfg.valid, "test_negatives": cfg.test_negatives}
     elif cfg.protocol == "vae":
         n_heldout = _heldout_users(cfg, frame["user"].n_unique())
         parts, groups = strong_generalization(frame, n_heldout, cfg.holdout_fraction, cfg.seed)
         order = np.concatenate([np.sort(groups[g]) for g in ("train", "valid", "test")])
-        users = _id_map(order, "user").with_columns(
+        users = _id_map(order, "user", names).with_columns(
             pl.Series("group", np.repeat(["train", "valid", "test"], [groups[g].size for g in ("train", "valid", "test")])))
-        items = _id_map(np.sort(parts["train"]["item"].unique().to_numpy()), "item")
+        items = _id_map(np.sort(parts["train"]["item"].unique().to_numpy()), "item", names)
         params |= {"heldout_users": n_heldout, "holdout_fraction": cfg.holdout_fraction}
     else:
         parts = random_split(frame, cfg.ratios, cfg.seed)
-        users, items = sorted_id_maps(frame)
+        users, items = sorted_id_maps(frame, names)
         params |= {"ratios": list(cfg.ratios)}
     encoded = {name: _encode(part, users, items) for name, part in parts.items()}
     return encoded, users, items, params
@@ -149,8 +185,8 @@ def sample_eval_negatives(parts: dict[str, pl.DataFrame], n_items: int, n: int, 
     """For each NCF evaluation split, `n` distinct items per user that are none of its positives
     in any split, drawn with a generator seeded by `seed` (validation and test draw in turn)."""
     everything = pl.concat([p.select("user", "item") for p in parts.values()])
-    keys = positive_keys(torch.from_numpy(everything["user"].to_numpy()),
-                         torch.from_numpy(everything["item"].to_numpy()), n_items)
+    keys = positive_keys(torch.from_numpy(everything["user"].to_numpy(writable=True)),
+                         torch.from_numpy(everything["item"].to_numpy(writable=True)), n_items)
     generator = torch.Generator().manual_seed(seed)
     out = {}
     for name in ("valid", "test"):
@@ -168,12 +204,32 @@ def _feature_meta(n: int, **extra) -> dict:
     return {"cardinality": n, "embedding_dim": embedding_size(n), **extra}
 
 
+def check_finite(frame: pl.DataFrame, where: str) -> None:
+    """Ratings must be finite numbers (the readers check files; this guards frames given directly)."""
+    bad = frame.filter(~pl.col("rating").is_finite() | pl.col("rating").is_null()).height if frame.height else 0
+    if bad:
+        raise RecscaleError(f"{where}: {bad} rating(s) are NaN, infinite or missing")
+
+
+def dataset_notes(meta: dict) -> list[str]:
+    """What a user should know about a prepared dataset before trusting its metrics."""
+    notes = []
+    counts = meta["counts"]
+    if meta["protocol"]["name"] == "vae" and counts.get("test_users", FEW_HELDOUT_USERS) < FEW_HELDOUT_USERS:
+        notes.append(f"only {counts['test_users']} validation and {counts['test_users']} test users are held out "
+                     f"(10% of the users at most, by default): their metrics carry wide 95% intervals; "
+                     f"--heldout-users N holds out more")
+    return notes
+
+
 def prepare(raw: RawDataset, cfg: PrepareConfig, out: str | Path, overwrite: bool = False) -> dict:
     """Write the prepared dataset for `raw` under `cfg` to `out`; return its meta.json content."""
     out = Path(out)
     refuse_existing(out, overwrite)
-    frame = filter_interactions(raw.interactions, cfg)
-    parts, users, items, params = split(frame, cfg)
+    check_finite(raw.interactions, raw.name)
+    frames, names = encode_text_ids({"interactions": raw.interactions})
+    frame = filter_interactions(frames["interactions"], cfg)
+    parts, users, items, params = split(frame, cfg, names)
     return write_prepared(raw, cfg.protocol, parts, users, items, params, out, overwrite,
                           cfg.test_negatives, cfg.seed)
 
@@ -211,9 +267,14 @@ def write_prepared(raw: RawDataset, protocol: str, parts: dict[str, pl.DataFrame
         meta["counts"] |= {f"{g}_users": int((users["group"] == g).sum()) for g in ("train", "valid", "test")}
 
     with atomic_directory(out, overwrite=overwrite) as tmp:
-        for name, part in parts.items():
-            part.write_parquet(tmp / f"{name}.parquet", statistics=True)
-        users.write_parquet(tmp / "users.parquet")
-        item_table.write_parquet(tmp / "items.parquet")
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        try:
+            for name, part in parts.items():
+                part.write_parquet(tmp / f"{name}.parquet", statistics=True)
+            users.drop("_key").write_parquet(tmp / "users.parquet")
+            item_table.write_parquet(tmp / "items.parquet")
+        except pl.exceptions.PolarsError as exc:  # Polars reports a full disk in its own exception types
+            raise OSError(str(exc).splitlines()[0]) from exc
+        # the content of every file, so that a run can tell its dataset from another one in its place
+        meta["sha256"] = {name: sha256_file(tmp / file) for name, file in meta["files"].items()}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, allow_nan=False) + "\n")
     return meta

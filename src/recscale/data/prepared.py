@@ -12,11 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 import scipy.sparse as sp
 import torch
 
-from recscale.data.prepare import SCHEMA_VERSION
+from recscale.data.prepare import READABLE_SCHEMAS
 from recscale.errors import RecscaleError
+
+PROTOCOL_FILES = {"ncf": ("train", "test", "test_negatives"), "random": ("train", "test"),
+                  "vae": ("train", "valid_foldin", "valid_heldout", "test_foldin", "test_heldout")}
 
 
 class PreparedDataset:
@@ -29,10 +33,53 @@ class PreparedDataset:
             raise RecscaleError(f"{self.root}: not a prepared dataset (no meta.json; run `recscale prepare`)") from None
         except (OSError, ValueError) as exc:
             raise RecscaleError(f"{meta_path}: unreadable: {exc}") from None
+        if not isinstance(self.meta, dict):
+            raise RecscaleError(f"{meta_path}: not a recscale meta.json")
         version = self.meta.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise RecscaleError(f"{meta_path}: schema version {version}, this recscale reads {SCHEMA_VERSION} "
-                                f"(prepare the dataset again)")
+        if version not in READABLE_SCHEMAS:
+            raise RecscaleError(f"{meta_path}: schema version {version}, this recscale reads "
+                                f"{', '.join(map(str, READABLE_SCHEMAS))} (prepare the dataset again)")
+        self._check_against_files(meta_path)
+
+    def _check_against_files(self, meta_path: Path) -> None:
+        """meta.json must describe the files beside it: protocol, files, row counts and id ranges
+        (from the Parquet footers: no data is read)."""
+        try:
+            protocol, counts, files = self.meta["protocol"]["name"], self.meta["counts"], self.meta["files"]
+            n_users, n_items = int(counts["users"]), int(counts["items"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RecscaleError(f"{meta_path}: incomplete meta.json (missing {exc})") from None
+        if protocol not in PROTOCOL_FILES:
+            raise RecscaleError(f"{meta_path}: unknown protocol {protocol!r}")
+        missing = [p for p in (*PROTOCOL_FILES[protocol], "users", "items") if p not in files]
+        if missing:
+            raise RecscaleError(f"{meta_path}: the {protocol} protocol needs {', '.join(missing)}, not listed in files")
+        expected = {**{p: counts.get(p) for p in files}, "users": n_users, "items": n_items}
+        for part, name in files.items():
+            path = self.root / name
+            try:
+                footer = pq.ParquetFile(path).metadata
+            except Exception as exc:  # OSError, or pyarrow's own ArrowInvalid for bytes that are not Parquet
+                raise RecscaleError(f"{path}: unreadable Parquet ({type(exc).__name__}); prepare the dataset again") from None
+            if expected.get(part) is not None and footer.num_rows != expected[part]:
+                raise RecscaleError(f"{path}: {footer.num_rows} rows, but meta.json says {expected[part]}; "
+                                    f"prepare the dataset again")
+            bounds = {"user": n_users, "item": n_items}
+            for column, limit in bounds.items():
+                high = _column_max(footer, column)
+                if high is not None and high >= limit:
+                    raise RecscaleError(f"{path}: {column} id {high} is outside the {limit} {column}s of meta.json; "
+                                        f"prepare the dataset again")
+        if protocol == "ncf":
+            n = self.meta["protocol"].get("test_negatives", 0)
+            for part in ("valid", "test"):
+                if part in files and f"{part}_negatives" in files and counts.get(f"{part}_negatives") != counts.get(part, 0) * n:
+                    raise RecscaleError(f"{meta_path}: {part}_negatives should hold {n} rows per {part} row")
+
+    @property
+    def tie_break(self) -> str:
+        """How interactions with equal timestamps were ordered (schema 1 datasets: by item id)."""
+        return self.meta["protocol"].get("tie_break", "item")
 
     @property
     def protocol(self) -> str:
@@ -79,11 +126,21 @@ class PreparedDataset:
 
     def negatives(self, part: str) -> tuple[torch.Tensor, torch.Tensor]:
         """NCF evaluation negatives: (users (U,), items (U, N)), in the order of the split's rows."""
+        n = self.meta["protocol"]["test_negatives"]
+        if n == 0:  # no negatives: each positive is ranked alone
+            users = torch.from_numpy(self.table(part)["user"].to_numpy().astype(np.int64))
+            return users, torch.zeros((users.numel(), 0), dtype=torch.int64)
         frame = self.table(f"{part}_negatives")
         users = torch.from_numpy(frame["user"].to_numpy().astype(np.int64))
-        n = self.meta["protocol"]["test_negatives"]
         items = torch.from_numpy(frame["item"].to_numpy().astype(np.int64)).reshape(-1, n)
         return users[::n].contiguous(), items
+
+    def training_users(self) -> torch.Tensor:
+        """Contiguous ids of the users whose rows are trained on: the vae protocol's training group,
+        otherwise every user with a training interaction."""
+        if self.protocol == "vae":
+            return self.group_users("train")
+        return torch.from_numpy(np.flatnonzero(np.diff(self.user_items("train").indptr)))
 
     def group_users(self, group: str) -> torch.Tensor:
         """Contiguous ids of a user group (`train`, `valid`, `test`) of the vae protocol."""
@@ -105,3 +162,18 @@ class PreparedDataset:
         values = items["genres"].explode().drop_nulls().to_numpy().astype(np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
         return torch.from_numpy(values), torch.from_numpy(offsets)
+
+
+def _column_max(footer, column: str) -> int | None:
+    """The largest value of an integer column from the row groups' statistics (None when absent)."""
+    schema = footer.schema.to_arrow_schema()
+    if column not in schema.names:
+        return None
+    index = schema.names.index(column)
+    highs = []
+    for g in range(footer.num_row_groups):
+        stats = footer.row_group(g).column(index).statistics
+        if stats is None or not stats.has_min_max:
+            return None
+        highs.append(stats.max)
+    return max(highs) if highs else None

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from recscale.data.prepare import _encode, _id_map, latest_per_pair, refuse_existing, sorted_id_maps, write_prepared
+from recscale.data.prepare import (_encode, _id_map, check_finite, encode_text_ids, latest_per_pair, refuse_existing,
+                                   sorted_id_maps, write_prepared)
 from recscale.data.readers import INTERACTION_KINDS, canonical_interactions, read_delimited
 from recscale.data.raw import RawDataset
 from recscale.errors import RecscaleError
@@ -39,21 +40,27 @@ def import_split(name: str, parts: dict[str, pl.DataFrame], protocol: str, out: 
                             + (f"; unexpected {', '.join(unknown)}" if unknown else ""))
     out = Path(out)
     refuse_existing(out, overwrite)
-    parts = {k: latest_per_pair(canonical_interactions(v)) for k, v in parts.items()}
+    for k, v in parts.items():
+        check_finite(v, k)
+    negatives = negatives or {}
+    frames, names = encode_text_ids({**{k: canonical_interactions(v) for k, v in parts.items()},
+                                     **{f"{k}_negatives": _as_interactions(v) for k, v in negatives.items()}})
+    parts = {k: latest_per_pair(frames[k]).drop("_line", "_tie") for k in parts}
+    negatives = {k: frames[f"{k}_negatives"].select("user", "item") for k in negatives}
     if protocol == "vae":
         groups = {"train": parts["train"], "valid": parts["valid_foldin"], "test": parts["test_foldin"]}
         ids = {g: np.sort(p["user"].unique().to_numpy()) for g, p in groups.items()}
         overlap = np.intersect1d(ids["train"], np.concatenate([ids["valid"], ids["test"]]))
         if overlap.size or np.intersect1d(ids["valid"], ids["test"]).size:
             raise RecscaleError("--protocol vae: training, validation and test users must be disjoint")
-        users = _id_map(np.concatenate([ids[g] for g in groups]), "user").with_columns(
+        users = _id_map(np.concatenate([ids[g] for g in groups]), "user", names).with_columns(
             pl.Series("group", np.repeat(list(groups), [ids[g].size for g in groups])))
-        items = _id_map(np.sort(parts["train"]["item"].unique().to_numpy()), "item")
+        items = _id_map(np.sort(parts["train"]["item"].unique().to_numpy()), "item", names)
     else:
         users, items = sorted_id_maps(pl.concat([p.select("user", "item") for p in parts.values()]
-                                                + [n.select("user", "item") for n in (negatives or {}).values()]))
+                                                + [n.select("user", "item") for n in negatives.values()]), names)
     encoded = {k: _encode(v, users, items) for k, v in parts.items()}
-    params: dict = {"imported": True, "seed": seed}
+    params: dict = {"imported": True, "seed": seed, "tie_break": "file"}
     if protocol == "ncf":
         for split_name, split in encoded.items():
             if split_name != "train" and split["user"].is_duplicated().any():
@@ -72,8 +79,8 @@ def _ordered_negatives(frame: pl.DataFrame, users: pl.DataFrame, items: pl.DataF
     """Encoded (user, item) negatives, grouped by user in the order of the split's rows, the same
     number for every user (the layout PreparedDataset.negatives reads)."""
     encoded = (frame.with_row_index("_order")
-               .join(users.rename({"user": "_u"}), left_on="user", right_on="original_id")
-               .join(items.rename({"item": "_i"}), left_on="item", right_on="original_id"))
+               .join(users.select(pl.col("user").alias("_u"), "_key"), left_on="user", right_on="_key")
+               .join(items.select(pl.col("item").alias("_i"), "_key"), left_on="item", right_on="_key"))
     if encoded.height != frame.height:
         raise RecscaleError("test negatives name users or items that are in no split")
     per_user = encoded.group_by("_u").len()
@@ -82,6 +89,12 @@ def _ordered_negatives(frame: pl.DataFrame, users: pl.DataFrame, items: pl.DataF
     order = split.select(pl.col("user").alias("_u")).with_row_index("_split_order")
     return (encoded.join(order, on="_u").sort("_split_order", "_order")
                    .select(pl.col("_u").alias("user"), pl.col("_i").alias("item")))
+
+
+def _as_interactions(frame: pl.DataFrame) -> pl.DataFrame:
+    """(user, item) pairs with the interaction columns, so that ids are numbered like the parts'."""
+    return canonical_interactions(frame.select("user", "item").with_columns(
+        pl.lit(1.0).alias("rating"), pl.lit(0).alias("timestamp")))
 
 
 NEGATIVE_KEY = re.compile(r"^\((\d+),(\d+)\)$")

@@ -1,6 +1,7 @@
 """Raw published formats -> Polars tables with the canonical columns.
 
-Interactions: `user` and `item` (original ids, Int64), `rating` (Float32), `timestamp` (Int64).
+Interactions: `user` and `item` (original ids: Int64 when every id of the column is an integer,
+otherwise the ids' text, Utf8, kept exactly), `rating` (Float32), `timestamp` (Int64).
 Items: `item` (original id), `title`, `genres` (list of strings, the multi-hot feature).
 
 The fast path is one typed Polars read. Only when it fails do we walk the file with the csv module,
@@ -57,8 +58,8 @@ def _split(line: str, sep: str) -> list[str]:
 def _problem(text: str, name: str, kind: str) -> str:
     if not text.strip():
         return f"missing value for {name}"
-    if kind == "str":
-        return ""
+    if kind in ("str", "id"):
+        return _text_id_problem(text, name) if kind == "id" else ""
     try:
         value = int(text) if kind == "int" else float(text)
     except ValueError:
@@ -73,9 +74,12 @@ def _problem(text: str, name: str, kind: str) -> str:
 def first_bad_line(path: Path, sep: str, checks: dict[str, tuple[int, str]], has_header: bool) -> str:
     """Walk the file and describe the first line that does not parse. `checks` maps a column name
     to its position and kind ('int', 'float' (finite) or 'str')."""
-    with open(path, encoding="utf-8", errors="replace", newline="") as handle:
-        for number, line in enumerate(handle, 1):
-            line = line.rstrip("\r\n")
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                line = raw.decode("utf-8").lstrip("\ufeff").rstrip("\r\n")
+            except UnicodeDecodeError:
+                return f"{path}:{number}: not UTF-8 text"
             if (has_header and number == 1) or not line.strip():
                 continue
             row = _split(line, sep)
@@ -106,19 +110,33 @@ def read_delimited(path: str | Path, sep: str, fields: dict[str, str], names: di
     wide = len(sep) == 2 and sep[0] == sep[1]
     if wide and any(kind == "str" for kind in fields.values()):
         raise ValueError("a doubled separator is only exact for numeric columns")
-    try:
-        read_at = {c: positions[c] * (2 if wide else 1) for c in fields}
-        options = {"separator": sep[0], "has_header": names is not None, "quote_char": '"' if sep == "," else None}
+    if wide and any(kind == "id" for kind in fields.values()):
+        fields = {c: "int" if kind == "id" else kind for c, kind in fields.items()}
+    read_at = {c: positions[c] * (2 if wide else 1) for c in fields}
+    options = {"separator": sep[0], "has_header": names is not None, "quote_char": '"' if sep == "," else None}
+
+    def attempt(text_ids: bool) -> pl.DataFrame:
         # Polars names headerless columns itself (the scheme changed across versions): ask it.
         default_names = pl.read_csv(path, n_rows=1, infer_schema=False, **options).columns
         source = {c: default_names[read_at[c]] for c in fields}
-        frame = pl.read_csv(path, columns=[source[c] for c in fields], **options,
-                            schema_overrides={source[c]: KINDS[kind] for c, kind in fields.items()})
+        types = {source[c]: pl.Utf8 if kind == "id" and text_ids else KINDS.get(kind, pl.Int64)
+                 for c, kind in fields.items()}
+        frame = pl.read_csv(path, columns=[source[c] for c in fields], **options, schema_overrides=types)
         frame = frame.select(pl.col(source[c]).alias(c) for c in fields)
-        frame = frame.filter(~pl.all_horizontal(pl.all().is_null()))  # blank lines
+        return frame.filter(~pl.all_horizontal(pl.all().is_null()))  # blank lines
+
+    try:
+        try:
+            frame = attempt(text_ids=False)  # the fast path: integer ids
+        except pl.exceptions.PolarsError:
+            if not any(kind == "id" for kind in fields.values()):
+                raise
+            frame = attempt(text_ids=True)  # some ids are not integers: read them as text
+            frame = frame.with_columns(integer_ids_or_text(frame[c]) for c, k in fields.items() if k == "id")
         floats = [c for c, kind in fields.items() if kind == "float"]
         bad = frame.null_count().sum_horizontal().item() > 0 or any(
-            frame[c].is_nan().any() or frame[c].is_infinite().any() for c in floats)
+            frame[c].is_nan().any() or frame[c].is_infinite().any() for c in floats) or any(
+            frame[c].dtype == pl.Utf8 and frame[c].str.contains(CONTROL).any() for c in fields)
     except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
         problem = first_bad_line(path, sep, checks, names is not None)
         raise RecscaleError(problem or f"{path}: cannot parse: {str(exc).splitlines()[0]}") from None
@@ -129,6 +147,24 @@ def read_delimited(path: str | Path, sep: str, fields: dict[str, str], names: di
     return frame
 
 
+CONTROL = r"[\t\r\n\x00-\x08\x0b\x0c\x0e-\x1f]"  # would break every line-based output (TSV, logs)
+
+
+def _text_id_problem(text: str, name: str) -> str:
+    if any(ch in text for ch in "\t\r\n") or any(ord(ch) < 32 for ch in text):
+        return f"{name} contains a tab, line break or control character: {text!r}"
+    return ""
+
+
+def integer_ids_or_text(column: pl.Series) -> pl.Series:
+    """Integers when every id of the column is one (leading zeros and '+' are then formatting:
+    '007' and '7' are the same id); otherwise the ids' text, kept exactly."""
+    if column.dtype.is_integer():
+        return column.cast(pl.Int64)
+    as_int = column.cast(pl.Int64, strict=False)
+    return as_int if as_int.null_count() == column.null_count() else column.cast(pl.Utf8)
+
+
 def read_ratings_csv(path: str | Path) -> pl.DataFrame:
     """Read a CSV in MovieLens' ratings.csv layout (`userId,movieId,rating,timestamp`; extra
     columns are ignored)."""
@@ -137,9 +173,14 @@ def read_ratings_csv(path: str | Path) -> pl.DataFrame:
     return canonical_interactions(frame)
 
 
+def id_dtype(dtype: pl.DataType) -> pl.DataType:
+    return pl.Int64 if dtype.is_integer() else pl.Utf8
+
+
 def canonical_interactions(frame: pl.DataFrame) -> pl.DataFrame:
-    """Canonical column types (user, item: Int64; rating: Float32; timestamp: Int64)."""
-    return frame.select(pl.col("user").cast(pl.Int64), pl.col("item").cast(pl.Int64),
+    """Canonical column types (user, item: Int64, or Utf8 for text ids; rating: Float32; timestamp: Int64)."""
+    return frame.select(pl.col("user").cast(id_dtype(frame.schema["user"])),
+                        pl.col("item").cast(id_dtype(frame.schema["item"])),
                         pl.col("rating").cast(pl.Float32), pl.col("timestamp").cast(pl.Int64))
 
 
@@ -177,68 +218,88 @@ def canonical_movies(frame: pl.DataFrame) -> pl.DataFrame:
                         pl.col("title").fill_null(""), genres.alias("genres"))
 
 
-def dense_ids(column: pl.Series) -> pl.Series:
-    """Ids 1..n in sorted order of the original keys: stable across runs and machines."""
-    return column.rank("dense").cast(pl.Int64)
+def _row_problem(frame: pl.DataFrame, mask: pl.Series, what: str, where: str) -> str:
+    row = int(frame.with_row_index("_row").filter(mask)["_row"][0])
+    return f"{where}: row {row + 1}: {what}"
 
 
-def _as_ids(column: pl.Series) -> pl.Series:
-    """Integer ids as they are (also when stored as text); other ids (hashes, names) numbered in
-    sorted order."""
-    if column.dtype.is_integer():
-        return column
-    as_int = column.cast(pl.Int64, strict=False)
-    return as_int if as_int.null_count() == 0 else dense_ids(column)
-
-
-def _first_id_kind(path: Path, sep: str, column: str) -> str:
-    """'int' when the file's first id in `column` is an integer, else 'str'. With 'int' every id must
-    be one: a stray word is a malformed line (reported by read_delimited), not a reason to
-    renumber every id."""
-    header = _header(path, sep)
-    if column not in header:
-        return "int"  # read_delimited reports the missing column
-    with open(path, encoding="utf-8", errors="replace", newline="") as handle:
-        next(handle)
-        for line in handle:
-            if line.strip():
-                row = _split(line.rstrip("\r\n"), sep)
-                position = header.index(column)
-                value = row[position].strip() if position < len(row) else ""
-                return "int" if value.lstrip("-").isdigit() else "str"
-    return "int"
+def frame_interactions(frame: pl.DataFrame, where: str, names: dict[str, str] | None = None) -> pl.DataFrame:
+    """Canonical interactions from a typed table (Parquet, a DataFrame), checked like a text file:
+    ids are integers (integral floats allowed) or text; ratings and times finite; no missing
+    values. `names` maps canonical columns to the table's (user and item required); without a
+    rating column every row is 1.0, without a time column every timestamp is 0."""
+    names = names or {c: c for c in ("user", "item", "rating", "timestamp") if c in frame.columns}
+    _require_columns(Path(where), frame.columns, list(names.values()))
+    frame = frame.select(pl.col(column).alias(c) for c, column in names.items())
+    for c in frame.columns:
+        nulls = frame[c].is_null()
+        if nulls.any():
+            raise RecscaleError(_row_problem(frame, nulls, f"missing value for {names[c]}", where))
+    columns = []
+    for c in frame.columns:
+        col = frame[c]
+        if c in ("user", "item"):
+            if col.dtype.is_float():
+                bad = ~col.is_finite() | (col != col.floor())
+                if bad.any():
+                    raise RecscaleError(_row_problem(frame, bad, f"{names[c]} is not an integer id: "
+                                                     f"{col.filter(bad)[0]!r}", where))
+                col = col.cast(pl.Int64)
+            elif col.dtype == pl.Utf8:
+                bad = col.str.contains(CONTROL)
+                if bad.any():
+                    raise RecscaleError(_row_problem(frame, bad, f"{names[c]} contains a tab, line break or "
+                                                     f"control character", where))
+            elif not col.dtype.is_integer():
+                raise RecscaleError(f"{where}: column {names[c]} holds {col.dtype}, expected integer or text ids")
+        else:
+            if not col.dtype.is_numeric():
+                raise RecscaleError(f"{where}: column {names[c]} holds {col.dtype}, expected numbers")
+            if col.dtype.is_float():
+                bad = ~col.is_finite() | ((col != col.floor()) if c == "timestamp" else False)
+                if bad.any():
+                    kind = "an integer" if c == "timestamp" else "a finite number"
+                    raise RecscaleError(_row_problem(frame, bad, f"{names[c]} is not {kind}: "
+                                                     f"{col.filter(bad)[0]!r}", where))
+        columns.append(col.alias(c))
+    frame = pl.DataFrame(columns)
+    if frame.height == 0:
+        raise RecscaleError(f"{where}: no rows")
+    if "rating" not in frame.columns:
+        frame = frame.with_columns(pl.lit(1.0).alias("rating"))
+    if "timestamp" not in frame.columns:
+        frame = frame.with_columns(pl.lit(0).alias("timestamp"))
+    return canonical_interactions(frame)
 
 
 def read_interactions(path: str | Path, sep: str = ",", user_col: str = "userId", item_col: str = "movieId",
                       rating_col: str = "rating", time_col: str = "timestamp") -> pl.DataFrame:
     """Any CSV/TSV (header line) or Parquet file with a user and an item column. Without a rating
     column every row is a 1.0 (implicit feedback); without a time column every timestamp is 0.
-    Non-integer ids are numbered in sorted order."""
+    Ids that are not all integers are kept as text (numbered in sorted order by `prepare`)."""
     path = Path(path)
     names = {"user": user_col, "item": item_col}
-    fields = {"user": "str", "item": "str"} if path.suffix == ".parquet" else {
-        c: _first_id_kind(path, sep, names[c]) for c in ("user", "item")}
     if rating_col:
-        names["rating"], fields["rating"] = rating_col, "float"
+        names["rating"] = rating_col
     if time_col:
-        names["timestamp"], fields["timestamp"] = time_col, "int"
+        names["timestamp"] = time_col
     if path.suffix == ".parquet":
         try:
-            frame = pl.read_parquet(path)
+            frame = pl.read_parquet(path, columns=list(dict.fromkeys(names.values())))
         except FileNotFoundError:
             raise RecscaleError(f"{path}: file not found") from None
+        except pl.exceptions.ColumnNotFoundError:
+            _require_columns(path, list(pl.read_parquet_schema(path)), list(names.values()))
+            raise RecscaleError(f"{path}: missing column(s) {', '.join(names.values())}") from None
         except (pl.exceptions.PolarsError, OSError) as exc:
             raise RecscaleError(f"{path}: unreadable Parquet: {str(exc).splitlines()[0]}") from None
-        _require_columns(path, frame.columns, list(names.values()))
-        frame = frame.select(pl.col(names[c]).alias(c) for c in fields)
-        if frame.null_count().sum_horizontal().item():
-            column = next(c for c in fields if frame[c].null_count())
-            row = int(frame.with_row_index().filter(pl.col(column).is_null())["index"][0])
-            raise RecscaleError(f"{path}: row {row}: missing value for {names[column]}")
-    else:
-        frame = read_delimited(path, sep, fields, names=names)
-
-    frame = frame.with_columns(_as_ids(frame["user"]).alias("user"), _as_ids(frame["item"]).alias("item"))
+        return frame_interactions(frame, str(path), names)
+    fields = {"user": "id", "item": "id"}
+    if rating_col:
+        fields["rating"] = "float"
+    if time_col:
+        fields["timestamp"] = "int"
+    frame = read_delimited(path, sep, fields, names=names)
     if not rating_col:
         frame = frame.with_columns(pl.lit(1.0).alias("rating"))
     if not time_col:

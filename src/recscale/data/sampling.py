@@ -26,17 +26,33 @@ def is_positive(keys: torch.Tensor, users: torch.Tensor, items: torch.Tensor, n_
     return keys[pos] == query
 
 
-def sample_negatives(keys: torch.Tensor, users: torch.Tensor, n_items: int,
-                     generator: torch.Generator) -> torch.Tensor:
-    """One uniform negative item per entry of `users` (with replacement across entries), redrawn
-    until it is not a positive of that user. Each round redraws only the rejected entries."""
-    items = torch.randint(n_items, users.shape, generator=generator, device=users.device)
-    pending = torch.nonzero(is_positive(keys, users, items, n_items)).squeeze(1)
-    while pending.numel():
-        redraw = torch.randint(n_items, pending.shape, generator=generator, device=users.device)
-        items[pending] = redraw
-        pending = pending[is_positive(keys, users[pending], redraw, n_items)]
-    return items
+class NegativeSampler:
+    """Uniform negatives for (user, item) positives, drawn exactly and without a rejection loop.
+
+    With the positive keys sorted, `keys[j] - j` is non-decreasing, and for a user whose positives
+    occupy keys[lo:hi] the number of its positives below item x is found by one `searchsorted` of
+    that sequence. So the k-th item that is not a positive of the user (k uniform in [0, free)) is
+    computed directly: the work per draw is fixed, however few items a user has left. Users with no
+    item left (`free == 0`) cannot be sampled for; callers leave them out (PairLoader does)."""
+
+    def __init__(self, users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int):
+        self.n_items = n_items
+        self.keys = positive_keys(users, items, n_items)  # sorted, unique
+        device = self.keys.device
+        self.adjusted = self.keys - torch.arange(self.keys.numel(), device=device)
+        counts = torch.bincount(self.keys // n_items, minlength=n_users)
+        self.starts = torch.cumsum(counts, 0) - counts  # (U,) first key of each user
+        self.free = n_items - counts                     # (U,) items that are not positives
+
+    def sample(self, users: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """One uniform non-positive item per entry of `users` (independent draws)."""
+        users = users.to(torch.int64)
+        free = self.free[users]
+        u = torch.rand(users.shape, generator=generator, device=users.device, dtype=torch.float64)
+        k = torch.minimum((u * free).to(torch.int64), free - 1)  # (N,) rank among the user's free items
+        lo = self.starts[users]
+        below = torch.searchsorted(self.adjusted, users * self.n_items - lo + k, right=True) - lo
+        return k + below
 
 
 def _first_occurrence(rows: torch.Tensor) -> torch.Tensor:
@@ -76,9 +92,9 @@ def _distinct_negatives_block(keys: torch.Tensor, users: torch.Tensor, n_items: 
     hi = torch.searchsorted(keys, (users + 1) * n_items)
     free = n_items - (hi - lo)
     if bool((free < n).any()):
-        worst = int(torch.argmin(free))
-        raise RecscaleError(f"--test-negatives: user {int(users[worst])} has only {int(free[worst])} items "
-                            f"it has not interacted with; ask for at most that many negatives")
+        fewest = int(free.min())
+        raise RecscaleError(f"--test-negatives: {n} asked, but a user has only {fewest} of the {n_items} items left "
+                            f"that it has not interacted with; ask for at most {fewest}")
     pending = torch.arange(users.numel())
     width = n + max(8, n // 2)
     while pending.numel():

@@ -43,7 +43,7 @@ REMOTES: dict[str, Remote] = {r.name: r for r in [
     _movielens("ml-20m", "cd245b17a1ae2cc31bb14903e1204af3", "ml-20m", "movielens-csv"),
     _movielens("ml-25m", "6b51fb2759a8657d3bfcbfc42b592ada", "ml-25m", "movielens-csv"),
     _movielens("ml-latest", None, "ml-latest", "movielens-csv"),
-    Remote("lastfm-360k", "lastfm-360k", ("http://mtg.upf.edu/static/datasets/last.fm/lastfm-dataset-360K.tar.gz",),
+    Remote("lastfm-360k", "lastfm-360k", ("https://mtg.upf.edu/static/datasets/last.fm/lastfm-dataset-360K.tar.gz",),
            {}, "lastfm-dataset-360K"),
     Remote("netflix", "netflix", (), {}, note="not distributed any more: put combined_data_*.txt in --raw-dir"),
     *[Remote(f"ncf-{n}", "ncf-paper", tuple(_NCF + f"{n}.{part}" for part in ("train.rating", "test.rating", "test.negative")),
@@ -54,7 +54,7 @@ REMOTES: dict[str, Remote] = {r.name: r for r in [
 DATASETS = ["ml-latest-small", *REMOTES]
 
 
-def load_dataset(name: str, raw_dir: str | Path | None = None) -> RawDataset:
+def load_dataset(name: str, raw_dir: str | Path | None = None, checksums: dict[str, str] | None = None) -> RawDataset:
     """A named dataset's raw interactions: embedded, from `raw_dir`, or downloaded into the cache."""
     if name == "ml-latest-small" and raw_dir is None:
         return _load_embedded_ml_latest_small()
@@ -65,4 +65,4 @@ def load_dataset(name: str, raw_dir: str | Path | None = None) -> RawDataset:
     remote = REMOTES[name]
     if raw_dir is None and not remote.urls:
         raise RecscaleError(f"--dataset {name}: {remote.note}")
-    return read_format(remote.format, raw_dir if raw_dir is not None else ensure_dataset(remote))
+    return read_format(remote.format, raw_dir if raw_dir is not None else ensure_dataset(remote, checksums=checksums))

@@ -11,6 +11,30 @@ import numpy as np
 import polars as pl
 
 
+ORDER_COLUMNS = ("_line", "_tie")  # helper columns: the row's place in the raw input, the tie key
+
+
+def with_order(frame: pl.DataFrame, tie_break: str, seed: int) -> pl.DataFrame:
+    """Add `_line` (the row's position in the raw input: for text files the line order, for
+    Parquet the row order) and `_tie`, the key that orders interactions with equal timestamps:
+
+    - file: the later line is the later interaction (what a stable sort by time gives, RecBole's rule);
+    - random: a seeded random order (drawn over the rows in a canonical order, so it does not
+      depend on the input's row order);
+    - item: the higher item id is later (recscale's rule before schema version 2)."""
+    frame = frame.with_row_index("_line")
+    if tie_break == "file":
+        return frame.with_columns(pl.col("_line").alias("_tie"))
+    if tie_break == "item":
+        return frame.with_columns(pl.col("item").alias("_tie"))
+    if tie_break == "random":
+        order = frame.sort("user", "item", "timestamp", "_line")["_line"].to_numpy()
+        tie = np.empty(frame.height)
+        tie[order] = np.random.default_rng(seed).random(frame.height)
+        return frame.with_columns(pl.Series("_tie", tie))
+    raise ValueError(f"unknown tie rule {tie_break!r}")
+
+
 def _random_key(frame: pl.DataFrame, seed: int) -> pl.DataFrame:
     frame = frame.sort("user", "item")
     rng = np.random.default_rng(seed)
@@ -25,9 +49,10 @@ def _keep(frame: pl.DataFrame, column: str, values: np.ndarray) -> pl.DataFrame:
 
 def leave_last_out(frame: pl.DataFrame, n_holdout: int) -> dict[str, pl.DataFrame]:
     """NCF (He et al. 2017): each user's latest interaction is the test positive and, with
-    `n_holdout == 2`, the next latest the validation positive. Ties in time are broken by item id.
-    Users with no more than `n_holdout` interactions keep them all in training."""
-    ranked = frame.sort("user", "timestamp", "item").with_columns(
+    `n_holdout == 2`, the next latest the validation positive. Ties in time are broken by the tie
+    key `_tie` (see `with_order`). Users with no more than `n_holdout` interactions keep them all
+    in training."""
+    ranked = frame.sort("user", "timestamp", "_tie").with_columns(
         (pl.len().over("user") - pl.int_range(pl.len()).over("user") - 1).alias("_from_end"),
         pl.len().over("user").alias("_count"),
     )

@@ -10,38 +10,53 @@ discovers the clusters does better. Every draw is vectorized; 20M interactions t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 
+from recscale.config import SEED_RANGE, Checked, ConfigError, in_range, option
 from recscale.data.raw import RawDataset
 from recscale.errors import RecscaleError
-from recscale.fsutil import atomic_directory
+from recscale.fsutil import atomic_file
 
 FIRST_TIMESTAMP = 946_684_800   # 2000-01-01
 LAST_TIMESTAMP = 1_577_836_800  # 2020-01-01
 
 
+MAX_IN_MEMORY = 250_000_000  # interactions synthesized at once (about 40 bytes each while drawing)
+MAX_IDS = 100_000_000         # users or items (per-id arrays of several floats each)
+
+
 @dataclass(frozen=True)
-class SynthSpec:
-    users: int
-    items: int
-    interactions: int
-    seed: int = 0
-    clusters: int = 20
+class SynthSpec(Checked):
+    users: int = option(10_000, "users", check=in_range(2, MAX_IDS + 1))
+    items: int = option(2_000, "items", check=in_range(2, MAX_IDS + 1))
+    interactions: int = option(500_000, "interactions", check=in_range(1, MAX_IN_MEMORY + 1))
+    seed: int = option(0, "seed", check=SEED_RANGE)
+    clusters: int = option(20, "latent user/item clusters", check=in_range(1, 10_001))
     in_cluster: float = 0.8        # fraction of a user's interactions drawn from its own cluster
     item_exponent: float = 1.0     # Zipf exponent of item popularity
     activity_exponent: float = 1.5  # Pareto exponent of user activity (smaller: heavier tail)
     min_per_user: int = 5          # so that leave-last-out keeps a training interaction per user
 
-    def check(self) -> None:
-        if self.users < 2 or self.items < 2 or self.clusters < 1:
-            raise RecscaleError("--users, --items: need at least 2 each (and --clusters >= 1)")
+    def relations(self) -> None:
         if self.interactions < self.users * self.min_per_user:
-            raise RecscaleError(f"--interactions: need at least {self.min_per_user} per user "
-                                f"({self.users * self.min_per_user:,} for {self.users:,} users)")
+            raise ConfigError("interactions", f"need at least {self.min_per_user} per user "
+                              f"({self.users * self.min_per_user:,} for {self.users:,} users)")
         if self.interactions > self.users * self.items // 2:
-            raise RecscaleError(f"--interactions: at most half of users x items ({self.users * self.items // 2:,})")
+            raise ConfigError("interactions", f"at most half of users x items ({self.users * self.items // 2:,})")
+        if self.interactions > self.users * self.per_user_cap:
+            raise ConfigError("interactions", f"at most {self.users * self.per_user_cap:,}: a user interacts with at "
+                              f"most a fifth of the items ({self.per_user_cap})")
+
+    @property
+    def per_user_cap(self) -> int:
+        return max(self.min_per_user, self.items // 5)
+
+    def check(self) -> None:
+        """Kept for callers that build a spec with dataclasses.replace; construction checks it all."""
+        self.relations()
 
 
 @dataclass(frozen=True)
@@ -54,7 +69,7 @@ class Synthetic:
 def _activity(spec: SynthSpec, rng: np.random.Generator) -> np.ndarray:
     """Interactions per user: min_per_user plus a Pareto-distributed share of the rest, each capped
     at a fifth of the catalogue, summing to `spec.interactions`."""
-    cap = max(spec.min_per_user, spec.items // 5)
+    cap = spec.per_user_cap  # the spec guarantees users x cap >= interactions, so the loop ends
     weights = rng.pareto(spec.activity_exponent, spec.users) + 1.0
     counts = np.full(spec.users, spec.min_per_user, dtype=np.int64)
     remaining = spec.interactions - counts.sum()
@@ -155,9 +170,15 @@ def synthesize(spec: SynthSpec) -> Synthetic:
     return Synthetic(raw, np.concatenate([[-1], user_cluster]), np.concatenate([[-1], item_cluster]))
 
 
-def write_movielens_layout(raw: RawDataset, out_dir) -> None:
-    """ratings.csv (userId,movieId,rating,timestamp) and movies.csv (movieId,title,genres) into `out_dir`."""
-    with atomic_directory(out_dir, overwrite=True) as tmp:
-        raw.interactions.rename({"user": "userId", "item": "movieId"}).write_csv(tmp / "ratings.csv")
-        items = raw.items.select(pl.col("item").alias("movieId"), "title", pl.col("genres").list.join("|"))
-        items.write_csv(tmp / "movies.csv")
+def write_movielens_layout(raw: RawDataset, out_dir, overwrite: bool = False) -> None:
+    """ratings.csv (userId,movieId,rating,timestamp) and movies.csv (movieId,title,genres) into
+    `out_dir`, each written atomically; other files in `out_dir` are left alone, and existing
+    ratings.csv/movies.csv are replaced only with `overwrite`."""
+    out_dir = Path(out_dir)
+    for name in ("ratings.csv", "movies.csv"):
+        if (out_dir / name).exists() and not overwrite:
+            raise RecscaleError(f"{out_dir / name}: already exists (pass --overwrite to replace it)")
+    with atomic_file(out_dir / "ratings.csv") as tmp:
+        raw.interactions.rename({"user": "userId", "item": "movieId"}).write_csv(tmp)
+    with atomic_file(out_dir / "movies.csv") as tmp:
+        raw.items.select(pl.col("item").alias("movieId"), "title", pl.col("genres").list.join("|")).write_csv(tmp)

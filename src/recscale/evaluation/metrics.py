@@ -7,7 +7,8 @@ Assumptions, stated once:
   lower candidate index. A model that scores everything alike therefore gets no credit, and the
   order is exact and deterministic (no dependence on torch.topk's tie order or the batch size).
 - HR@K: 1 if any relevant item is in the top K. Recall@K: hits / min(K, n_relevant), as in
-  Mult-VAE (Liang et al. 2018). Precision@K: hits / K. NDCG@K: DCG with 1/log2(rank + 1) gains over
+  Mult-VAE (Liang et al. 2018); recall_recbole@K: hits / n_relevant, RecBole's definition (lower
+  for users with more than K held-out items). Precision@K: hits / K. NDCG@K: DCG with 1/log2(rank + 1) gains over
   the IDCG of min(K, n_relevant) hits. MRR: 1 / rank of the first relevant item in the full ranking.
   MAP@K: sum over relevant ranks r <= K of precision@r, divided by min(K, n_relevant).
 - Catalog coverage@K (protocols.py): the fraction of the catalog that appears in at least one
@@ -82,6 +83,10 @@ def recall(hits: torch.Tensor, n_relevant: torch.Tensor, k: int) -> torch.Tensor
     return hits[:, :k].sum(dim=1).double() / n_relevant.clamp(max=k).double()
 
 
+def recall_recbole(hits: torch.Tensor, n_relevant: torch.Tensor, k: int) -> torch.Tensor:
+    return hits[:, :k].sum(dim=1).double() / n_relevant.double()
+
+
 def precision(hits: torch.Tensor, k: int) -> torch.Tensor:
     return hits[:, :k].sum(dim=1).double() / k
 
@@ -108,7 +113,7 @@ def reciprocal_rank(first_rank: torch.Tensor) -> torch.Tensor:
 
 def metric_names(ks: tuple[int, ...]) -> list[str]:
     """The names per_user_metrics returns, in a fixed order (ranks must agree on it)."""
-    return [f"{m}@{k}" for k in ks for m in ("hr", "recall", "precision", "ndcg", "map")] + ["mrr"]
+    return [f"{m}@{k}" for k in ks for m in ("hr", "recall", "recall_recbole", "precision", "ndcg", "map")] + ["mrr"]
 
 
 def per_user_metrics(scores: torch.Tensor, relevant: torch.Tensor, ks: tuple[int, ...],
@@ -122,12 +127,16 @@ def per_user_metrics(scores: torch.Tensor, relevant: torch.Tensor, ks: tuple[int
     n_relevant = relevant.sum(dim=1)
     hits = torch.gather(relevant, 1, top)
     out = {}
-    for k in ks:
-        out[f"hr@{k}"] = hit_rate(hits, k)
-        out[f"recall@{k}"] = recall(hits, n_relevant, k)
-        out[f"precision@{k}"] = precision(hits, k)
-        out[f"ndcg@{k}"] = ndcg(hits, n_relevant, k)
-        out[f"map@{k}"] = average_precision(hits, n_relevant, k)
+    n_candidates = relevant.shape[1]
+    for named_k in ks:
+        # past the number of candidates nothing changes (but precision still divides by K)
+        k = min(named_k, n_candidates)
+        out[f"hr@{named_k}"] = hit_rate(hits, k)
+        out[f"recall@{named_k}"] = recall(hits, n_relevant, k)
+        out[f"recall_recbole@{named_k}"] = recall_recbole(hits, n_relevant, k)
+        out[f"precision@{named_k}"] = precision(hits, k) * k / named_k
+        out[f"ndcg@{named_k}"] = ndcg(hits, n_relevant, k)
+        out[f"map@{named_k}"] = average_precision(hits, n_relevant, k)
     out["mrr"] = reciprocal_rank(first_relevant_rank(scores, relevant))
     return {name: value.cpu() for name, value in out.items()}
 
@@ -135,3 +144,16 @@ def per_user_metrics(scores: torch.Tensor, relevant: torch.Tensor, ks: tuple[int
 def exact_sum(values: torch.Tensor) -> float:
     """The exactly rounded sum (math.fsum): independent of order, hence of the batch size."""
     return math.fsum(values.tolist())
+
+
+Z95 = 1.959963984540054  # two-sided 95% quantile of the standard normal
+
+
+def interval_half_width(total: float, squares: float, n: int) -> float:
+    """Half-width of the 95% interval of a mean over n users from the sum of the per-user values
+    and of their squares: 1.96 x the standard error (sample standard deviation / sqrt(n)), the
+    normal approximation; NaN for fewer than 2 users."""
+    if n < 2:
+        return float("nan")
+    variance = max(0.0, (squares - total * total / n) / (n - 1))
+    return Z95 * math.sqrt(variance / n)

@@ -16,7 +16,8 @@ import scipy.sparse as sp
 import torch
 
 from recscale.data.prepared import PreparedDataset
-from recscale.evaluation.metrics import exact_sum, metric_names, per_user_metrics, top_k
+from recscale.errors import RecscaleError
+from recscale.evaluation.metrics import exact_sum, interval_half_width, metric_names, per_user_metrics, top_k
 from recscale.models.base import Recommender
 
 DEFAULT_KS = (10, 20, 50, 100)
@@ -32,15 +33,28 @@ def validation_split(data: PreparedDataset) -> str:
     return "valid" if data.has("valid") or data.has("valid_heldout") else "test"
 
 
-def evaluation_sets(data: PreparedDataset, split: str) -> tuple[np.ndarray, sp.csr_matrix, sp.csr_matrix]:
-    """(users to evaluate, input rows the model reads and that are masked, relevant rows)."""
+TEST_HISTORIES = ("train+valid", "train")
+
+
+def evaluation_sets(data: PreparedDataset, split: str, test_history: str = "train+valid"
+                    ) -> tuple[np.ndarray, sp.csr_matrix, sp.csr_matrix, sp.csr_matrix]:
+    """(users to evaluate, rows the model reads, rows masked out of the ranking, relevant rows).
+
+    vae: the held-out users' fold-in rows are read and masked. ncf and random: validation users are
+    scored from their training rows; test users from training + validation rows by default (the
+    model sees everything known before the test interactions), or from training rows only with
+    test_history="train" (RecBole's choice). Everything known is masked either way."""
+    if test_history not in TEST_HISTORIES:
+        raise ValueError(f"test_history must be one of {TEST_HISTORIES}")
     if data.protocol == "vae":
         users = data.group_users(split).numpy()
-        return users, data.user_items(f"{split}_foldin"), data.user_items(f"{split}_heldout")
-    inputs = ("train",) if split == "valid" or not data.has("valid") else ("train", "valid")
+        foldin = data.user_items(f"{split}_foldin")
+        return users, foldin, foldin, data.user_items(f"{split}_heldout")
+    known = ("train",) if split == "valid" or not data.has("valid") else ("train", "valid")
+    inputs = known if test_history == "train+valid" else ("train",)
     target = data.user_items(split)
     users = np.flatnonzero(np.diff(target.indptr))
-    return users, data.user_items(*inputs), target
+    return users, data.user_items(*inputs), data.user_items(*known), target
 
 
 def _accumulate(total: dict, part: dict) -> None:
@@ -61,51 +75,56 @@ class _Coverage:
             self.shown[i, ranked[:, :k].reshape(-1)] = True
 
 
-def _finish(total: dict, ks, coverage: _Coverage, reduce=None) -> dict[str, float]:
-    """Averages from the per-user values. With `reduce` (an all-reduce over ranks), the exactly
-    rounded local sums and user counts (and the coverage sets) are summed across processes first."""
+def _finish(total: dict, ks, coverage: _Coverage, reduce=None) -> dict:
+    """Averages from the per-user values, with the 95% interval of each (`ci95`: half-widths, from
+    the per-user standard error). With `reduce` (an all-reduce over ranks), the exactly rounded local
+    sums, sums of squares and user counts (and the coverage sets) are summed across processes first."""
     names = metric_names(ks)
     values = {name: torch.cat(total[name]) if name in total else torch.zeros(0, dtype=torch.float64)
               for name in names}
-    sums = torch.tensor([exact_sum(values[n]) for n in names] + [float(values[names[0]].numel())],
-                        dtype=torch.float64)
+    sums = torch.tensor([exact_sum(values[n]) for n in names] + [exact_sum(values[n] ** 2) for n in names]
+                        + [float(values[names[0]].numel())], dtype=torch.float64)
     shown = coverage.shown.to(torch.float64).cpu()
     if reduce is not None:
         sums, shown = reduce(sums), reduce(shown)
     users = int(sums[-1])
-    out = {name: float(sums[i]) / users if users else float("nan") for i, name in enumerate(names)}
+    out: dict = {name: float(sums[i]) / users if users else float("nan") for i, name in enumerate(names)}
     for i, k in enumerate(ks):
         out[f"coverage@{k}"] = float((shown[i] > 0).sum()) / shown.shape[1]
     out["users"] = users
+    out["ci95"] = {name: interval_half_width(float(sums[i]), float(sums[len(names) + i]), users)
+                   for i, name in enumerate(names)}
     return out
 
 
 @torch.no_grad()
 def evaluate(model: Recommender, data: PreparedDataset, split: str, ks=DEFAULT_KS, device="cpu",
-             batch_size: int = 1024, rank: int = 0, world_size: int = 1, reduce=None) -> dict[str, float]:
-    """Metrics of `model` on `split`. With several processes, each evaluates every
-    `world_size`-th user from `rank` on, and `reduce` sums their totals."""
+             batch_size: int = 1024, rank: int = 0, world_size: int = 1, reduce=None,
+             test_history: str = "train+valid") -> dict:
+    """Metrics of `model` on `split`, each with its 95% interval (`ci95`) and the number of users.
+    With several processes, each evaluates every `world_size`-th user from `rank` on, and `reduce`
+    sums their totals."""
     model.eval()
     ks = tuple(sorted(ks))
     shard = slice(rank, None, world_size)
+    sets = evaluation_sets(data, split, test_history)
     if data.protocol == "ncf":
-        return sampled_ranking(model, data, split, ks, device, batch_size, shard, reduce)
-    return full_ranking(model, data, split, ks, device, batch_size, shard, reduce)
+        return sampled_ranking(model, data, split, sets[1], ks, device, batch_size, shard, reduce)
+    return full_ranking(model, data, sets, ks, device, batch_size, shard, reduce)
 
 
-def sampled_ranking(model, data, split, ks, device, batch_size, shard=slice(None), reduce=None) -> dict[str, float]:
+def sampled_ranking(model, data, split, inputs, ks, device, batch_size, shard=slice(None), reduce=None) -> dict:
     users, positives = data.columns(split, "user", "item")
     neg_users, negatives = data.negatives(split)
     if not torch.equal(neg_users, users):
-        raise ValueError(f"{data.root}: {split} negatives are not aligned with the {split} split")
+        raise RecscaleError(f"{data.root}: {split} negatives are not aligned with the {split} split")
     users, positives, negatives = users[shard], positives[shard], negatives[shard]
-    history = data.user_items("train") if model.needs_history else None
     total: dict = {}
     coverage = _Coverage(data.n_items, ks, device)
     for start in range(0, users.numel(), batch_size):
         u = users[start:start + batch_size]
         candidates = torch.cat([positives[start:start + batch_size, None], negatives[start:start + batch_size]], 1)
-        h = dense_rows(history, u.numpy(), device) if history is not None else None
+        h = dense_rows(inputs, u.numpy(), device) if model.needs_history else None
         scores = model.score(u.to(device), h, candidates.to(device))  # (B, 1 + N)
         relevant = torch.zeros_like(candidates, dtype=torch.bool, device=device)
         relevant[:, 0] = True
@@ -115,16 +134,17 @@ def sampled_ranking(model, data, split, ks, device, batch_size, shard=slice(None
     return _finish(total, ks, coverage, reduce)
 
 
-def full_ranking(model, data, split, ks, device, batch_size, shard=slice(None), reduce=None) -> dict[str, float]:
-    users, inputs, target = evaluation_sets(data, split)
+def full_ranking(model, data, sets, ks, device, batch_size, shard=slice(None), reduce=None) -> dict:
+    users, inputs, masked, target = sets
     users = users[shard]
     total: dict = {}
     coverage = _Coverage(data.n_items, ks, device)
     for start in range(0, users.size, batch_size):
         u = users[start:start + batch_size]
-        history = dense_rows(inputs, u, device)  # (B, I)
-        scores = model.score(torch.from_numpy(u).to(device), history if model.needs_history else None)
-        scores = scores.float().masked_fill(history > 0, float("-inf"))
+        history = dense_rows(inputs, u, device) if model.needs_history else None  # (B, I)
+        known = history if history is not None and masked is inputs else dense_rows(masked, u, device)
+        scores = model.score(torch.from_numpy(u).to(device), history)
+        scores = scores.float().masked_fill(known > 0, float("-inf"))
         relevant = dense_rows(target, u, device) > 0
         top = top_k(scores, relevant, max(ks))
         _accumulate(total, per_user_metrics(scores, relevant, ks, top))

@@ -1,28 +1,37 @@
-"""The one interface every model follows.
+"""The one interface every model follows; the trainer, evaluation and the CLI only ask through it.
 
     forward(batch, **schedule) -> Output     the training loss (DDP sees every parameter)
     score(users, history, items=None)        higher is better; (B, I) or (B, C) for candidates
 
-`history` is the (B, I) dense float rows of what each user is known to have interacted with (the
-training rows, or the fold-in rows of held-out users); models that do not read it declare
-`needs_history = False` and receive None. Schedules (e.g. the KL weight) come in as keyword
-arguments from the trainer: a model keeps no step counters, opens no files and picks no device.
+What a model declares about itself (the trainer never tests a model's name or type):
 
-Closed-form models (popularity, EASE) set `closed_form = True` and implement
-`fit(user_items)` on a coalesced sparse COO tensor instead of being trained by steps.
+    Config                  its frozen, checked hyperparameter dataclass; the defaults are valid
+    train_defaults          its sensible run settings (the papers' values); `default_train_settings`
+                            scales them to the dataset's counts
+    resolve_config(cfg, c)  settings left to 'auto', decided against the data and the run (FitContext)
+    training_loader(d, o)   the loader that feeds its batches (pairs, user rows, tabular rows)
+    step_schedule(n)        keyword arguments of forward at each step (KL annealing) and the step
+                            from which the objective is settled (early stopping counts from there)
+    pretrained_runs(cfg)    run directories to initialize from; `init_from_pretrained` uses them
+    needs_history           `score` reads the (B, I) dense rows of what each user interacted with
+                            (training rows, or the fold-in rows of held-out users); else None
+    closed_form             fitted by `fit(user_items)` (a coalesced sparse COO tensor), not by steps
+    throughput_unit         what its training throughput counts (samples or users)
 
-Constructors take the dataset's shape (`DataShape`, built from meta.json by the caller) and the
-model's own frozen Config dataclass. `train_defaults` holds the model's sensible TrainConfig values
-(the papers' settings scaled to small data); the user's config file and flags override them.
+Schedules come in as keyword arguments from the trainer: a model keeps no step counters, opens no
+files and picks no device. Constructors take the dataset's shape (`DataShape`, built from meta.json
+by the caller) and the model's Config.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import torch
 from torch import nn
+
+from recscale.errors import RecscaleError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,22 +46,70 @@ class DataShape:
     genre_offsets: torch.Tensor | None = None  # (I,)
 
 
+@dataclasses.dataclass(frozen=True)
+class FitContext:
+    """What a model's config resolution may depend on besides its own settings."""
+
+    n_users: int
+    n_items: int
+    local_batch_size: int = 1   # examples per step and process
+    world_size: int = 1
+    optimizer: str = "adam"
+
+
+def no_schedule(step: int) -> dict:
+    return {}
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSchedule:
+    """Per-step keyword arguments of `forward`, and the first step at which the objective stops
+    changing (before it, validation metrics of different epochs measure different objectives, so
+    early stopping waits)."""
+
+    kwargs: Callable[[int], dict] = no_schedule
+    settled_step: int = 0
+
+
 class Output(NamedTuple):
     loss: torch.Tensor
     logits: torch.Tensor | None = None
 
 
 class Recommender(nn.Module):
-    batch_kind: ClassVar[str] = "pairs"  # which loader feeds it: pairs, rows, tabular
+    Config: ClassVar[type]
     needs_history: ClassVar[bool] = False
     closed_form: ClassVar[bool] = False
-    explicit_rows: ClassVar[bool] = False  # rows loaders feed ratings instead of 1/0
+    throughput_unit: ClassVar[str] = "samples"
     train_defaults: ClassVar[dict[str, Any]] = {}
 
     @classmethod
     def default_train_settings(cls, counts: dict[str, int]) -> dict[str, Any]:
         """`train_defaults`, scaled to the dataset's counts (meta.json) where the model says how."""
         return dict(cls.train_defaults)
+
+    @classmethod
+    def resolve_config(cls, cfg, context: FitContext):
+        """`cfg` with every 'auto' setting decided (config.toml records what was used)."""
+        return cfg
+
+    def training_loader(self, data, options):
+        """The loader of this model's training batches (data.loaders.LoaderOptions)."""
+        raise RecscaleError(f"{type(self).__name__} is fitted in closed form; it has no training batches")
+
+    def step_schedule(self, total_steps: int) -> StepSchedule:
+        return StepSchedule()
+
+    @classmethod
+    def pretrained_runs(cls, cfg) -> dict[str, str]:
+        """Role -> run directory of trained models to initialize from (none by default)."""
+        return {}
+
+    def init_from_pretrained(self, models: dict[str, "Recommender"]) -> None:
+        raise RecscaleError(f"{type(self).__name__} cannot be initialized from pretrained runs")
+
+    def fit(self, user_items: torch.Tensor) -> None:
+        raise RecscaleError(f"{type(self).__name__} is trained by steps, not fitted in closed form")
 
     def score(self, users: torch.Tensor, history: torch.Tensor | None,
               items: torch.Tensor | None = None) -> torch.Tensor:

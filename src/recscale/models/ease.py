@@ -8,12 +8,14 @@ import warnings
 
 import torch
 
+from recscale.errors import RecscaleError
+from recscale.config import Checked, option, positive
 from recscale.models.base import DataShape, Output, Recommender, gather_candidates
 
 
 @dataclasses.dataclass(frozen=True)
-class EASEConfig:
-    lam: float = 250.0
+class EASEConfig(Checked):
+    lam: float = option(250.0, "L2 weight lambda (the diagonal added to X^T X)", check=positive)
 
 
 class EASE(Recommender):
@@ -21,9 +23,9 @@ class EASE(Recommender):
     closed_form = True
     needs_history = True
 
-    def __init__(self, shape: DataShape, cfg: EASEConfig = EASEConfig()):
+    def __init__(self, shape: DataShape, cfg: EASEConfig | None = None):
         super().__init__()
-        self.cfg = cfg
+        self.cfg = cfg if cfg is not None else self.Config()
         self.register_buffer("weights", torch.zeros(shape.n_items, shape.n_items))
 
     def fit(self, user_items: torch.Tensor) -> None:
@@ -38,7 +40,7 @@ class EASE(Recommender):
         self.weights = b.to(self.weights.dtype)
 
     def forward(self, batch, **schedule) -> Output:
-        raise TypeError("EASE is fitted in closed form; it has no training loss")
+        raise RecscaleError("EASE is fitted in closed form; it has no training loss")
 
     def score(self, users, history, items=None):
         return gather_candidates(history @ self.weights, items)

@@ -6,8 +6,12 @@ cross-entropy on positives and sampled negatives. GMF and MLP are NeuMF with one
 
 Embedding tables can emit sparse gradients (`embedding_gradients="sparse"`): at ml-20m's shape a
 dense optimizer would touch every one of the 165k rows each step. When a batch touches more rows
-than the tables hold, dense is faster; "auto" (resolved by the caller, see `resolve_embedding_gradients`)
-picks by that rule, measured in BENCHMARKS.md.
+than the tables hold, dense is faster; "auto" is decided by `resolve_config` from the batch size
+(the rule measured in BENCHMARKS.md), and is dense under DDP (NCCL cannot all-reduce sparse
+gradients) and under LARS (it needs each table's gradient norm). A model built with "auto"
+unresolved uses dense gradients.
+
+NeuMF can start from trained GMF and MLP runs (`pretrained_gmf`, `pretrained_mlp`), as in the paper.
 """
 
 from __future__ import annotations
@@ -18,38 +22,72 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recscale.config import WIDTH, Checked, ConfigError, each, in_range, option
 from recscale.data.batch import PairBatch
-from recscale.models.base import DataShape, Output, Recommender, score_pairs_in_chunks
+from recscale.data.loaders import pair_loader
+from recscale.errors import RecscaleError
+from recscale.models.base import DataShape, FitContext, Output, Recommender, score_pairs_in_chunks
+
+BRANCHES = ("neumf", "gmf", "mlp")
 
 
 @dataclasses.dataclass(frozen=True)
-class NCFConfig:
-    factors: int = 64                           # GMF predictive factors
-    layers: tuple[int, ...] = (256, 256, 128, 64)  # MLP tower; the first is the concatenated embedding width
-    dropout: float = 0.0
-    embedding_gradients: str = "auto"           # sparse, dense, or auto (sparse iff 2 x batch < users + items)
-    branches: str = "neumf"                     # neumf, gmf or mlp
+class NCFConfig(Checked):
+    factors: int = option(64, "GMF predictive factors", check=WIDTH)
+    layers: tuple[int, ...] = option((256, 256, 128, 64), "MLP tower widths; the first is the concatenated "
+                                     "user+item embedding width (even)", check=each(WIDTH, allow_empty=False))
+    dropout: float = option(0.0, "dropout after each tower layer", check=in_range(0.0, 1.0))
+    embedding_gradients: str = option("auto", "sparse, dense, or auto (sparse iff 2 x batch < users + items)",
+                                      choices=("auto", "sparse", "dense"))
+    branches: str = option("neumf", "neumf, gmf or mlp", choices=BRANCHES)
+    pretrained_gmf: str = option("", "neumf: run directory of a trained gmf to initialize from")
+    pretrained_mlp: str = option("", "neumf: run directory of a trained mlp to initialize from")
 
-
-def resolve_embedding_gradients(cfg: NCFConfig, n_rows: int, batch_size: int) -> NCFConfig:
-    """'auto' -> sparse when a batch (users and items, 2 rows per example) touches fewer rows than
-    the tables hold (`n_rows` = users + items), dense otherwise."""
-    if cfg.embedding_gradients != "auto":
-        return cfg
-    return dataclasses.replace(cfg, embedding_gradients="sparse" if 2 * batch_size < n_rows else "dense")
+    def relations(self) -> None:
+        if self.branches != "gmf" and self.layers[0] % 2:
+            raise ConfigError("layers", f"the first width is split between user and item embeddings; "
+                              f"it must be even, got {self.layers[0]}")
+        if self.pretrained_gmf or self.pretrained_mlp:
+            if not (self.pretrained_gmf and self.pretrained_mlp) or self.branches != "neumf":
+                raise ConfigError("pretrained_gmf", "give both pretrained_gmf and pretrained_mlp, for neumf")
 
 
 class NeuMF(Recommender):
     Config = NCFConfig
-    batch_kind = "pairs"
     train_defaults = {"batch_size": 4096, "lr": 0.002, "epochs": 20, "optimizer": "adam"}
 
-    def __init__(self, shape: DataShape, cfg: NCFConfig = NCFConfig(embedding_gradients="sparse")):
+    @classmethod
+    def resolve_config(cls, cfg: NCFConfig, context: FitContext) -> NCFConfig:
+        """'auto' embedding gradients -> sparse when a batch (users and items, 2 rows per example)
+        touches fewer rows than the tables hold, dense otherwise, and always under DDP and LARS."""
+        if cfg.embedding_gradients != "auto":
+            return cfg
+        if context.world_size > 1 or context.optimizer == "lars":
+            return dataclasses.replace(cfg, embedding_gradients="dense")
+        sparse = 2 * context.local_batch_size < context.n_users + context.n_items
+        return dataclasses.replace(cfg, embedding_gradients="sparse" if sparse else "dense")
+
+    def training_loader(self, data, options):
+        return pair_loader(data, options)
+
+    @classmethod
+    def pretrained_runs(cls, cfg: NCFConfig) -> dict[str, str]:
+        return {"gmf": cfg.pretrained_gmf, "mlp": cfg.pretrained_mlp} if cfg.pretrained_gmf else {}
+
+    def init_from_pretrained(self, models: dict[str, Recommender]) -> None:
+        gmf, mlp = models["gmf"], models["mlp"]
+        for role, model in (("gmf", gmf), ("mlp", mlp)):
+            if not isinstance(model, NeuMF) or model.cfg.branches != role:
+                raise RecscaleError(f"--pretrained-{role}: {self.pretrained_runs(self.cfg)[role]} is not a {role} run")
+        try:
+            self.load_pretrained(gmf, mlp)
+        except RuntimeError as exc:
+            raise RecscaleError(f"--pretrained-gmf/--pretrained-mlp: shapes differ from this model's "
+                                f"(factors, layers, dataset): {str(exc).splitlines()[0]}") from None
+
+    def __init__(self, shape: DataShape, cfg: NCFConfig | None = None):
         super().__init__()
-        if cfg.branches not in ("neumf", "gmf", "mlp"):
-            raise ValueError(f"branches must be neumf, gmf or mlp, not {cfg.branches!r}")
-        if cfg.embedding_gradients not in ("sparse", "dense"):
-            raise ValueError(f"embedding_gradients must be resolved to sparse or dense, not {cfg.embedding_gradients!r}")
+        cfg = cfg if cfg is not None else self.Config()
         sparse = cfg.embedding_gradients == "sparse"
         self.cfg = cfg
         self.use_gmf = cfg.branches in ("neumf", "gmf")
@@ -108,7 +146,7 @@ class NeuMF(Recommender):
         """Initialize from trained GMF and MLP models as in the paper: copy their embeddings and
         tower, and concatenate their heads weighted by alpha and 1 - alpha."""
         if not (self.use_gmf and self.use_mlp and gmf.cfg.branches == "gmf" and mlp.cfg.branches == "mlp"):
-            raise ValueError("load_pretrained needs a neumf model, a trained gmf and a trained mlp")
+            raise RecscaleError("load_pretrained needs a neumf model, a trained gmf and a trained mlp")
         self.gmf_user.weight.copy_(gmf.gmf_user.weight)
         self.gmf_item.weight.copy_(gmf.gmf_item.weight)
         self.mlp_user.weight.copy_(mlp.mlp_user.weight)
@@ -120,23 +158,17 @@ class NeuMF(Recommender):
 
 @dataclasses.dataclass(frozen=True)
 class GMFConfig(NCFConfig):
-    branches: str = "gmf"
+    branches: str = option("gmf", "neumf, gmf or mlp", choices=BRANCHES)
 
 
 @dataclasses.dataclass(frozen=True)
 class MLPConfig(NCFConfig):
-    branches: str = "mlp"
+    branches: str = option("mlp", "neumf, gmf or mlp", choices=BRANCHES)
 
 
 class GMF(NeuMF):
     Config = GMFConfig
 
-    def __init__(self, shape: DataShape, cfg: GMFConfig = GMFConfig(embedding_gradients="sparse")):
-        super().__init__(shape, cfg)
-
 
 class MLP(NeuMF):
     Config = MLPConfig
-
-    def __init__(self, shape: DataShape, cfg: MLPConfig = MLPConfig(embedding_gradients="sparse")):
-        super().__init__(shape, cfg)

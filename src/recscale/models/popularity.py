@@ -6,11 +6,13 @@ import dataclasses
 
 import torch
 
+from recscale.config import Checked
+from recscale.errors import RecscaleError
 from recscale.models.base import DataShape, Output, Recommender, gather_candidates
 
 
 @dataclasses.dataclass(frozen=True)
-class PopularityConfig:
+class PopularityConfig(Checked):
     pass
 
 
@@ -20,7 +22,7 @@ class Popularity(Recommender):
     Config = PopularityConfig
     closed_form = True
 
-    def __init__(self, shape: DataShape, cfg: PopularityConfig = PopularityConfig()):
+    def __init__(self, shape: DataShape, cfg: PopularityConfig | None = None):
         super().__init__()
         self.register_buffer("counts", torch.zeros(shape.n_items))
 
@@ -29,7 +31,7 @@ class Popularity(Recommender):
         self.counts = torch.bincount(user_items.indices()[1], minlength=self.counts.numel()).to(self.counts)
 
     def forward(self, batch, **schedule) -> Output:
-        raise TypeError("Popularity is fitted in closed form; it has no training loss")
+        raise RecscaleError("Popularity is fitted in closed form; it has no training loss")
 
     def score(self, users, history, items=None):
         scores = self.counts.expand(users.shape[0], -1)  # (B, I)

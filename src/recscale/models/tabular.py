@@ -11,27 +11,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recscale.config import MAX_WIDTH, WIDTH, Checked, each, in_range, option
 from recscale.data.batch import TabularBatch, multi_hot_batch
+from recscale.data.loaders import tabular_loader
 from recscale.models.base import DataShape, Output, Recommender, score_pairs_in_chunks
 
 
 @dataclasses.dataclass(frozen=True)
-class EmbeddingMLPConfig:
-    layers: tuple[int, ...] = (128, 128, 128)
-    user_dim: int = 0   # 0: meta.json's suggestion
-    item_dim: int = 0
-    genre_dim: int = 0
-    like_threshold: float = 3.0  # label = rating > threshold
+class EmbeddingMLPConfig(Checked):
+    layers: tuple[int, ...] = option((128, 128, 128), "Dense(ReLU) widths", check=each(WIDTH))
+    user_dim: int = option(0, "user embedding width (0: meta.json's suggestion)", check=in_range(0, MAX_WIDTH, high_inclusive=True))
+    item_dim: int = option(0, "item embedding width (0: meta.json's suggestion)", check=in_range(0, MAX_WIDTH, high_inclusive=True))
+    genre_dim: int = option(0, "genre embedding width (0: meta.json's suggestion)", check=in_range(0, MAX_WIDTH, high_inclusive=True))
+    like_threshold: float = option(3.0, "label = rating > this")
 
 
 class EmbeddingMLP(Recommender):
     Config = EmbeddingMLPConfig
-    batch_kind = "tabular"
     train_defaults = {"batch_size": 4096, "lr": 1e-3, "epochs": 10, "optimizer": "adam"}
 
-    def __init__(self, shape: DataShape, cfg: EmbeddingMLPConfig = EmbeddingMLPConfig()):
+    def training_loader(self, data, options):
+        return tabular_loader(data, options, labels=lambda ratings: ratings > self.cfg.like_threshold)
+
+    def __init__(self, shape: DataShape, cfg: EmbeddingMLPConfig | None = None):
         super().__init__()
-        self.cfg = cfg
+        self.cfg = cfg = cfg if cfg is not None else self.Config()
         self.user = nn.Embedding(shape.n_users, cfg.user_dim or shape.user_dim)
         self.item = nn.Embedding(shape.n_items, cfg.item_dim or shape.item_dim)
         width = self.user.embedding_dim + self.item.embedding_dim

@@ -5,63 +5,137 @@ Mult-VAE: I-600-200-600-I with tanh between layers; the encoder's last layer giv
 log-variance of z; z = mu + eps * sigma with eps ~ N(0, I) while training, z = mu for scoring.
 Loss (negative ELBO): -mean_u sum_i x_ui log softmax(f(z_u))_i + beta * KL(q(z|x) || N(0, I))
 + lam * sum ||W||^2 over weight matrices (dawenl's `2 * l2_regularizer(lam)`), with beta annealed
-by the trainer (optim.schedules.kl_beta). Mult-DAE: I-200-I, no sampling, no KL.
+by the trainer through `step_schedule`. Mult-DAE: I-200-I, no sampling, no KL.
+
+Sparse input (`sparse_input`, the default), as the VAE-CF reference's "feeding sparse matrix
+instead of dense": training batches arrive as CSR slices; the first layer sums the rows of its
+(items x width) weight picked by each user's items (`embedding_bag` with the normalized values as
+per-sample weights), and the loss is computed from the nonzeros plus one log-sum-exp per user,
+sum_i x_ui log softmax_i = sum_{i in u} x_ui logit_i - (sum_i x_ui) logsumexp(logits). Its cost
+follows the interactions, not the catalog; loss and gradients equal the dense path's
+(tests/test_models.py). Dropout then drops nonzeros only, as it does on a dense row.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recscale.config import WIDTH, Checked, each, in_range, non_negative, option
 from recscale.data.batch import UserBatch
-from recscale.models.base import DataShape, Output, Recommender
+from recscale.data.loaders import row_loader
+from recscale.models.base import DataShape, Output, Recommender, StepSchedule, gather_candidates
+
+
+def kl_beta(step: int, total_anneal_steps: int, anneal_cap: float) -> float:
+    """Mult-VAE's KL weight, as dawenl/vae_cf: min(anneal_cap, step / total_anneal_steps). It
+    reaches the cap after anneal_cap x total_anneal_steps updates."""
+    if total_anneal_steps <= 0:
+        return anneal_cap
+    return min(anneal_cap, step / total_anneal_steps)
+
+
+AUTO_ANNEAL_FRACTION = 0.8  # total_anneal_steps = 0: 80% of the run (dawenl's 200,000 on ml-20m is about that)
 
 
 @dataclasses.dataclass(frozen=True)
-class MultVAEConfig:
-    hidden: tuple[int, ...] = (600,)
-    latent: int = 200
-    dropout: float = 0.5
-    lam: float = 0.0
-    total_anneal_steps: int = 0  # 0: auto, 80% of the run's steps (dawenl's 200,000 on ml-20m is about that)
-    anneal_cap: float = 0.2
+class MultVAEConfig(Checked):
+    hidden: tuple[int, ...] = option((600,), "encoder widths between the items and the latent layer "
+                                     "(the decoder mirrors them)", check=each(WIDTH))
+    latent: int = option(200, "width of z", check=WIDTH)
+    dropout: float = option(0.5, "input dropout while training", check=in_range(0.0, 1.0))
+    lam: float = option(0.0, "L2 weight of the weight matrices", check=non_negative)
+    total_anneal_steps: int = option(0, "KL weight grows as step / this (0: 80%% of the run's steps)",
+                                     check=non_negative)
+    anneal_cap: float = option(0.2, "largest KL weight; reached after anneal_cap x total_anneal_steps steps",
+                               check=in_range(0.0, 1.0, high_inclusive=True))
+    sparse_input: bool = option(True, "first layer and loss from the nonzeros of each row (same results, "
+                                "faster); false: dense rows")
 
 
 @dataclasses.dataclass(frozen=True)
-class MultDAEConfig:
-    hidden: tuple[int, ...] = ()
-    latent: int = 200
-    dropout: float = 0.5
-    lam: float = 0.01 / 500  # dawenl: 0.01 / batch size
+class MultDAEConfig(Checked):
+    hidden: tuple[int, ...] = option((), "widths between the items and the bottleneck", check=each(WIDTH))
+    latent: int = option(200, "bottleneck width", check=WIDTH)
+    dropout: float = option(0.5, "input dropout while training", check=in_range(0.0, 1.0))
+    lam: float = option(0.01 / 500, "L2 weight of the weight matrices (dawenl: 0.01 / batch size)",
+                        check=non_negative)
+    sparse_input: bool = option(True, "first layer and loss from the nonzeros of each row (same results, "
+                                "faster); false: dense rows")
+
+
+class SparseInputLinear(nn.Module):
+    """A linear layer over item rows, stored item-major (items x width) so that a sparse row is a
+    weighted sum of weight rows. Dense rows (scoring, the dense path) are a matmul with the same
+    weight."""
+
+    def __init__(self, n_items: int, width: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_items, width))
+        self.bias = nn.Parameter(torch.empty(width))
+
+    def dense(self, rows: torch.Tensor) -> torch.Tensor:
+        return rows @ self.weight + self.bias  # (B, width)
+
+    def sparse(self, indices: torch.Tensor, offsets: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        return F.embedding_bag(indices, self.weight, offsets, mode="sum", per_sample_weights=values) + self.bias
+
+
+def _init(layers) -> None:
+    for layer in layers:  # dawenl: Glorot-uniform weights, N(0, 0.001) biases (Glorot is symmetric in fans)
+        nn.init.xavier_uniform_(layer.weight)
+        nn.init.trunc_normal_(layer.bias, std=0.001)
+
+
+def item_stack(widths: list[int]) -> nn.ModuleList:
+    """widths[0] items in, then linear layers; the first takes sparse or dense rows."""
+    layers = nn.ModuleList([SparseInputLinear(widths[0], widths[1]),
+                            *(nn.Linear(a, b) for a, b in zip(widths[1:-1], widths[2:]))])
+    _init(layers)
+    return layers
 
 
 def _stack(widths: list[int]) -> nn.ModuleList:
     layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
-    for layer in layers:  # dawenl: Glorot-uniform weights, N(0, 0.001) biases
-        nn.init.xavier_uniform_(layer.weight)
-        nn.init.trunc_normal_(layer.bias, std=0.001)
+    _init(layers)
     return layers
 
 
-def _run(layers: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+def _run(layers, x: torch.Tensor, first_done: bool = False) -> torch.Tensor:
+    """Layers with tanh between them (not after the last); `first_done`: x is the first layer's output."""
     for n, layer in enumerate(layers):
-        x = layer(x)
+        if not (first_done and n == 0):
+            x = layer(x)
         if n < len(layers) - 1:
             x = torch.tanh(x)
     return x
 
 
-def multinomial_nll(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """-mean over users of sum_i x_ui log softmax(logits)_i."""
-    return -(F.log_softmax(logits.float(), dim=-1) * rows).sum(-1).mean()
+def segment_sum(values: torch.Tensor, row_of: torch.Tensor, n_rows: int) -> torch.Tensor:
+    return torch.zeros(n_rows, dtype=values.dtype, device=values.device).index_add_(0, row_of, values)
 
 
-class _RowModel(Recommender):
-    batch_kind = "rows"
+def multinomial_nll(logits: torch.Tensor, batch: UserBatch) -> torch.Tensor:
+    """-mean over users of sum_i x_ui log softmax(logits)_i, from dense rows or the nonzeros."""
+    logits = logits.float()
+    if not batch.sparse:
+        return -(F.log_softmax(logits, dim=-1) * batch.rows).sum(-1).mean()
+    row_of = batch.row_of_nonzeros()
+    picked = segment_sum(logits[row_of, batch.indices] * batch.values, row_of, logits.shape[0])
+    mass = segment_sum(batch.values, row_of, logits.shape[0])
+    return -(picked - mass * torch.logsumexp(logits, dim=-1)).mean()
+
+
+class RowModel(Recommender):
+    """What Mult-VAE, Mult-DAE and the autoencoder share: user rows in, the catalog out."""
+
     needs_history = True
+    throughput_unit = "users"
+    binary_rows = True  # rows hold 1/0 (else the ratings)
     train_defaults = {"batch_size": 500, "lr": 1e-3, "epochs": 200, "optimizer": "adam", "patience": 20}
 
     @classmethod
@@ -71,57 +145,85 @@ class _RowModel(Recommender):
         users = counts.get("train_users", counts["users"])
         return {**cls.train_defaults, "batch_size": int(min(500, max(32, users // 8)))}
 
-    def _input(self, rows: torch.Tensor) -> torch.Tensor:
-        x = F.normalize(rows, dim=-1)
-        return F.dropout(x, self.cfg.dropout, training=self.training)
+    def training_loader(self, data, options):
+        return row_loader(data, options, binary=self.binary_rows, sparse=self.cfg.sparse_input)
 
-    def _l2(self) -> torch.Tensor:
-        return sum((m.weight ** 2).sum() for m in self.modules() if isinstance(m, nn.Linear))
+    def _first(self) -> SparseInputLinear:
+        raise NotImplementedError
+
+    def _encode_input(self, batch: UserBatch) -> torch.Tensor:
+        """The first layer's output for the L2-normalized, dropped-out rows of the batch."""
+        first = self._first()
+        if not batch.sparse:
+            x = F.dropout(F.normalize(batch.rows, dim=-1), self.cfg.dropout, training=self.training)
+            return first.dense(x)
+        row_of = batch.row_of_nonzeros()
+        norms = segment_sum(batch.values * batch.values, row_of, len(batch)).sqrt().clamp_min(1e-12)
+        values = F.dropout(batch.values / norms[row_of], self.cfg.dropout, training=self.training)
+        return first.sparse(batch.indices, batch.offsets, values)
+
+    def _l2(self) -> torch.Tensor | float:
+        if self.cfg.lam == 0:
+            return 0.0
+        return self.cfg.lam * sum((m.weight ** 2).sum() for m in self.modules()
+                                  if isinstance(m, (nn.Linear, SparseInputLinear)))
 
 
-class MultVAE(_RowModel):
+class MultVAE(RowModel):
     Config = MultVAEConfig
 
-    def __init__(self, shape: DataShape, cfg: MultVAEConfig = MultVAEConfig()):
+    def __init__(self, shape: DataShape, cfg: MultVAEConfig | None = None):
         super().__init__()
-        self.cfg = cfg
-        self.encoder = _stack([shape.n_items, *cfg.hidden, 2 * cfg.latent])
+        self.cfg = cfg = cfg if cfg is not None else self.Config()
+        self.encoder = item_stack([shape.n_items, *cfg.hidden, 2 * cfg.latent])
         self.decoder = _stack([cfg.latent, *reversed(cfg.hidden), shape.n_items])
 
-    def encode(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = _run(self.encoder, self._input(rows))  # (B, 2L)
+    def _first(self) -> SparseInputLinear:
+        return self.encoder[0]
+
+    def step_schedule(self, total_steps: int) -> StepSchedule:
+        """beta = min(anneal_cap, step / total_anneal_steps); the objective is settled once beta
+        reaches the cap."""
+        anneal = self.cfg.total_anneal_steps or max(1, int(AUTO_ANNEAL_FRACTION * total_steps))
+        cap = self.cfg.anneal_cap
+        return StepSchedule(lambda step: {"beta": kl_beta(step, anneal, cap)}, math.ceil(cap * anneal))
+
+    def _latent(self, first: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = _run(self.encoder, first, first_done=True)  # (B, 2L)
         return h[:, :self.cfg.latent], h[:, self.cfg.latent:]  # mu, logvar
 
     def forward(self, batch: UserBatch, beta: float = 0.0, eps: torch.Tensor | None = None, **schedule) -> Output:
-        mu, logvar = self.encode(batch.rows)
+        mu, logvar = self._latent(self._encode_input(batch))
         std = torch.exp(0.5 * logvar)
         if eps is None:
             eps = torch.randn_like(std)
         z = mu + eps * std if self.training else mu
         logits = _run(self.decoder, z)  # (B, I)
         kl = (0.5 * (-logvar + logvar.exp() + mu ** 2 - 1).sum(-1)).mean()
-        loss = multinomial_nll(logits, batch.rows) + beta * kl + self.cfg.lam * self._l2()
-        return Output(loss, logits)
+        return Output(multinomial_nll(logits, batch) + beta * kl + self._l2(), logits)
 
     def score(self, users, history, items=None):
-        mu, _ = self.encode(history)
-        logits = _run(self.decoder, mu)
-        return logits if items is None else torch.gather(logits, 1, items)
+        mu, _ = self._latent(self._encode_input(UserBatch(users, history)))
+        return gather_candidates(_run(self.decoder, mu), items)
 
 
-class MultDAE(_RowModel):
+class MultDAE(RowModel):
     Config = MultDAEConfig
 
-    def __init__(self, shape: DataShape, cfg: MultDAEConfig = MultDAEConfig()):
+    def __init__(self, shape: DataShape, cfg: MultDAEConfig | None = None):
         super().__init__()
-        self.cfg = cfg
-        widths = [shape.n_items, *cfg.hidden, cfg.latent, *reversed(cfg.hidden), shape.n_items]
-        self.layers = _stack(widths)
+        self.cfg = cfg = cfg if cfg is not None else self.Config()
+        self.layers = item_stack([shape.n_items, *cfg.hidden, cfg.latent, *reversed(cfg.hidden), shape.n_items])
+
+    def _first(self) -> SparseInputLinear:
+        return self.layers[0]
+
+    def _logits(self, batch: UserBatch) -> torch.Tensor:
+        return _run(self.layers, self._encode_input(batch), first_done=True)
 
     def forward(self, batch: UserBatch, **schedule) -> Output:
-        logits = _run(self.layers, self._input(batch.rows))
-        return Output(multinomial_nll(logits, batch.rows) + self.cfg.lam * self._l2(), logits)
+        logits = self._logits(batch)
+        return Output(multinomial_nll(logits, batch) + self._l2(), logits)
 
     def score(self, users, history, items=None):
-        logits = _run(self.layers, self._input(history))
-        return logits if items is None else torch.gather(logits, 1, items)
+        return gather_candidates(self._logits(UserBatch(users, history)), items)

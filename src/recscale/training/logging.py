@@ -8,17 +8,23 @@ import sys
 import time
 from pathlib import Path
 
+from recscale.errors import RecscaleError
+from recscale.fsutil import atomic_file
+
 
 class RunLogger:
-    def __init__(self, run_dir: Path | None, enabled: bool = True, progress: bool = True):
-        self.run_dir, self.enabled = run_dir, enabled
+    """`run` is the RunDirectory (its `path` moves when a run built aside is published; files are
+    opened by path each time, and the TensorBoard writer's open file moves with its directory)."""
+
+    def __init__(self, run, enabled: bool = True, progress: bool = True):
+        self.run, self.enabled = run, enabled
         self.tty = enabled and progress and sys.stderr.isatty()
         self._last = 0.0
         self.tensorboard = None
-        if enabled and run_dir is not None:
+        if enabled and run is not None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-                self.tensorboard = SummaryWriter(str(run_dir))
+                self.tensorboard = SummaryWriter(str(run.path))
             except Exception:  # tensorboard not installed: metrics.jsonl is the record
                 self.tensorboard = None
 
@@ -39,10 +45,13 @@ class RunLogger:
         print(f"epoch {record['epoch'] + 1}: loss {record['loss']:.4f}, {record['samples_per_second']:,.0f} samples/s"
               + (f", {metric} {value:.4f}{' *' if record.get('best') else ''}" if value is not None else ""),
               file=sys.stderr)
-        if self.run_dir is None:
+        if self.run is None:
             return
-        with open(self.run_dir / "metrics.jsonl", "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        try:
+            with open(self.run.path / "metrics.jsonl", "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        except OSError as exc:
+            raise RecscaleError(f"{self.run.path / 'metrics.jsonl'}: cannot write: {exc.strerror}") from None
         if self.tensorboard is not None:
             for key, val in record.items():
                 if isinstance(val, (int, float)) and key != "epoch":
@@ -53,11 +62,11 @@ class RunLogger:
             print(text, file=sys.stderr)
 
     def close(self, records: list[dict], metric: str) -> None:
-        if not self.enabled or self.run_dir is None:
+        if not self.enabled or self.run is None:
             return
         if self.tensorboard is not None:
             self.tensorboard.close()
-        plot_curves(records, metric, self.run_dir / "curves.png")
+        plot_curves(records, metric, self.run.path / "curves.png")
 
 
 def plot_curves(records: list[dict], metric: str, path: Path) -> bool:
@@ -77,6 +86,9 @@ def plot_curves(records: list[dict], metric: str, path: Path) -> bool:
         right.plot(epochs, [r.get(metric, float("nan")) for r in records], color="tab:orange", marker="o", ms=3)
         right.set_ylabel(f"validation {metric}", color="tab:orange")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
+    finally:
+        plt.close(fig)
     return True

@@ -1,91 +1,43 @@
-"""A training run on disk: runs/NAME/{config.toml, checkpoints/{last,best}.pt, metrics.jsonl}.
+"""A training run on disk: runs/NAME/{config.toml, checkpoints/{last,best}.pt, metrics.jsonl, ...}.
 
 `start_run` builds the model from a prepared dataset and the resolved config, fits it, validates it
-and checkpoints it; `load_run` rebuilds the model from the run directory alone for evaluate and
-recommend.
+and checkpoints it (into a directory built aside and published with its first checkpoint, see
+rundir.py); `resume_run` continues it; `load_run` rebuilds the model from the run directory alone
+for evaluate, recommend and export. `read_run_config` is the one reader of a run's config.toml.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
-import shutil
+import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from recscale import distributed
-from recscale.config import TrainConfig, build, read_config_file, to_toml
+from recscale.config import (RECORD_SECTION, Layer, RunConfig, build_run_config, read_config_file, run_layers,
+                             to_toml)
 from recscale.data.prepared import PreparedDataset
 from recscale.errors import RecscaleError, RunInterrupted
-from recscale.fsutil import atomic_file
 from recscale.evaluation.protocols import evaluate, validation_split
-from recscale.models.base import DataShape
-from recscale.models.ncf import NCFConfig, resolve_embedding_gradients
-from recscale.models.registry import MODELS
+from recscale.fsutil import atomic_file
 from recscale.optim.factory import check_optimizer
+from recscale.training.build import (build_model, build_trainer, model_class, pick_device,
+                                     seeded)
 from recscale.training.checkpoint import load_checkpoint, save_checkpoint
-from recscale.training.trainer import StopRequested, Trainer, selection_metric
+from recscale.training.rundir import CONFIG, LAST, RunDirectory, has_checkpoint, is_run
+from recscale.training.trainer import StopRequested, Trainer, load_model_state, selection_metric, validation_ks
 
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RecscaleError(f"--device: {name} requested but CUDA is not available on this machine")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise RecscaleError(f"--device: unknown device {name!r} (auto, cpu, cuda, cuda:N)") from None
-
-
-def data_shape(data: PreparedDataset) -> DataShape:
-    """The dataset's dimensions and item features, as models take them (no files)."""
-    features = data.meta["features"]
-    genres = data.item_genres() if "genres" in features else None
-    return DataShape(
-        n_users=data.n_users, n_items=data.n_items,
-        user_dim=features["user"]["embedding_dim"], item_dim=features["item"]["embedding_dim"],
-        n_genres=features.get("genres", {}).get("cardinality", 0),
-        genre_dim=features.get("genres", {}).get("embedding_dim", 16),
-        genre_values=genres[0] if genres else None, genre_offsets=genres[1] if genres else None)
-
-
-def model_class(name: str):
-    if name not in MODELS:
-        raise RecscaleError(f"--model: unknown model {name!r} (known: {', '.join(MODELS)})")
-    return MODELS[name]
-
-
-def build_model(name: str, data: PreparedDataset, model_params: dict, batch_size: int = 1, world_size: int = 1,
-                optimizer: str = ""):
-    """The model and its resolved Config (settings left to 'auto' are decided here, from the data
-    and the batch size, so that config.toml records what was used). Under DDP embedding gradients
-    are dense (NCCL cannot all-reduce sparse tensors), and under LARS too (it needs a layer's
-    gradient norm)."""
-    cls = model_class(name)
-    cfg = build(cls.Config, model_params, source=f"model {name}")
-    if isinstance(cfg, NCFConfig):
-        if (world_size > 1 or optimizer == "lars") and cfg.embedding_gradients == "auto":
-            cfg = dataclasses.replace(cfg, embedding_gradients="dense")
-        cfg = resolve_embedding_gradients(cfg, data.n_users + data.n_items, batch_size // world_size)
-    return cls(data_shape(data), cfg), cfg
-
-
-def resolve_train_config(*layers: dict, source: str) -> TrainConfig:
-    """dataclass defaults < the model's own defaults (scaled to the data) < config file < flags."""
-    def last(key, default):
-        return next((layer[key] for layer in reversed(layers) if layer.get(key)), default)
-
-    cls = model_class(last("model", TrainConfig.model))
-    data = last("data", "")
-    defaults = cls.default_train_settings(PreparedDataset(data).meta["counts"]) if data else cls.train_defaults
-    return build(TrainConfig, defaults, *layers, source=source)
+STOP_GRACE_SECONDS = 10.0    # a stop signal not honoured by then (a long step) ends the process
 
 
 def sparse_tensor(matrix) -> torch.Tensor:
@@ -96,31 +48,84 @@ def sparse_tensor(matrix) -> torch.Tensor:
                                    check_invariants=False).coalesce()
 
 
-def append_jsonl(path: Path, record: dict) -> None:
-    with open(path, "a") as handle:
-        handle.write(json.dumps(record) + "\n")
+# ----------------------------------------------------------------------------- config.toml
 
 
-def _seeded(seed: int, device: torch.device):
-    """Seed torch's default generators for this run only: the caller's global state is restored
-    afterwards (dropout and VAE sampling draw from them; loaders use their own generators)."""
-    devices = [device.index or 0] if device.type == "cuda" else []
-    stack = contextlib.ExitStack()
-    stack.enter_context(torch.random.fork_rng(devices=devices))
-    torch.manual_seed(seed)
-    return stack
+def _meta_digest(data_dir: Path) -> str:
+    try:
+        return hashlib.sha256((data_dir / "meta.json").read_bytes()).hexdigest()
+    except OSError:
+        return ""
+
+
+def write_run_config(path: Path, cfg: RunConfig, model_cfg: Any, run_final: Path) -> None:
+    """config.toml: the resolved settings, one section per group, and the dataset it was trained
+    on (absolute path, path relative to the run, and a digest of its meta.json)."""
+    data = Path(cfg.data)
+    dataset = {"path": str(data), "relative": os.path.relpath(data, run_final), "meta_sha256": _meta_digest(data)}
+    sections = {**cfg.sections(), "model": dataclasses.asdict(model_cfg), RECORD_SECTION: dataset}
+    with atomic_file(path) as tmp:
+        tmp.write_text("# written by recscale train; `recscale train --config` reads it back\n" + to_toml(sections))
+
+
+def locate_dataset(run: Path, recorded: str, dataset: dict) -> Path:
+    """The run's dataset: at its recorded path, or where it sits relative to the run when the two
+    moved together. A dataset that is gone, or that changed since training, is an error saying so."""
+    candidates = [Path(recorded)]
+    if dataset.get("relative"):
+        candidates.append(run / dataset["relative"])
+    if not Path(recorded).is_absolute():  # runs written before paths were recorded absolute
+        candidates.append(Path.cwd() / recorded)
+    digest = dataset.get("meta_sha256", "")
+    for candidate in candidates:
+        if (candidate / "meta.json").is_file():
+            if digest and _meta_digest(candidate) != digest:
+                raise RecscaleError(f"{run}: the dataset at {candidate} changed since this run was trained "
+                                    f"(its meta.json differs); prepare it again as it was, or train again")
+            return candidate
+    raise RecscaleError(f"{run}: its dataset {recorded} is gone (moved or deleted"
+                        + (f"; also not at {candidates[1]}" if len(candidates) > 1 else "")
+                        + "); put it back, or prepare it again there")
+
+
+def read_run_config(run: str | Path) -> tuple[RunConfig, Layer]:
+    """(RunConfig with the dataset located, the model's hyperparameters) of a run directory."""
+    run = Path(run)
+    path = run / CONFIG
+    if not path.is_file():
+        raise RecscaleError(f"{run}: not a run directory (no {CONFIG}; run `recscale train`)")
+    sections = read_config_file(path)
+    dataset = sections.pop(RECORD_SECTION, {})
+    layers, model = run_layers(sections, str(path))
+    cfg = build_run_config(*layers)
+    return cfg.replace(data=str(locate_dataset(run, cfg.data, dataset))), model
+
+
+# ----------------------------------------------------------------------------- signals
 
 
 @contextlib.contextmanager
 def graceful_stop(trainer: Trainer):
     """SIGINT and SIGTERM ask the trainer to stop after its current step (it then writes `last`).
+    If the step does not end within STOP_GRACE_SECONDS, or a second signal comes, the process
+    exits at once with 128 + the signal number (the previous checkpoint stays).
     Only the main thread may install handlers; elsewhere signals keep their default behaviour."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
+    def hard_exit(signum: int, why: str) -> None:
+        print(f"recscale train: {why}; exiting without a new checkpoint", file=sys.stderr, flush=True)
+        os._exit(128 + signum)
+
     def ask(signum, frame):
+        if trainer.stop_signal is not None:
+            hard_exit(signum, "second stop signal")
         trainer.stop_signal = signum
+        timer = threading.Timer(STOP_GRACE_SECONDS, hard_exit,
+                                (signum, f"the current step did not end within {STOP_GRACE_SECONDS:.0f}s of the stop signal"))
+        timer.daemon = True
+        timer.start()
 
     previous = {sig: signal.signal(sig, ask) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -130,58 +135,17 @@ def graceful_stop(trainer: Trainer):
             signal.signal(sig, handler)
 
 
-def _train(trainer: Trainer, out: Path) -> dict:
+def _train(trainer: Trainer, final: Path) -> dict:
     with graceful_stop(trainer):
         try:
             trainer.fit()
         except StopRequested as stop:
-            raise RunInterrupted(f"{stop}; wrote {out / 'checkpoints' / 'last.pt'}; resume with: "
-                                 f"recscale train --resume {out}", stop.signum) from None
+            raise RunInterrupted(f"{stop}; wrote {final / LAST}; resume with: "
+                                 f"recscale train --resume {final}", stop.signum) from None
     history = trainer.state.history
     metric = selection_metric(trainer.data.protocol)
     best = max((r for r in history if metric in r), key=lambda r: r[metric], default=history[-1] if history else {})
     return {**best, "protocol": trainer.data.protocol}
-
-
-def start_run(cfg: TrainConfig, model_params: dict, out: str | Path, overwrite: bool = False) -> dict:
-    """Train `cfg.model` on `cfg.data`, write the run to `out`, and return the best validation record.
-
-    Under torchrun every worker calls this; rank 0 alone writes files. A worker group that torchrun
-    restarted after a failure (`--max-restarts`) resumes from the run's `last` checkpoint."""
-    out = Path(out)
-    info = distributed.from_env()
-    if info.restart and (out / "checkpoints" / "last.pt").exists():
-        return resume_run(out)
-    model_class(cfg.model)
-    if (out / "config.toml").exists() and not overwrite:
-        raise RecscaleError(f"{out}: a run already exists there (pass --overwrite to replace it, "
-                            f"or --resume {out} to continue it)")
-    data = PreparedDataset(cfg.data)
-    device = distributed.device_for(info, pick_device(cfg.device))
-    with _seeded(cfg.seed, device), _process_group(info, device):
-        model, model_cfg = build_model(cfg.model, data, model_params, cfg.batch_size, info.world_size, cfg.optimizer)
-        if model.closed_form and info.enabled:
-            raise RecscaleError(f"--model: {cfg.model} is fitted in closed form in one process; run it without torchrun")
-        check_optimizer(model, cfg.optimizer)
-        if cfg.pretrained_gmf or cfg.pretrained_mlp:
-            if not (cfg.pretrained_gmf and cfg.pretrained_mlp) or cfg.model != "neumf":
-                raise RecscaleError("--pretrained-gmf/--pretrained-mlp: give both, for --model neumf")
-            model.load_pretrained(load_run(cfg.pretrained_gmf, "cpu")[0], load_run(cfg.pretrained_mlp, "cpu")[0])
-        model.to(device)
-        if info.rank == 0:
-            for stale in ("checkpoints", "metrics.jsonl"):
-                path = out / stale
-                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
-            (out / "checkpoints").mkdir(parents=True)
-            resolved = {"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(model_cfg)}
-            with atomic_file(out / "config.toml") as tmp:
-                tmp.write_text(to_toml(resolved))
-        distributed.barrier()
-        if model.closed_form:
-            return _fit_closed_form(model, data, cfg, device, out)
-        trainer = Trainer(model, data, cfg, device, out, info.rank, info.world_size,
-                          distributed.wrap(model, info, device))
-        return _train(trainer, out)
 
 
 @contextlib.contextmanager
@@ -193,63 +157,132 @@ def _process_group(info, device):
         distributed.destroy()
 
 
-def resume_run(run: str | Path, device: str | None = None) -> dict:
+# ----------------------------------------------------------------------------- start, resume, load
+
+
+def start_run(cfg: RunConfig, model_params: Layer | dict, out: str | Path, overwrite: bool = False) -> dict:
+    """Train `cfg.model` on `cfg.data`, write the run to `out`, and return the best validation record.
+
+    Under torchrun every worker calls this; rank 0 alone writes files. A worker group that torchrun
+    restarted after a failure (`--max-restarts`) resumes from the run's `last` checkpoint."""
+    out = Path(out)
+    info = distributed.from_env()
+    if info.restart and has_checkpoint(out):
+        return resume_run(out)
+    model_class(cfg.model)
+    cfg = cfg.replace(data=str(Path(cfg.data).absolute()))  # found again from any working directory
+    data = PreparedDataset(cfg.data)
+    device = distributed.device_for(info, pick_device(cfg.system.device))
+    run = None
+    if info.rank == 0:
+        run, note = RunDirectory.create(out, overwrite)
+        if note:
+            print(f"recscale train: {note}", file=sys.stderr)
+    try:
+        with seeded(cfg.system.seed, device), _process_group(info, device):
+            model, model_cfg = build_model(cfg, model_params, data, info.world_size)
+            if model.closed_form and info.enabled:
+                raise RecscaleError(f"--model: {cfg.model} is fitted in closed form in one process; run it without torchrun")
+            check_optimizer(model, cfg.optim.optimizer)
+            pretrained = model.pretrained_runs(model_cfg)
+            if pretrained:
+                model.init_from_pretrained({role: load_run(path, "cpu").model for role, path in pretrained.items()})
+            model.to(device)
+            if run is not None:
+                write_run_config(run.path / CONFIG, cfg, model_cfg, run.final)
+            distributed.barrier()
+            if model.closed_form:
+                return _fit_closed_form(model, data, cfg, device, run)
+            return _train(build_trainer(cfg, model, data, device, run, info), out.absolute())
+    except BaseException:
+        if run is not None:
+            run.abandon()  # only removes a run that was never published
+        raise
+    finally:
+        if run is not None:
+            run.close()
+
+
+def resume_run(run_dir: str | Path, device: str | None = None) -> dict:
     """Continue a run from its `last` checkpoint: same model, optimizer, scaler, RNG streams and
     position in the epoch, so that it ends exactly as an uninterrupted run would. Every worker of a
     torchrun group reads the same checkpoint."""
-    run = Path(run)
-    if not (run / "config.toml").exists():
-        raise RecscaleError(f"--resume: {run} is not a run directory (no config.toml)")
-    sections = read_config_file(run / "config.toml")
-    cfg = build(TrainConfig, sections.get("train", {}), source=str(run / "config.toml"))
+    run_dir = Path(run_dir)
+    if not is_run(run_dir):
+        raise RecscaleError(f"--resume: no run at {run_dir} (a run stopped before its first checkpoint "
+                            f"leaves none behind: start it again with `recscale train ... --out {run_dir}`)")
+    if not has_checkpoint(run_dir):
+        raise RecscaleError(f"--resume: {run_dir} was stopped before its first checkpoint; start it again: "
+                            f"recscale train --config {run_dir / CONFIG} --out {run_dir}")
+    cfg, model_params = read_run_config(run_dir)
     if device:
-        cfg = dataclasses.replace(cfg, device=device)
-    state = load_checkpoint(run / "checkpoints" / "last.pt")
+        cfg = cfg.replace(device=device)
+    state = load_checkpoint(run_dir / LAST)
     if "optimizer" not in state:
-        raise RecscaleError(f"--resume: {run} holds a closed-form model; there is nothing to resume")
+        raise RecscaleError(f"--resume: {run_dir} holds a closed-form model; there is nothing to resume")
     data = PreparedDataset(cfg.data)
     info = distributed.from_env()
-    target = distributed.device_for(info, pick_device(cfg.device))
-    with _seeded(cfg.seed, target), _process_group(info, target):
-        model, _ = build_model(cfg.model, data, sections.get("model", {}), cfg.batch_size, info.world_size,
-                               cfg.optimizer)
-        model.to(target)
-        trainer = Trainer(model, data, cfg, target, run, info.rank, info.world_size,
-                          distributed.wrap(model, info, target))
-        trainer.restore(state)
-        if info.rank == 0:
-            with atomic_file(run / "metrics.jsonl") as tmp:  # exactly the epochs the checkpoint has done
-                tmp.write_text("".join(json.dumps(r) + "\n" for r in trainer.state.history))
-        distributed.barrier()
-        return _train(trainer, run)
+    target = distributed.device_for(info, pick_device(cfg.system.device))
+    run = RunDirectory.existing(run_dir) if info.rank == 0 else None
+    try:
+        with seeded(cfg.system.seed, target), _process_group(info, target):
+            model, _ = build_model(cfg, model_params, data, info.world_size)
+            model.to(target)
+            trainer = build_trainer(cfg, model, data, target, run, info)
+            trainer.restore(state)
+            if run is not None:
+                with atomic_file(run.path / "metrics.jsonl") as tmp:  # exactly the epochs the checkpoint has done
+                    tmp.write_text("".join(json.dumps(r) + "\n" for r in trainer.state.history))
+            distributed.barrier()
+            return _train(trainer, run_dir.absolute())
+    finally:
+        if run is not None:
+            run.close()
 
 
-def _fit_closed_form(model, data: PreparedDataset, cfg: TrainConfig, device, out: Path) -> dict:
+def _fit_closed_form(model, data: PreparedDataset, cfg: RunConfig, device, run: RunDirectory | None) -> dict:
     start = time.perf_counter()
     model.fit(sparse_tensor(data.user_items("train")).to(device))
     split = validation_split(data)
-    metrics = evaluate(model, data, split, ks=cfg.ks, device=device, batch_size=cfg.eval_batch_size)
+    metrics = evaluate(model, data, split, ks=validation_ks(cfg.eval.ks, data.protocol), device=device,
+                       batch_size=cfg.eval.eval_batch_size)
     record = {"epoch": 0, "split": split, "protocol": data.protocol, "train_seconds": time.perf_counter() - start,
               **metrics}
-    append_jsonl(out / "metrics.jsonl", record)
-    state = {"model": model.state_dict(), "train_state": {"epoch": 1}}
-    save_checkpoint(out / "checkpoints" / "last.pt", state)
-    save_checkpoint(out / "checkpoints" / "best.pt", state)
+    if run is not None:
+        with atomic_file(run.path / "metrics.jsonl") as tmp:
+            tmp.write_text(json.dumps(record) + "\n")
+        state = {"model": model.state_dict(), "train_state": {"epoch": 1}}
+        (run.path / "checkpoints").mkdir(exist_ok=True)
+        save_checkpoint(run.path / "checkpoints" / "best.pt", state)
+        save_checkpoint(run.path / LAST, state)
+        run.publish()
     return record
 
 
-def load_run(run: str | Path, device: str = "auto", checkpoint: str = "best"):
-    """(model on device, its prepared dataset, the run's TrainConfig) from a run directory."""
+@dataclasses.dataclass
+class LoadedRun:
+    """A trained run rebuilt from its directory."""
+
+    path: Path
+    config: RunConfig
+    model_config: Any
+    model: torch.nn.Module
+    data: PreparedDataset
+    device: torch.device
+    checkpoint: str
+
+
+def load_run(run: str | Path, device: str = "auto", checkpoint: str = "best") -> LoadedRun:
+    """The model on `device` with its weights from checkpoints/CHECKPOINT.pt ('best', falling back to
+    'last' for a run stopped before its first validation), its prepared dataset and its config."""
     run = Path(run)
-    if not (run / "config.toml").exists():
-        raise RecscaleError(f"--run: {run} is not a run directory (no config.toml; run `recscale train`)")
-    sections = read_config_file(run / "config.toml")
-    cfg = build(TrainConfig, sections.get("train", {}), source=str(run / "config.toml"))
-    if not (run / "checkpoints" / f"{checkpoint}.pt").exists() and checkpoint == "best":
-        checkpoint = "last"  # a run stopped before its first validation
+    cfg, model_params = read_run_config(run)
+    if checkpoint not in ("best", "last"):
+        raise RecscaleError(f"--checkpoint: best or last, got {checkpoint!r}")
+    if checkpoint == "best" and not (run / "checkpoints" / "best.pt").exists():
+        checkpoint = "last"
     data = PreparedDataset(cfg.data)
-    model, _ = build_model(cfg.model, data, sections.get("model", {}))
-    state = load_checkpoint(run / "checkpoints" / f"{checkpoint}.pt")
-    model.load_state_dict(state["model"])
+    model, model_cfg = build_model(cfg, model_params, data)
+    load_model_state(model, load_checkpoint(run / "checkpoints" / f"{checkpoint}.pt")["model"])
     target = pick_device(device)
-    return model.to(target), data, cfg, target
+    return LoadedRun(run, cfg, model_cfg, model.to(target), data, target, checkpoint)

@@ -4,7 +4,12 @@ The step, in the mixed-precision order: autocast forward (loss inside the model)
 scaler.scale(loss).backward() -> scaler.unscale_ -> clip -> scaler.step -> scaler.update, with
 one GradScaler per run (active for fp16 only). After each epoch the model is validated with its
 protocol's metric; the best epoch is checkpointed as `best`, every epoch as `last`; training stops
-early after `patience` epochs without improvement.
+early after `patience` epochs without improvement, counted once the model's own schedule has
+settled (before that, epochs optimize different objectives). A non-finite loss stops the run with
+a clear error and is never checkpointed.
+
+The trainer asks the model for everything specific to it (models/base.py): its loader, its
+per-step schedule; it never tests what model it trains.
 """
 
 from __future__ import annotations
@@ -13,20 +18,18 @@ import contextlib
 import dataclasses
 import math
 import time
-from pathlib import Path
-from typing import Callable
 
-import numpy as np
 import torch
 
-from recscale.config import TrainConfig
-from recscale.data.loaders import PairLoader, Prefetcher, TabularLoader, UserRowLoader
+from recscale.config import RunConfig
+from recscale.data.loaders import LoaderOptions, Prefetcher
 from recscale.data.prepared import PreparedDataset
 from recscale.distributed import all_reduce_sum
+from recscale.errors import RecscaleError
 from recscale.evaluation.protocols import evaluate, validation_split
 from recscale.models.base import Recommender
 from recscale.optim.factory import make_optimizers
-from recscale.optim.schedules import kl_beta, learning_rate, scaled_lr
+from recscale.optim.schedules import learning_rate, scaled_lr
 from recscale.training.checkpoint import save_checkpoint
 from recscale.training.logging import RunLogger
 
@@ -38,41 +41,9 @@ def selection_metric(protocol: str) -> str:
     return "hr@10" if protocol == "ncf" else "ndcg@100"
 
 
-def training_users(data: PreparedDataset) -> torch.Tensor:
-    if data.protocol == "vae":
-        return data.group_users("train")
-    return torch.from_numpy(np.flatnonzero(np.diff(data.user_items("train").indptr)))
-
-
-def make_loader(model: Recommender, data: PreparedDataset, cfg: TrainConfig, rank: int = 0, world_size: int = 1,
-                device: torch.device | str = "cpu"):
-    """The loader that feeds this model's batch kind; `cfg.batch_size` is global, split across ranks.
-    Pair and row loaders build their batches on `device` (on a GPU: data and negatives stay there)."""
-    local = max(1, cfg.batch_size // world_size)
-    common = {"seed": cfg.seed, "rank": rank, "world_size": world_size}
-    if model.batch_kind == "pairs":
-        users, items = data.columns("train", "user", "item")
-        return PairLoader(users, items, data.n_items, local, negatives=cfg.negatives, device=device, **common)
-    if model.batch_kind == "rows":
-        matrix = data.user_items("train", binary=not model.explicit_rows)
-        return UserRowLoader(matrix, training_users(data), local, device=device, **common)
-    users, items, ratings = data.columns("train", "user", "item", "rating")
-    values, offsets = data.item_genres()
-    labels = (ratings > model.cfg.like_threshold).float()
-    return TabularLoader(users, items, labels, values, offsets, local, **common)
-
-
-AUTO_ANNEAL_FRACTION = 0.8
-
-
-def schedule_for(model: Recommender, total_steps: int) -> Callable[[int], dict]:
-    """Keyword arguments the model's forward takes at a given step (e.g. Mult-VAE's KL beta).
-    A `total_anneal_steps` of 0 anneals over AUTO_ANNEAL_FRACTION of the run's `total_steps`."""
-    cfg = getattr(model, "cfg", None)
-    if cfg is not None and hasattr(cfg, "anneal_cap"):
-        anneal = cfg.total_anneal_steps or max(1, int(AUTO_ANNEAL_FRACTION * total_steps))
-        return lambda step: {"beta": kl_beta(step, anneal, cfg.anneal_cap)}
-    return lambda step: {}
+def validation_ks(ks: tuple[int, ...], protocol: str) -> tuple[int, ...]:
+    """The cut-offs validation computes: the requested ones and the selection metric's."""
+    return tuple(sorted({*ks, int(selection_metric(protocol).split("@")[1])}))
 
 
 @dataclasses.dataclass
@@ -98,51 +69,68 @@ class StopRequested(Exception):
         self.signum, self.state = signum, state
 
 
+class Diverged(RecscaleError):
+    """The training loss became NaN or infinite."""
+
+
 class Trainer:
-    def __init__(self, model: Recommender, data: PreparedDataset, cfg: TrainConfig, device: torch.device,
-                 run_dir: Path | None, rank: int = 0, world_size: int = 1, ddp_model=None):
+    def __init__(self, model: Recommender, data: PreparedDataset, cfg: RunConfig, device: torch.device,
+                 run=None, rank: int = 0, world_size: int = 1, ddp_model=None):
+        """`run`: the RunDirectory checkpoints and logs go to (None: nothing is written)."""
         self.model, self.data, self.cfg, self.device = model, data, cfg, device
-        self.run_dir, self.rank, self.world_size = run_dir, rank, world_size
+        self.run, self.rank, self.world_size = run, rank, world_size
         self.net = ddp_model or model  # what runs the forward (DDP wrapper or the module itself)
-        self.loader = make_loader(model, data, cfg, rank, world_size, device)
-        on_host = getattr(self.loader, "device", torch.device("cpu")).type != device.type
+        options = LoaderOptions(batch_size=max(1, cfg.loader.batch_size // world_size), seed=cfg.system.seed,
+                                rank=rank, world_size=world_size, device=device, negatives=cfg.loader.negatives)
+        self.loader = model.training_loader(data, options)
+        on_host = self.loader.device.type != device.type
         self.batches = Prefetcher(self.loader, device) if on_host and device.type == "cuda" else self.loader
-        self.peak_lr = scaled_lr(cfg.lr, cfg.batch_size, cfg.base_batch_size, cfg.lr_scaling)
-        self.optimizers = make_optimizers(model, cfg.optimizer, self.peak_lr, cfg.weight_decay, cfg.momentum,
-                                          cfg.lars_eta)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+        optim = cfg.optim
+        self.peak_lr = scaled_lr(optim.lr, cfg.loader.batch_size, optim.base_batch_size, optim.lr_scaling)
+        self.optimizers = make_optimizers(model, optim.optimizer, self.peak_lr, optim.weight_decay, optim.momentum,
+                                          optim.lars_eta)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.system.precision == "fp16")
         self.total_steps = cfg.epochs * len(self.loader)
-        self.warmup_steps = round(cfg.warmup_epochs * len(self.loader))
-        self.schedule = schedule_for(model, self.total_steps)
+        self.warmup_steps = round(optim.warmup_epochs * len(self.loader))
+        self.schedule = model.step_schedule(self.total_steps)
         self.metric = selection_metric(data.protocol)
         self.state = TrainState()
         self.stop_signal: int | None = None  # set by a signal handler; honoured after the current step
-        self.logger = RunLogger(run_dir, enabled=rank == 0, progress=cfg.progress)
+        self.logger = RunLogger(run, enabled=rank == 0, progress=cfg.system.progress)
+        if self.loader.dropped_users:
+            self.logger.message(f"note: {self.loader.dropped_users} user(s) interacted with every item; with no "
+                                f"negative to sample, their interactions are left out of training")
 
     def _autocast(self):
-        if self.cfg.precision == "fp32":
+        if self.cfg.system.precision == "fp32":
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=AMP_DTYPES[self.cfg.precision])
+        return torch.autocast(self.device.type, dtype=AMP_DTYPES[self.cfg.system.precision])
 
     def lr_at(self, step: int) -> float:
-        return learning_rate(step, self.peak_lr, self.warmup_steps, self.total_steps, self.cfg.warmup,
-                             self.cfg.lr_decay)
+        optim = self.cfg.optim
+        return learning_rate(step, self.peak_lr, self.warmup_steps, self.total_steps, optim.warmup, optim.lr_decay)
 
     def train_step(self, batch) -> torch.Tensor:
         batch = batch.to(self.device, non_blocking=True)
         self.optimizers.set_lr(self.lr_at(self.state.step))
         with self._autocast():
-            loss = self.net(batch, **self.schedule(self.state.step)).loss
+            loss = self.net(batch, **self.schedule.kwargs(self.state.step)).loss
         self.optimizers.zero_grad()
         self.scaler.scale(loss).backward()
-        if self.cfg.clip_grad_norm > 0:
+        if self.cfg.optim.clip_grad_norm > 0:
             self.optimizers.unscale(self.scaler)
             dense = [p for p in self.model.parameters() if p.grad is not None and not p.grad.is_sparse]
-            torch.nn.utils.clip_grad_norm_(dense, self.cfg.clip_grad_norm)
+            torch.nn.utils.clip_grad_norm_(dense, self.cfg.optim.clip_grad_norm)
         self.optimizers.step(self.scaler)
         self.scaler.update()
         self.state.step += 1
         return loss.detach()
+
+    def _check_finite(self, total: torch.Tensor) -> None:
+        if not math.isfinite(float(total)):
+            raise Diverged(f"the training loss became {float(total)} in epoch {self.state.epoch + 1} "
+                           f"(lr {self.lr_at(max(self.state.step - 1, 0)):.3g}): try a lower --lr, --clip-grad-norm, "
+                           f"or --precision fp32; nothing of this epoch was saved")
 
     def train_epoch(self) -> dict:
         """Train from `state.position` to the end of the epoch `state.epoch`."""
@@ -161,14 +149,16 @@ class Trainer:
             if self.logger.tty:
                 self.logger.progress(self.state.epoch, self.cfg.epochs, self.state.position, n, float(loss),
                                      timed_samples / (time.perf_counter() - start))
-            every = self.cfg.checkpoint_every
+            every = self.cfg.system.checkpoint_every
             if self.stop_signal is not None or (every and self.state.step % every == 0 and self.state.position < n):
+                self._check_finite(total)
                 self.state.loss_sum = float(total)
                 self.save("last")
                 if self.stop_signal is not None:
                     raise StopRequested(self.stop_signal, self.state)
         seconds = time.perf_counter() - start
         total = self._reduce(total.reshape(1)) / self.world_size if self.world_size > 1 else total  # mean over ranks
+        self._check_finite(total)
         record = {"loss": float(total) / max(self.state.position, 1), "lr": self.lr_at(self.state.step - 1),
                   "train_seconds": seconds,
                   "samples": self.state.samples * self.world_size,
@@ -183,8 +173,9 @@ class Trainer:
     def validate(self) -> dict:
         start = time.perf_counter()
         split = validation_split(self.data)
-        metrics = evaluate(self.model, self.data, split, ks=self.cfg.ks, device=self.device,
-                           batch_size=self.cfg.eval_batch_size, rank=self.rank, world_size=self.world_size,
+        metrics = evaluate(self.model, self.data, split, ks=validation_ks(self.cfg.eval.ks, self.data.protocol),
+                           device=self.device,
+                           batch_size=self.cfg.eval.eval_batch_size, rank=self.rank, world_size=self.world_size,
                            reduce=self._reduce if self.world_size > 1 else None)
         return {"split": split, **metrics, "valid_seconds": time.perf_counter() - start}
 
@@ -200,35 +191,50 @@ class Trainer:
                 "scaler": self.scaler.state_dict(), "train_state": dataclasses.asdict(self.state), "rng": rng}
 
     def save(self, name: str, weights_only: bool = False) -> None:
-        if self.rank != 0 or self.run_dir is None:
+        if self.rank != 0 or self.run is None:
             return
         state = self.checkpoint_state()
         if weights_only:  # `best` is for evaluation, `last` for resuming
             state = {"model": state["model"], "train_state": state["train_state"]}
-        save_checkpoint(self.run_dir / "checkpoints" / f"{name}.pt", state)
+        (self.run.path / "checkpoints").mkdir(exist_ok=True)
+        save_checkpoint(self.run.path / "checkpoints" / f"{name}.pt", state)
+        if name == "last":
+            self.run.publish()  # a new run appears (or replaces the old one) with its first checkpoint
 
     def restore(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizers.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.state = TrainState(**state["train_state"])
-        torch.set_rng_state(state["rng"]["torch"])
+        for key in ("optimizer", "scaler", "train_state", "rng"):
+            if key not in state:
+                raise RecscaleError(f"checkpoint has no {key!r}: it cannot be resumed (it is a `best` "
+                                    f"checkpoint or from another program)")
+        load_model_state(self.model, state["model"])
+        try:
+            self.optimizers.load_state_dict(state["optimizer"])
+            self.scaler.load_state_dict(state["scaler"])
+            self.state = TrainState(**state["train_state"])
+            torch.set_rng_state(state["rng"]["torch"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise RecscaleError(f"checkpoint does not match this run's optimizer or settings: {exc}") from None
         if "cuda" in state["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
 
     # ------------------------------------------------------------------ the loop
 
+    def _settled(self) -> bool:
+        """Whether the model's objective has stopped changing (e.g. the KL weight reached its cap)."""
+        return self.state.step >= self.schedule.settled_step
+
     def fit(self, validate: bool = True) -> list[dict]:
         records = []
-        while self.state.epoch < self.cfg.epochs and not (validate and self.state.stale >= self.cfg.patience):
+        patience = self.cfg.eval.patience
+        while self.state.epoch < self.cfg.epochs and not (validate and self.state.stale >= patience):
             record = {"epoch": self.state.epoch, **self.train_epoch()}
             if validate:
                 record |= self.validate()
                 value = record[self.metric]
-                improved = value > self.state.best
+                improved = math.isfinite(value) and value > self.state.best
                 if improved:
                     self.state.best, self.state.best_epoch, self.state.stale = value, self.state.epoch, 0
-                else:
+                elif self._settled():
                     self.state.stale += 1
                 record["best"] = improved
             self.state.epoch += 1
@@ -238,7 +244,18 @@ class Trainer:
             self.logger.epoch(record, self.metric)
             if record.get("best"):
                 self.save("best", weights_only=True)
-            if validate and self.state.stale >= self.cfg.patience:
-                self.logger.message(f"early stop: no better {self.metric} for {self.cfg.patience} epochs")
+            if validate and self.state.stale >= patience:
+                self.logger.message(f"early stop: no better {self.metric} for {patience} epochs")
         self.logger.close(self.state.history, self.metric)
         return records
+
+
+def load_model_state(model: torch.nn.Module, state: dict) -> None:
+    """Load weights, reporting a checkpoint of another model or shape in one line."""
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError) as exc:
+        first = str(exc).splitlines()
+        detail = "; ".join(line.strip() for line in first[1:3]) or first[0] if first else str(exc)
+        raise RecscaleError(f"checkpoint does not fit the model in config.toml ({type(model).__name__}): "
+                            f"{detail}") from None

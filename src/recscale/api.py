@@ -1,0 +1,215 @@
+"""The public Python API; the `recscale` command line is a thin layer over it.
+
+    import recscale
+    data = recscale.prepare("ml-latest-small", "data/ml-ncf", protocol="ncf")
+    run = recscale.train(data, model="neumf", out="runs/neumf", epochs=5, factors=32)
+    run.evaluate("test")                       # {'hr@10': ..., 'ci95': {...}, 'users': ...}
+    run.recommend(["1", "2"], k=10)            # a Polars frame: user, rank, item, score, fallback
+    run = recscale.load_run("runs/neumf")      # later, from the run directory alone
+
+Settings go by their flag names (`epochs`, `batch_size`, `lr`, ...; `recscale train --help`) and
+model hyperparameters by theirs (`factors`, `anneal_cap`, ...), in one set of keyword arguments;
+every value is checked as on the command line. Nothing here keeps global state.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import polars as pl
+
+from recscale.config import Layer, PrepareConfig, RunConfig, build, read_config_file, run_field_owner, run_layers
+from recscale.data.formats import read_format
+from recscale.data.prepare import prepare as prepare_dataset
+from recscale.data.prepared import PreparedDataset
+from recscale.data.raw import RawDataset
+from recscale.data.readers import frame_interactions, read_interactions
+from recscale.data.sources import load_dataset
+from recscale.errors import RecscaleError
+from recscale.evaluation.protocols import evaluate as evaluate_split
+from recscale.fsutil import atomic_file
+from recscale.recommend import recommend as write_recommendations
+from recscale.recommend import recommend_frame
+from recscale.training.build import resolve_run_config
+from recscale.training.run import LoadedRun, load_run as load_trained, read_run_config, resume_run, start_run
+from recscale.training.trainer import selection_metric
+
+
+def _raw(source: Any, format: str | None) -> RawDataset:
+    if isinstance(source, RawDataset):
+        return source
+    if isinstance(source, pl.DataFrame):
+        return RawDataset("frame", frame_interactions(source, "frame"), None, ())
+    if format is not None:
+        return read_format(format, source)
+    path = Path(str(source))
+    if path.is_file():
+        return RawDataset(path.stem, read_interactions(path), None, (path,))
+    return load_dataset(str(source))
+
+
+def prepare(source: Any, out: str | Path, protocol: str = "ncf", *, format: str | None = None,
+            overwrite: bool = False, **options: Any) -> PreparedDataset:
+    """Prepare `source` (a dataset name such as 'ml-latest-small', a CSV/TSV/Parquet file of
+    interactions with MovieLens' column names, a directory of a published `format`, a Polars frame
+    with user/item[/rating/timestamp] columns, or a RawDataset) under `protocol` into `out`;
+    `options` are `recscale prepare`'s settings (seed, test_negatives, tie_break, ...)."""
+    cfg = build(PrepareConfig, Layer({"protocol": protocol, **options}, "prepare()"))
+    prepare_dataset(_raw(source, format), cfg, out, overwrite=overwrite)
+    return PreparedDataset(out)
+
+
+def open_dataset(path: str | Path) -> PreparedDataset:
+    return PreparedDataset(path)
+
+
+def split_settings(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Keyword arguments -> (run settings, model hyperparameters), by name."""
+    owner = run_field_owner()
+    run = {k: v for k, v in settings.items() if k in owner}
+    return run, {k: v for k, v in settings.items() if k not in owner}
+
+
+class Run:
+    """A training run directory: its settings, history, model, evaluation and recommendations."""
+
+    def __init__(self, path: str | Path, device: str = "auto", checkpoint: str = "best"):
+        self.path = Path(path)
+        self.device, self.checkpoint = device, checkpoint
+        self._loaded: LoadedRun | None = None
+        if not (self.path / "config.toml").is_file():
+            raise RecscaleError(f"{self.path}: not a run directory (no config.toml; run `recscale train`)")
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    @property
+    def loaded(self) -> LoadedRun:
+        if self._loaded is None:
+            self._loaded = load_trained(self.path, self.device, self.checkpoint)
+        return self._loaded
+
+    @property
+    def config(self) -> RunConfig:
+        return self.loaded.config
+
+    @property
+    def model(self):
+        return self.loaded.model
+
+    @property
+    def data(self) -> PreparedDataset:
+        return self.loaded.data
+
+    @property
+    def best(self) -> dict:
+        """The epoch record with the best validation metric (with the dataset's protocol)."""
+        history = self.history
+        cfg, _ = read_run_config(self.path)
+        protocol = PreparedDataset(cfg.data).protocol
+        metric = selection_metric(protocol)
+        best = max((r for r in history if metric in r), key=lambda r: r[metric], default=history[-1] if history else {})
+        return {**best, "protocol": protocol}
+
+    @property
+    def history(self) -> list[dict]:
+        """One record per finished epoch (metrics.jsonl)."""
+        path = self.path / "metrics.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+    def evaluate(self, split: str = "test", ks: Iterable[int] | None = None, test_history: str | None = None,
+                 write: bool = True) -> dict:
+        """Metrics on `split` ('valid' or 'test'), each with its 95% interval (`ci95`) and the number
+        of users; with `write`, also saved as eval-SPLIT.json in the run directory."""
+        loaded = self.loaded
+        data, cfg = loaded.data, loaded.config
+        if split not in ("valid", "test"):
+            raise RecscaleError(f"--split: valid or test, got {split!r}")
+        if split == "valid" and not (data.has("valid") or data.has("valid_heldout")):
+            raise RecscaleError(f"--split: {data.root} has no validation split")
+        ks = tuple(sorted(set(ks))) if ks is not None else cfg.eval.ks
+        history = test_history or cfg.eval.test_history
+        metrics = evaluate_split(loaded.model, data, split, ks=ks, device=loaded.device,
+                                 batch_size=cfg.eval.eval_batch_size, test_history=history)
+        result = {"run": str(self.path), "model": cfg.model, "split": split, "protocol": data.protocol,
+                  "checkpoint": loaded.checkpoint, "test_history": history, **metrics}
+        if write:
+            with atomic_file(self.path / f"eval-{split}.json") as tmp:
+                tmp.write_text(json.dumps(result, indent=2) + "\n")
+        return result
+
+    def users(self, original_ids: Iterable[Any] | None) -> np.ndarray:
+        """Contiguous ids of the given original user ids (all users for None); unknown ids are an error."""
+        data = self.loaded.data
+        if original_ids is None:
+            return np.arange(data.n_users)
+        lookup = {str(u): i for i, u in enumerate(data.original_user_ids().tolist())}
+        wanted = [str(u) for u in original_ids]
+        unknown = [u for u in wanted if u not in lookup]
+        if unknown:
+            raise RecscaleError(f"unknown user id(s): {', '.join(unknown[:5])}" + (" ..." if len(unknown) > 5 else ""))
+        return np.array([lookup[u] for u in wanted], dtype=np.int64)
+
+    def recommend(self, users: Iterable[Any] | None = None, k: int = 10) -> pl.DataFrame:
+        """Top-k unseen items of the given original user ids (every user for None) as a frame."""
+        if k < 1:
+            raise RecscaleError(f"k: must be >= 1, got {k}")
+        loaded = self.loaded
+        return recommend_frame(loaded.model, loaded.data, self.users(users), k, loaded.device,
+                               loaded.config.eval.eval_batch_size)
+
+    def write_recommendations(self, out: str | Path, users: np.ndarray | None = None, k: int = 10) -> int:
+        """Write top-k lists (contiguous `users`, every user for None) to a .tsv or .parquet file,
+        batch by batch; returns the number of rows."""
+        if k < 1:
+            raise RecscaleError(f"--k: must be >= 1, got {k}")
+        loaded = self.loaded
+        users = np.arange(loaded.data.n_users) if users is None else users
+        return write_recommendations(loaded.model, loaded.data, users, k, out, loaded.device,
+                                     loaded.config.eval.eval_batch_size)
+
+
+def _dataset_path(data: Any) -> str:
+    return str(data.root if isinstance(data, PreparedDataset) else data)
+
+
+def train(data: Any, model: str = "popularity", out: str | Path | None = None, *, config: str | Path | None = None,
+          overwrite: bool = False, **settings: Any) -> Run:
+    """Fit `model` on a prepared dataset (a PreparedDataset or its directory) and return the Run.
+    `settings`: run settings and model hyperparameters by name; `config`: a TOML file as for
+    `recscale train --config` (keyword arguments override it). Without `out`, the run goes to a new
+    temporary directory."""
+    run_settings, params = split_settings(settings)
+    layers: list[Layer] = []
+    model_layers: list[Layer] = []
+    if config is not None:
+        file_layers, file_model = run_layers(read_config_file(config), str(config))
+        layers += file_layers
+        model_layers.append(file_model)
+    layers.append(Layer({"data": _dataset_path(data), "model": model, **run_settings}, "train()"))
+    model_layers.append(Layer(params, "train()"))
+    cfg = resolve_run_config(*layers)
+    merged = Layer({k: v for layer in model_layers for k, v in layer.values.items()}, "train()")
+    out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix=f"recscale-{model}-")) / "run"
+    return run_training(cfg, merged, out, overwrite)
+
+
+def run_training(cfg: RunConfig, params: Layer | dict, out: str | Path, overwrite: bool = False) -> Run:
+    """Train with an already resolved RunConfig (what `train` and the command line build)."""
+    start_run(cfg, params, out, overwrite=overwrite)
+    return Run(out, cfg.system.device)
+
+
+def resume(run: str | Path, device: str | None = None) -> Run:
+    """Continue an interrupted run from its last checkpoint."""
+    resume_run(run, device)
+    return Run(run, device or "auto")
+
+
+def load_run(path: str | Path, device: str = "auto", checkpoint: str = "best") -> Run:
+    """A trained run from its directory (the model loads on first use)."""
+    return Run(path, device, checkpoint)

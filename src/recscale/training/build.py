@@ -1,0 +1,104 @@
+"""One construction path for a training run, used by `train`, `--resume`, `recscale benchmark`,
+the Python API and the benchmark scripts: settings resolved in layers, the model built and its
+'auto' settings decided against the data, then the trainer (loader, optimizers, scaler) around it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Mapping
+
+import torch
+
+from recscale import distributed
+from recscale.config import Layer, RunConfig, build, build_run_config
+from recscale.data.prepared import PreparedDataset
+from recscale.errors import RecscaleError
+from recscale.models.base import DataShape, FitContext, Recommender
+from recscale.models.registry import MODELS
+from recscale.training.trainer import Trainer
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RecscaleError(f"--device: {name} requested but CUDA is not available on this machine")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise RecscaleError(f"--device: unknown device {name!r} (auto, cpu, cuda, cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise RecscaleError(f"--device: unsupported device {name!r} (auto, cpu, cuda, cuda:N)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise RecscaleError(f"--device: {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def model_class(name: str) -> type[Recommender]:
+    if name not in MODELS:
+        raise RecscaleError(f"--model: unknown model {name!r} (known: {', '.join(MODELS)})")
+    return MODELS[name]
+
+
+def data_shape(data: PreparedDataset) -> DataShape:
+    """The dataset's dimensions and item features, as models take them (no files)."""
+    features = data.meta["features"]
+    genres = data.item_genres() if "genres" in features else None
+    return DataShape(
+        n_users=data.n_users, n_items=data.n_items,
+        user_dim=features["user"]["embedding_dim"], item_dim=features["item"]["embedding_dim"],
+        n_genres=features.get("genres", {}).get("cardinality", 0),
+        genre_dim=features.get("genres", {}).get("embedding_dim", 16),
+        genre_values=genres[0] if genres else None, genre_offsets=genres[1] if genres else None)
+
+
+def resolve_run_config(*layers: Layer | Mapping[str, Any], source: str = "settings") -> RunConfig:
+    """Dataclass defaults < the model's own defaults (scaled to the data) < the given layers
+    (e.g. config file < flags)."""
+    layers = tuple(layer if isinstance(layer, Layer) else Layer(layer, source) for layer in layers)
+
+    def last(key: str):
+        return next((layer.values[key] for layer in reversed(layers) if layer.values.get(key)), None)
+
+    name = last("model") or RunConfig.model
+    cls = model_class(name)
+    data = last("data")
+    defaults = cls.default_train_settings(PreparedDataset(data).meta["counts"]) if data else dict(cls.train_defaults)
+    return build_run_config(Layer(defaults, f"{name}'s defaults"), *layers)
+
+
+def model_config(name: str, *layers: Layer | Mapping[str, Any]):
+    """The model's Config from layered hyperparameters (unknown keys and bad values are errors
+    naming the parameter)."""
+    return build(model_class(name).Config, *layers, source=f"model {name}")
+
+
+def build_model(cfg: RunConfig, params: Layer | Mapping[str, Any], data: PreparedDataset,
+                world_size: int = 1) -> tuple[Recommender, Any]:
+    """The model and its resolved Config: settings left to 'auto' are decided here, from the data,
+    the per-process batch size and the optimizer, so that config.toml records what was used."""
+    cls = model_class(cfg.model)
+    context = FitContext(n_users=data.n_users, n_items=data.n_items, world_size=world_size,
+                         local_batch_size=max(1, cfg.loader.batch_size // world_size),
+                         optimizer=cfg.optim.optimizer)
+    model_cfg = cls.resolve_config(model_config(cfg.model, params), context)
+    return cls(data_shape(data), model_cfg), model_cfg
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device):
+    """Seed torch's default generators for this run only: the caller's global state is restored
+    afterwards (dropout and VAE sampling draw from them; loaders use their own generators)."""
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def build_trainer(cfg: RunConfig, model: Recommender, data: PreparedDataset, device: torch.device,
+                  run=None, info: distributed.DistInfo = distributed.DistInfo()) -> Trainer:
+    """The trainer around `model` (already on `device`): loader, optimizers, scaler, schedules.
+    Under torchrun the model is wrapped in DDP for the forward; `model` stays the module that is
+    checkpointed."""
+    return Trainer(model, data, cfg, device, run, info.rank, info.world_size, distributed.wrap(model, info, device))
