@@ -26,8 +26,20 @@ def machine() -> str:
     except OSError:
         pass
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return (f"{os.cpu_count()} CPU cores ({cpu}){gpu}, Python {platform.python_version()}, "
+    return (f"{os.cpu_count()} CPU cores ({cpu}; {instruction_sets()}){gpu}, Python {platform.python_version()}, "
             f"torch {torch.__version__}, {datetime.date.today().isoformat()}")
+
+
+def instruction_sets() -> str:
+    """The vector instruction sets that decide CPU speed here (bf16 is native only with
+    AVX512-BF16 or AMX; with AVX2 alone it is emulated and slow)."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return "instruction sets unknown"
+    named = [("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_bf16", "AVX512-BF16"), ("amx_bf16", "AMX-BF16")]
+    return ", ".join(label for flag, label in named if flag in flags) or "no AVX2"
 
 
 def median_time(fn, repeats: int) -> tuple[float, list[float]]:

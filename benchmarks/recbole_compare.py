@@ -26,14 +26,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def export_split(out: Path) -> Path:
+def export_split(out: Path, data_dir: Path | None = None) -> Path:
+    """RecBole atomic files (`out/recbole/mls/mls.{train,valid,test}.inter`) of a prepared `ncf`
+    dataset (by default: the embedded data, seed 0, prepared into `out/ncf`); returns its directory."""
     from recscale.config import PrepareConfig
     from recscale.data.prepare import prepare
     from recscale.data.prepared import PreparedDataset
     from recscale.data.sources import load_dataset
 
-    data_dir = out / "ncf"
-    prepare(load_dataset("ml-latest-small"), PrepareConfig(protocol="ncf", seed=0), data_dir)
+    if data_dir is None:
+        data_dir = out / "ncf"
+        prepare(load_dataset("ml-latest-small"), PrepareConfig(protocol="ncf", seed=0), data_dir)
     data = PreparedDataset(data_dir)
     users, items = data.original_user_ids(), data.original_item_ids()
     atomic = out / "recbole" / "mls"
@@ -45,6 +48,70 @@ def export_split(out: Path) -> Path:
                   zip(frame["user"].to_list(), frame["item"].to_list(), frame["rating"].to_list(), frame["timestamp"].to_list())]
         (atomic / f"mls.{split}.inter").write_text("\n".join(lines) + "\n")
     return data_dir
+
+
+def recbole_config(root: Path, **overrides):
+    """RecBole's Config for NeuMF on the exported split: RecBole's documented defaults (NeuMF.yaml,
+    overall.yaml) except for the data, sampled evaluation against 100 uniform negatives as the
+    `ncf` protocol, HR/NDCG/MRR@10 reported, and the CPU."""
+    from recbole.config import Config
+    return Config(model="NeuMF", dataset="mls", config_dict={
+        "data_path": str(root), "benchmark_filename": ["train", "valid", "test"],
+        "load_col": {"inter": ["user_id", "item_id", "rating", "timestamp"]},
+        "eval_args": {"mode": "uni100", "order": "TO", "group_by": "user"},
+        "metrics": ["Hit", "NDCG", "MRR"], "topk": [10],
+        "use_gpu": False, "device": "cpu", "show_progress": False, "seed": 0, "reproducibility": True,
+        "worker": 0, "checkpoint_dir": str(root / "ckpt"), "state": "ERROR", **overrides})
+
+
+def quality_recbole(root: Path) -> dict:
+    """Runs inside RecBole's interpreter: NeuMF with RecBole's defaults, trained with its own early
+    stopping on MRR@10; the validation score of each epoch with the wall time so far, and the test
+    metrics of the best epoch."""
+    import logging
+
+    from recbole.data import create_dataset, data_preparation
+    from recbole.model.general_recommender import NeuMF
+    from recbole.trainer import Trainer
+    from recbole.utils import init_seed
+
+    config = recbole_config(root)
+    init_seed(config["seed"], config["reproducibility"])
+    logging.disable(logging.CRITICAL)
+    dataset = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    model = NeuMF(config, train_data.dataset).to(config["device"])
+    trainer = Trainer(config, model)
+    curve, started = [], time.perf_counter()
+    original = trainer._valid_epoch
+
+    def timed_valid(*args, **kwargs):
+        score, result = original(*args, **kwargs)
+        curve.append({"seconds": time.perf_counter() - started, "hr@10": float(result["hit@10"]),
+                      "ndcg@10": float(result["ndcg@10"]), "mrr@10": float(result["mrr@10"])})
+        return score, result
+
+    trainer._valid_epoch = timed_valid
+    trainer.fit(train_data, valid_data, saved=True, show_progress=False)
+    # RecBole 1.2.1's load_best_model calls torch.load with torch >= 2.6's weights_only default, which
+    # refuses its pickled config: load the best epoch ourselves (our own file, just written)
+    import torch
+    best = torch.load(trainer.saved_model_file, map_location="cpu", weights_only=False)
+    model.load_state_dict(best["state_dict"])
+    model.load_other_parameter(best.get("other_parameter"))
+    test = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
+    return {"curve": curve, "seconds": time.perf_counter() - started,
+            "test": {"hr@10": float(test["hit@10"]), "ndcg@10": float(test["ndcg@10"]), "mrr@10": float(test["mrr@10"])}}
+
+
+def run_recbole_side(python: str, side: str, root: Path, *extra: str):
+    """Run this script's RecBole side in RecBole's interpreter, in a scratch working directory
+    (RecBole writes log_tensorboard/ and saved/ into its working directory)."""
+    out = subprocess.run([python, str(Path(__file__).resolve()), "--side", side, "--root", str(root), *extra],
+                         capture_output=True, text=True, cwd=root)
+    if out.returncode:
+        raise SystemExit(f"RecBole side failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def time_recscale(data_dir: Path, batch: int, epochs: int) -> list[float]:
@@ -71,22 +138,15 @@ def time_recbole(root: Path, batch: int, epochs: int) -> list[float]:
     """Runs inside RecBole's interpreter."""
     import logging
 
-    from recbole.config import Config
     from recbole.data import create_dataset, data_preparation
     from recbole.model.general_recommender import NeuMF
     from recbole.trainer import Trainer
     from recbole.utils import init_seed
 
-    config = Config(model="NeuMF", dataset="mls", config_dict={
-        "data_path": str(root), "benchmark_filename": ["train", "valid", "test"],
-        "load_col": {"inter": ["user_id", "item_id", "rating", "timestamp"]},
-        "train_neg_sample_args": {"distribution": "uniform", "sample_num": 4, "alpha": 1.0, "dynamic": False,
-                                  "candidate_num": 0},
-        "eval_args": {"mode": "uni100", "order": "TO", "group_by": "user"},
-        "train_batch_size": batch, "learning_rate": 1e-3, "mf_embedding_size": 64, "mlp_embedding_size": 128,
-        "mlp_hidden_size": [256, 128, 64], "dropout_prob": 0.0, "use_gpu": False, "device": "cpu",
-        "show_progress": False, "seed": 0, "reproducibility": True, "worker": 0, "checkpoint_dir": str(root / "ckpt"),
-        "state": "ERROR"})
+    config = recbole_config(root, train_neg_sample_args={"distribution": "uniform", "sample_num": 4, "alpha": 1.0,
+                                                         "dynamic": False, "candidate_num": 0},
+                            train_batch_size=batch, learning_rate=1e-3, mf_embedding_size=64, mlp_embedding_size=128,
+                            mlp_hidden_size=[256, 128, 64], dropout_prob=0.0)
     init_seed(config["seed"], config["reproducibility"])
     logging.disable(logging.CRITICAL)
     dataset = create_dataset(config)
@@ -114,6 +174,9 @@ def main() -> None:
     if args.side == "recbole":
         print(json.dumps(time_recbole(Path(args.root), int(args.batch_sizes), args.epochs)))
         return
+    if args.side == "recbole-quality":
+        print(json.dumps(quality_recbole(Path(args.root))))
+        return
     if not args.recbole_python:
         parser.error("--recbole-python is required (see the module docstring)")
 
@@ -126,13 +189,8 @@ def main() -> None:
         ours, theirs = [], []
         for _ in range(args.rounds):
             ours += time_recscale(data_dir, batch, args.epochs)
-            # RecBole writes log_tensorboard/ and saved/ into its working directory: give it a scratch one
-            out = subprocess.run([args.recbole_python, str(Path(__file__).resolve()), "--side", "recbole",
-                                  "--root", str(work / "recbole"), "--batch-sizes", str(batch), "--epochs",
-                                  str(args.epochs)], capture_output=True, text=True, cwd=work)
-            if out.returncode:
-                raise SystemExit(f"RecBole side failed:\n{out.stderr[-3000:]}")
-            theirs += json.loads(out.stdout.strip().splitlines()[-1])
+            theirs += run_recbole_side(args.recbole_python, "recbole", work / "recbole", "--batch-sizes", str(batch),
+                                       "--epochs", str(args.epochs))
         ours_s, theirs_s = statistics.median(ours), statistics.median(theirs)
         samples = n_train * 5
         rows.append([f"{batch:,}", f"{theirs_s:.2f}", f"{ours_s:.2f}", f"{samples / theirs_s:,.0f}",

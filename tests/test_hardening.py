@@ -167,6 +167,18 @@ def test_non_integral_float_ids_and_non_finite_ratings_are_refused(tmp_path):
     assert read_interactions(tmp_path / "ok.parquet")["user"].to_list() == [1, 2]
 
 
+def test_encoding_problems_are_located_and_a_bom_is_accepted(tmp_path):
+    from recscale.data.readers import read_interactions
+    (tmp_path / "bad.csv").write_bytes(b"userId,movieId,rating,timestamp\n1,2,3,4\n1,\xff,3,4\n")
+    with pytest.raises(RecscaleError, match=r"bad.csv:3: not UTF-8 text"):
+        read_interactions(tmp_path / "bad.csv")
+    (tmp_path / "bom.csv").write_bytes("\ufeffuserId,movieId,rating,timestamp\n1,2,3,4\n".encode())
+    assert read_interactions(tmp_path / "bom.csv").rows() == [(1, 2, 3.0, 4)]
+    (tmp_path / "mac.csv").write_bytes(b"userId,movieId,rating,timestamp\r1,2,3,4\r")
+    with pytest.raises(RecscaleError, match=r"mac.csv: lines end with a lone carriage return"):
+        read_interactions(tmp_path / "mac.csv")
+
+
 def test_meta_json_is_strict_json_and_must_match_its_files(small, tmp_path):
     json.loads((small / "meta.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
     import shutil

@@ -287,6 +287,50 @@ def cmd_datasets(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- export, serve
+
+def cmd_export(args) -> int:
+    from recscale.export import export_run
+    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+    manifest = export_run(args.run, args.out, formats, args.checkpoint, overwrite=args.overwrite)
+    graphs = ", ".join(f for g in manifest["graphs"].values() for f in g["files"]) or "none (popularity needs none)"
+    print(f"exported {manifest['model']} ({manifest['kind'] or 'no graph'}; {manifest['n_users']:,} users, "
+          f"{manifest['n_items']:,} items) -> {args.out}\n  graphs: {graphs}; fold-in for new users: "
+          f"{'yes' if manifest['fold_in'] else 'no'}; retrieval index: {'yes' if manifest['retrieval'] else 'no'}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    try:
+        import uvicorn
+    except ImportError:
+        raise RecscaleError("serve: needs fastapi and uvicorn (pip install 'recscale[serve]')") from None
+    for flag, value, low in (("--port", args.port, 0), ("--max-batch", args.max_batch, 1), ("--workers", args.workers, 1),
+                             ("--nprobe", args.nprobe, 1), ("--threads", args.threads, 0)):
+        if value < low or (flag == "--port" and value > 65535):
+            raise RecscaleError(f"{flag}: out of range: {value}")
+    if not (0 <= args.max_wait_ms <= 1000):
+        raise RecscaleError(f"--max-wait-ms: must lie in [0, 1000], got {args.max_wait_ms}")
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = args.threads or max(1, cpus // args.workers)  # workers share the CPUs instead of fighting
+    settings = {"max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms, "runtime": args.runtime,
+                "index": args.index, "nprobe": args.nprobe, "threads": threads}
+    from recscale.serving.app import create_app
+    if args.workers == 1:
+        app = create_app(args.bundle, **settings)
+        print(f"serving {args.bundle} on http://{args.host}:{args.port} (POST /recommend, /score; GET /health, "
+              f"/metadata)", flush=True)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+        return 0
+    create_app(args.bundle, **settings)  # fail here, in one line, before the workers start
+    os.environ.update({f"RECSCALE_SERVE_{k.upper()}": str(v) for k, v in settings.items()},
+                      RECSCALE_SERVE_BUNDLE=str(args.bundle))
+    print(f"serving {args.bundle} on http://{args.host}:{args.port} with {args.workers} workers", flush=True)
+    uvicorn.run("recscale.serving.app:app_from_env", factory=True, host=args.host, port=args.port,
+                workers=args.workers, log_level="warning", access_log=False)
+    return 0
+
+
 DEMO_MODELS = {"ncf": ["popularity", "neumf"], "vae": ["popularity", "ease", "multvae"]}
 DEMO_KS = {"ncf": (10, 20), "vae": (20, 50, 100)}
 
@@ -326,6 +370,8 @@ COMMANDS = {
     "recommend": cmd_recommend,
     "benchmark": cmd_benchmark,
     "datasets": cmd_datasets,
+    "export": cmd_export,
+    "serve": cmd_serve,
     "demo": cmd_demo,
 }
 
@@ -429,6 +475,30 @@ def make_parser() -> argparse.ArgumentParser:
     add_arguments(p, SynthSpec, skip=("in_cluster", "item_exponent", "activity_exponent", "min_per_user"))
     p.add_argument("--out", help="synth: directory to write ratings.csv and movies.csv into")
     p.add_argument("--overwrite", action="store_true", help="synth: replace ratings.csv and movies.csv in --out")
+
+    p = sub.add_parser("export", help="a trained run -> a bundle for serving (ONNX / torch.export graphs, id maps, "
+                       "seen items, popularity)")
+    p.add_argument("--run", required=True, help="run directory from `recscale train`")
+    p.add_argument("--out", required=True, help="bundle directory to write")
+    p.add_argument("--format", default="onnx,torch", help="onnx, torch or both, comma-separated [default: onnx,torch]")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+    p = sub.add_parser("serve", help="serve a bundle over HTTP (FastAPI + uvicorn)")
+    p.add_argument("--bundle", required=True, help="bundle directory from `recscale export`")
+    p.add_argument("--host", default="127.0.0.1", help="[default: 127.0.0.1]")
+    p.add_argument("--port", type=int, default=8000, help="[default: 8000]")
+    p.add_argument("--max-batch", type=int, default=64, help="requests scored together at most [default: 64]")
+    p.add_argument("--max-wait-ms", type=float, default=8.0, help="how long a busy service waits for more requests "
+                   "to fill a batch (an idle one does not wait) [default: 8]")
+    p.add_argument("--workers", type=int, default=1, help="server processes (the CPUs are divided between them) "
+                   "[default: 1]")
+    p.add_argument("--runtime", choices=("auto", "onnx", "torch"), default="auto",
+                   help="auto: ONNX Runtime when the bundle has an ONNX graph [default: auto]")
+    p.add_argument("--index", choices=("none", "flat", "ivf"), default="none", help="top-k through a FAISS index "
+                   "(inner-product models): flat (exact) or ivf (approximate, for very large catalogs) [default: none]")
+    p.add_argument("--nprobe", type=int, default=16, help="--index ivf: cells searched per query [default: 16]")
+    p.add_argument("--threads", type=int, default=0, help="threads per worker (0: the CPUs / workers) [default: 0]")
 
     p = sub.add_parser("demo", help="the whole pipeline on the embedded MovieLens data")
     p.add_argument("--out", default="runs/demo")

@@ -74,14 +74,21 @@ def _arrow_type(ids: np.ndarray) -> pa.DataType:
     return pa.int64() if ids.dtype.kind in "iu" else pa.string()
 
 
+def model_inputs(data: PreparedDataset):
+    """(what a model reads of each user, everything the user is known to have interacted with):
+    CSR matrices over all users. Under vae the held-out users' held-out items are seen, not read."""
+    seen = data.user_items(*history_splits(data))
+    inputs = seen if data.protocol != "vae" else data.user_items(*[p for p in history_splits(data) if "heldout" not in p])
+    return inputs, seen
+
+
 @torch.no_grad()
 def recommendation_batches(model: Recommender, data: PreparedDataset, users: np.ndarray, k: int,
                            device="cpu", batch_size: int = 1024) -> Iterator[dict[str, np.ndarray]]:
     """The top-`k` unseen items of each contiguous user id in `users`, a batch of users at a time,
     as columns with original ids."""
     model.eval()
-    seen = data.user_items(*history_splits(data))
-    inputs = seen if data.protocol != "vae" else data.user_items(*[p for p in history_splits(data) if "heldout" not in p])
+    inputs, seen = model_inputs(data)
     k = min(k, data.n_items)
     user_ids, item_ids = data.original_user_ids(), data.original_item_ids()
     history_size = np.diff(inputs.indptr)

@@ -23,8 +23,8 @@ NO_GENRES = "(no genres listed)"
 
 def _header(path: Path, sep: str = ",") -> list[str]:
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            line = handle.readline()
+        with open(path, "rb") as handle:  # decode the first line only: a bad byte further on is its own line's problem
+            line = _first_line(handle).decode("utf-8").lstrip("\ufeff")
     except FileNotFoundError:
         raise RecscaleError(f"{path}: file not found") from None
     except IsADirectoryError:
@@ -36,6 +36,17 @@ def _header(path: Path, sep: str = ",") -> list[str]:
     if not line.strip():
         raise RecscaleError(f"{path}: file is empty (expected a header line)")
     return _split(line.rstrip("\r\n"), sep)
+
+
+def _first_line(handle) -> bytes:
+    """The bytes of the first line, ended by \n, \r\n or a lone \r (universal newlines)."""
+    data = b""
+    while chunk := handle.read(1 << 16):
+        data += chunk
+        ends = [i for i in (data.find(b"\n"), data.find(b"\r")) if i >= 0]
+        if ends:
+            return data[:min(ends)]
+    return data
 
 
 def _require_columns(path: Path, header: list[str], required: list[str]) -> None:
@@ -71,18 +82,35 @@ def _problem(text: str, name: str, kind: str) -> str:
     return ""
 
 
+def _first_undecodable_line(path: Path) -> int:
+    """The number of the first line (as a universal-newline reader counts them) that is not
+    UTF-8, or 0."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    try:
+        data.decode("utf-8")
+        return 0
+    except UnicodeDecodeError as exc:
+        before = data[:exc.start].decode("utf-8", errors="replace")
+        lines = len(before.splitlines())
+        return lines + 1 if not before or before.endswith(("\n", "\r")) else lines
+
+
 def first_bad_line(path: Path, sep: str, checks: dict[str, tuple[int, str]], has_header: bool) -> str:
     """Walk the file and describe the first line that does not parse. `checks` maps a column name
     to its position and kind ('int', 'float' (finite) or 'str')."""
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, 1):
-            try:
-                line = raw.decode("utf-8").lstrip("\ufeff").rstrip("\r\n")
-            except UnicodeDecodeError:
+    undecodable = _first_undecodable_line(path)
+    with open(path, encoding="utf-8", errors="replace", newline="") as handle:
+        for number, line in enumerate(handle, 1):
+            if number == undecodable:
                 return f"{path}:{number}: not UTF-8 text"
+            line = line.lstrip("\ufeff").rstrip("\r\n")
             if (has_header and number == 1) or not line.strip():
                 continue
-            row = _split(line, sep)
+            try:
+                row = _split(line, sep)
+            except csv.Error as exc:
+                return f"{path}:{number}: malformed line: {exc}"
             for name, (pos, kind) in checks.items():
                 problem = _problem(row[pos] if pos < len(row) else "", name, kind)
                 if problem:
@@ -143,6 +171,11 @@ def read_delimited(path: str | Path, sep: str, fields: dict[str, str], names: di
     if bad:
         raise RecscaleError(first_bad_line(path, sep, checks, names is not None) or f"{path}: empty or invalid values")
     if frame.height == 0:
+        with open(path, "rb") as handle:
+            start = handle.read(1 << 16)
+        if b"\r" in start and b"\n" not in start:
+            raise RecscaleError(f"{path}: lines end with a lone carriage return (old Mac style); convert them to "
+                                f"\\n line endings")
         raise RecscaleError(f"{path}: no rows" + (" after the header" if names is not None else ""))
     return frame
 

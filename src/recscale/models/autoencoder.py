@@ -72,3 +72,12 @@ class AutoEncoder(RowModel):
 
     def score(self, users, history, items=None):
         return gather_candidates(self._reconstruct(UserBatch(users, history)), items)
+
+    def _before_output(self, history: torch.Tensor) -> torch.Tensor:
+        x = torch.sigmoid(self.layers[0].dense(history / self.cfg.max_rating))
+        for layer in self.layers[1:-1]:
+            x = torch.sigmoid(layer(x))
+        return x
+
+    def _output_layer(self):
+        return self.layers[-1]

@@ -17,6 +17,12 @@ What a model declares about itself (the trainer never tests a model's name or ty
                             (training rows, or the fold-in rows of held-out users); else None
     closed_form             fitted by `fit(user_items)` (a coalesced sparse COO tensor), not by steps
     throughput_unit         what its training throughput counts (samples or users)
+    scoring_module()        its scoring as a module for export: forward(history) -> (B, I) for models
+                            that read a history ("rows"), forward(users, items) -> (N,) for pairwise
+                            models ("pairs"); None when the bundle's data is enough (popularity)
+    retrieval()             where the score is a dot product of a user vector and item vectors (plus
+                            terms equal for every item): a module for the user vectors (same inputs
+                            as the scoring module) and the (I, d) item vectors; None otherwise
 
 Schedules come in as keyword arguments from the trainer: a model keeps no step counters, opens no
 files and picks no device. Constructors take the dataset's shape (`DataShape`, built from meta.json
@@ -111,6 +117,18 @@ class Recommender(nn.Module):
     def fit(self, user_items: torch.Tensor) -> None:
         raise RecscaleError(f"{type(self).__name__} is trained by steps, not fitted in closed form")
 
+    def scoring_module(self) -> nn.Module | None:
+        """Models that read a history score rows: forward(history (B, I)) -> (B, I)."""
+        return RowScores(self) if self.needs_history else None
+
+    @property
+    def scoring_kind(self) -> str | None:
+        """'rows' (history in, fold-in possible), 'pairs' (user ids in) or None (no graph)."""
+        return "rows" if self.needs_history else None
+
+    def retrieval(self) -> "Retrieval | None":
+        return None
+
     def score(self, users: torch.Tensor, history: torch.Tensor | None,
               items: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
@@ -133,3 +151,53 @@ def score_pairs_in_chunks(logits_fn, users: torch.Tensor, items: torch.Tensor | 
 def gather_candidates(scores: torch.Tensor, items: torch.Tensor | None) -> torch.Tensor:
     """Full-catalog scores (B, I) -> candidate scores (B, C), or unchanged without candidates."""
     return scores if items is None else torch.gather(scores, 1, items)
+
+
+class RowScores(nn.Module):
+    """A history model's scores of every item, from dense history rows (no user ids needed)."""
+
+    def __init__(self, model: Recommender):
+        super().__init__()
+        self.model = model
+
+    def forward(self, history: torch.Tensor) -> torch.Tensor:
+        users = torch.zeros(history.shape[0], dtype=torch.int64, device=history.device)
+        return self.model.score(users, history)  # (B, I)
+
+
+class PairScores(nn.Module):
+    """A pairwise model's logits of (user, item) pairs: forward(users (N,), items (N,)) -> (N,)."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self.logits(users, items)
+
+
+@dataclasses.dataclass
+class Retrieval:
+    """score(u, i) = user_vector(u) . item_vectors[i] + (a term equal for every item), so that
+    top-k by inner product is top-k by score (what a FAISS inner-product index searches)."""
+
+    user_module: nn.Module   # same inputs as the scoring module -> (B, d)
+    item_vectors: torch.Tensor  # (I, d)
+
+
+class LastLayerUsers(nn.Module):
+    """User vectors of models whose score is a linear last layer over hidden units h (optionally
+    through a monotonic function): [h, 1], so that [W_i, b_i] are the item vectors."""
+
+    def __init__(self, hidden):
+        super().__init__()
+        self.hidden = hidden
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.hidden(x)  # (B, d - 1)
+        return torch.cat([h, torch.ones_like(h[:, :1])], dim=1)
+
+
+def last_layer_items(layer: nn.Linear) -> torch.Tensor:
+    """[W_i, b_i] of a last layer (out = items): the item vectors matching LastLayerUsers."""
+    return torch.cat([layer.weight, layer.bias[:, None]], dim=1).detach()

@@ -10,7 +10,9 @@ import torch
 
 from recscale.errors import RecscaleError
 from recscale.config import Checked, option, positive
-from recscale.models.base import DataShape, Output, Recommender, gather_candidates
+from recscale.models.base import DataShape, Output, Recommender, Retrieval, gather_candidates
+
+MAX_EASE_RETRIEVAL_ITEMS = 20_000  # item vectors of dimension I: I^2 floats in the index
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,3 +46,15 @@ class EASE(Recommender):
 
     def score(self, users, history, items=None):
         return gather_candidates(history @ self.weights, items)
+
+    def retrieval(self) -> Retrieval | None:
+        """x_u B: the history row is the user vector and B's columns the item vectors, of
+        dimension I: worth an index only for catalogs of a few tens of thousands of items."""
+        if self.weights.shape[0] > MAX_EASE_RETRIEVAL_ITEMS:
+            return None
+        return Retrieval(_Identity(), self.weights.t().contiguous())
+
+
+class _Identity(torch.nn.Module):
+    def forward(self, history: torch.Tensor) -> torch.Tensor:
+        return history

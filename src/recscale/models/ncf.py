@@ -26,7 +26,8 @@ from recscale.config import WIDTH, Checked, ConfigError, each, in_range, option
 from recscale.data.batch import PairBatch
 from recscale.data.loaders import pair_loader
 from recscale.errors import RecscaleError
-from recscale.models.base import DataShape, FitContext, Output, Recommender, score_pairs_in_chunks
+from recscale.models.base import (DataShape, FitContext, Output, PairScores, Recommender, Retrieval,
+                                  score_pairs_in_chunks)
 
 BRANCHES = ("neumf", "gmf", "mlp")
 
@@ -138,6 +139,20 @@ class NeuMF(Recommender):
     def score(self, users, history, items=None):
         return score_pairs_in_chunks(self.logits, users, items, self._n_items())  # (B, C)
 
+    def scoring_module(self) -> nn.Module:
+        return PairScores(self.logits)
+
+    @property
+    def scoring_kind(self) -> str:
+        return "pairs"
+
+    def retrieval(self) -> Retrieval | None:
+        """GMF's score h . (p_u * q_i) + b is the inner product of (h * p_u) and q_i; NeuMF and MLP
+        mix user and item in the tower before scoring, so no index can rank for them."""
+        if self.use_mlp:
+            return None
+        return Retrieval(_GMFUsers(self), self.gmf_item.weight.detach())
+
     def _n_items(self) -> int:
         return (self.gmf_item if self.use_gmf else self.mlp_item).num_embeddings
 
@@ -172,3 +187,12 @@ class GMF(NeuMF):
 
 class MLP(NeuMF):
     Config = MLPConfig
+
+
+class _GMFUsers(nn.Module):
+    def __init__(self, model: NeuMF):
+        super().__init__()
+        self.model = model
+
+    def forward(self, users: torch.Tensor) -> torch.Tensor:
+        return self.model.gmf_user(users) * self.model.head.weight[0]  # (B, F)

@@ -67,7 +67,30 @@ class EmbeddingMLP(Recommender):
         logits = self.logits(batch.users, batch.items, batch.genre_values, batch.genre_offsets)
         return Output(F.binary_cross_entropy_with_logits(logits.float(), batch.labels), logits)
 
+    def scoring_module(self) -> nn.Module:
+        """For export the genre bag of every item is computed once (it depends on the item only)."""
+        return _TabularPairs(self)
+
+    @property
+    def scoring_kind(self) -> str:
+        return "pairs"
+
     def score(self, users, history, items=None):
         def pairs(u, i):  # (b, C) -> (b, C), through the flat batch the EmbeddingBag wants
             return self.logits(u.reshape(-1), i.reshape(-1)).reshape(i.shape)
         return score_pairs_in_chunks(pairs, users, items, self.item.num_embeddings)
+
+
+class _TabularPairs(nn.Module):
+    def __init__(self, model: EmbeddingMLP):
+        super().__init__()
+        self.model = model
+        if model.genres is not None:
+            with torch.no_grad():
+                self.register_buffer("genre_vectors", model.genres(model.genre_values, model.genre_offsets))
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        parts = [self.model.user(users), self.model.item(items)]
+        if self.model.genres is not None:
+            parts.append(self.genre_vectors[items])
+        return self.model.mlp(torch.cat(parts, -1)).squeeze(-1)

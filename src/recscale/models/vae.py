@@ -28,7 +28,8 @@ from torch import nn
 from recscale.config import WIDTH, Checked, each, in_range, non_negative, option
 from recscale.data.batch import UserBatch
 from recscale.data.loaders import row_loader
-from recscale.models.base import DataShape, Output, Recommender, StepSchedule, gather_candidates
+from recscale.models.base import (DataShape, LastLayerUsers, Output, Recommender, Retrieval, StepSchedule,
+                                  gather_candidates, last_layer_items)
 
 
 def kl_beta(step: int, total_anneal_steps: int, anneal_cap: float) -> float:
@@ -115,8 +116,40 @@ def _run(layers, x: torch.Tensor, first_done: bool = False) -> torch.Tensor:
     return x
 
 
+def _run_hidden(layers, x: torch.Tensor, first_done: bool = False) -> torch.Tensor:
+    """What `_run` feeds its last layer: every layer but the last, each followed by tanh."""
+    for n, layer in enumerate(layers[:-1]):
+        if not (first_done and n == 0):
+            x = layer(x)
+        x = torch.tanh(x)
+    return x
+
+
 def segment_sum(values: torch.Tensor, row_of: torch.Tensor, n_rows: int) -> torch.Tensor:
     return torch.zeros(n_rows, dtype=values.dtype, device=values.device).index_add_(0, row_of, values)
+
+
+class SparseMultinomialNLL(torch.autograd.Function):
+    """-(1/B) sum_u sum_{i in u} x_ui log softmax(logits_u)_i from the nonzeros (row_of, indices,
+    values). The gradient, (1/B) (sum_i x_ui) softmax(logits_u) - x_u / B, is made in place from the
+    saved log-softmax in one pass over the (B, I) logits, plus a scatter at the nonzeros: autograd's
+    own would fill a (B, I) zero tensor and make two more passes."""
+
+    @staticmethod
+    def forward(ctx, logits, row_of, indices, values):
+        log_probs = F.log_softmax(logits, dim=-1)
+        ctx.save_for_backward(log_probs, row_of, indices, values)
+        return -(log_probs[row_of, indices] * values).sum() / logits.shape[0]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        log_probs, row_of, indices, values = ctx.saved_tensors
+        scale = grad / log_probs.shape[0]
+        mass = segment_sum(values, row_of, log_probs.shape[0])
+        out = log_probs.exp_().mul_((mass * scale)[:, None])  # the saved tensor is not needed again
+        out.index_put_((row_of, indices), -values * scale, accumulate=True)
+        return out, None, None, None
 
 
 def multinomial_nll(logits: torch.Tensor, batch: UserBatch) -> torch.Tensor:
@@ -124,10 +157,7 @@ def multinomial_nll(logits: torch.Tensor, batch: UserBatch) -> torch.Tensor:
     logits = logits.float()
     if not batch.sparse:
         return -(F.log_softmax(logits, dim=-1) * batch.rows).sum(-1).mean()
-    row_of = batch.row_of_nonzeros()
-    picked = segment_sum(logits[row_of, batch.indices] * batch.values, row_of, logits.shape[0])
-    mass = segment_sum(batch.values, row_of, logits.shape[0])
-    return -(picked - mass * torch.logsumexp(logits, dim=-1)).mean()
+    return SparseMultinomialNLL.apply(logits, batch.row_of_nonzeros(), batch.indices, batch.values)
 
 
 class RowModel(Recommender):
@@ -161,6 +191,18 @@ class RowModel(Recommender):
         norms = segment_sum(batch.values * batch.values, row_of, len(batch)).sqrt().clamp_min(1e-12)
         values = F.dropout(batch.values / norms[row_of], self.cfg.dropout, training=self.training)
         return first.sparse(batch.indices, batch.offsets, values)
+
+    def retrieval(self) -> Retrieval:
+        """The scores are a linear last layer (through a monotonic sigmoid for the autoencoder):
+        [hidden, 1] . [W_i, b_i]."""
+        return Retrieval(LastLayerUsers(self._before_output), last_layer_items(self._output_layer()))
+
+    def _before_output(self, history: torch.Tensor) -> torch.Tensor:
+        """(B, d) the last layer's input for dense history rows (eval mode)."""
+        raise NotImplementedError
+
+    def _output_layer(self) -> nn.Linear:
+        raise NotImplementedError
 
     def _l2(self) -> torch.Tensor | float:
         if self.cfg.lam == 0:
@@ -206,6 +248,14 @@ class MultVAE(RowModel):
         mu, _ = self._latent(self._encode_input(UserBatch(users, history)))
         return gather_candidates(_run(self.decoder, mu), items)
 
+    def _before_output(self, history: torch.Tensor) -> torch.Tensor:
+        users = torch.zeros(history.shape[0], dtype=torch.int64, device=history.device)
+        h, _ = self._latent(self._encode_input(UserBatch(users, history)))
+        return _run_hidden(self.decoder, h)
+
+    def _output_layer(self) -> nn.Linear:
+        return self.decoder[-1]
+
 
 class MultDAE(RowModel):
     Config = MultDAEConfig
@@ -227,3 +277,11 @@ class MultDAE(RowModel):
 
     def score(self, users, history, items=None):
         return gather_candidates(self._logits(UserBatch(users, history)), items)
+
+    def _before_output(self, history: torch.Tensor) -> torch.Tensor:
+        users = torch.zeros(history.shape[0], dtype=torch.int64, device=history.device)
+        first = self._encode_input(UserBatch(users, history))
+        return _run_hidden(self.layers, first, first_done=True)
+
+    def _output_layer(self) -> nn.Linear:
+        return self.layers[-1]

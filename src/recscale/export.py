@@ -1,0 +1,229 @@
+"""`recscale export`: a run -> a self-contained bundle directory, the only thing serving reads.
+
+    BUNDLE/manifest.json        what is in the bundle: model, protocol, dataset digest, recscale
+                                version, the graphs with their input/output names, dtypes and shapes
+    BUNDLE/model.onnx           the scoring graph through torch.onnx (dynamo), dynamic batch dimension
+    BUNDLE/model.pt2            the same graph through torch.export
+    BUNDLE/users.parquet        user (contiguous) -> original_id
+    BUNDLE/items.parquet        item (contiguous) -> original_id, title
+    BUNDLE/seen.npz             CSR of every known user's interactions (filtered out of top-k)
+    BUNDLE/history.npz          CSR of what a history model reads for a known user
+    BUNDLE/popularity.npy       training counts per item (the fallback for an empty history)
+    BUNDLE/users.onnx|.pt2 + item_vectors.npy   with a dot-product score: the user-vector graph and
+                                the item vectors for a retrieval index (FAISS)
+
+Graphs: models that read a history export `history (B, I) float32 -> scores (B, I)`; pairwise
+models (NeuMF, GMF, MLP, embedding MLP) `user (N,) int64, item (N,) int64 -> score (N,)`.
+Popularity needs no graph (its scores are popularity.npy). Before the bundle is renamed into
+place, ONNX Runtime's scores are checked against PyTorch's on up to 256 inputs (relative 1e-5).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+import torch
+
+from recscale import __version__
+from recscale.errors import RecscaleError
+from recscale.fsutil import atomic_directory
+from recscale.recommend import model_inputs
+from recscale.training.run import load_run
+
+BUNDLE_VERSION = 1
+FORMATS = ("onnx", "torch")
+PARITY_RTOL = 1e-5
+PARITY_ATOL = 1e-6  # for scores that are (nearly) zero, where a relative tolerance means nothing
+
+
+def _require_onnx():
+    try:
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        raise RecscaleError("--format onnx: needs onnx, onnxscript and onnxruntime "
+                            "(pip install 'recscale[export]'), or use --format torch") from None
+
+
+def example_inputs(kind: str, n_users: int, n_items: int, batch: int = 2) -> tuple[torch.Tensor, ...]:
+    """Inputs of a graph of `kind` (rows or pairs) for `batch` examples."""
+    g = torch.Generator().manual_seed(batch)
+    if kind == "rows":
+        return ((torch.rand(batch, n_items, generator=g) < 0.05).float(),)
+    users = torch.randint(n_users, (batch,), generator=g)
+    return (users,) if kind == "users" else (users, torch.randint(n_items, (batch,), generator=g))
+
+
+# the graphs' inputs: history rows, (user, item) pairs, or users alone (a pairwise model's user vectors)
+INPUT_NAMES = {"rows": ["history"], "pairs": ["user", "item"], "users": ["user"]}
+
+
+def _dynamic_shapes(kind: str):
+    batch = torch.export.Dim("batch", min=1, max=2**20)
+    return {name: {0: batch} for name in INPUT_NAMES[kind]}
+
+
+def _signature(kind: str, output: str, width: str) -> dict:
+    inputs = ({"history": {"dtype": "float32", "shape": ["batch", width]}} if kind == "rows" else
+              {name: {"dtype": "int64", "shape": ["batch"]} for name in INPUT_NAMES[kind]})
+    out_shape = ["batch", "items"] if output == "scores" and kind == "rows" else (
+        ["batch"] if output == "scores" else ["batch", "dim"])
+    return {"inputs": inputs, "outputs": {output: {"dtype": "float32", "shape": out_shape}}}
+
+
+def _forward_kwargs(kind: str, inputs: tuple[torch.Tensor, ...]) -> dict:
+    return dict(zip(INPUT_NAMES[kind], inputs))
+
+
+@contextlib.contextmanager
+def _quiet_exporters():
+    """torch.export and the ONNX exporter log their internals (missing torchvision, deprecations):
+    noise for a user who asked for a bundle."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
+
+
+def export_graph(module: torch.nn.Module, kind: str, stem: Path, formats, n_users: int, n_items: int,
+                 output: str) -> list[str]:
+    """Write `stem.pt2` and/or `stem.onnx` for `module`; returns the file names written."""
+    with _quiet_exporters():
+        return _export_graph(module, kind, stem, formats, n_users, n_items, output)
+
+
+def _export_graph(module: torch.nn.Module, kind: str, stem: Path, formats, n_users: int, n_items: int,
+                  output: str) -> list[str]:
+    module = module.eval()
+    example = example_inputs(kind, n_users, n_items)
+    written = []
+    try:
+        program = torch.export.export(module, example, dynamic_shapes=tuple(_dynamic_shapes(kind).values()))
+    except Exception as exc:  # torch.export's own errors: a model it cannot trace
+        raise RecscaleError(f"export: torch.export cannot trace this model: {str(exc).splitlines()[0]}") from None
+    if "torch" in formats:
+        torch.export.save(program, stem.with_suffix(".pt2"))
+        written.append(stem.with_suffix(".pt2").name)
+    if "onnx" in formats:
+        _require_onnx()
+        try:
+            torch.onnx.export(module, example, str(stem.with_suffix(".onnx")), dynamo=True,
+                              input_names=INPUT_NAMES[kind], output_names=[output],
+                              dynamic_shapes=tuple(_dynamic_shapes(kind).values()), verbose=False)
+        except Exception as exc:
+            raise RecscaleError(f"export: the ONNX exporter failed: {str(exc).splitlines()[0]}") from None
+        written.append(stem.with_suffix(".onnx").name)
+        check_parity(module, stem.with_suffix(".onnx"), kind, n_users, n_items, output)
+    return written
+
+
+def onnx_session(path: Path, threads: int = 0):
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # Idle intra-op threads otherwise spin for a while after every run: on a small machine that
+    # takes the CPU from the event loop and the other requests (measured: 10x fewer requests/s)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def check_parity(module: torch.nn.Module, onnx_path: Path, kind: str, n_users: int, n_items: int, output: str,
+                 batch: int = 256) -> float:
+    """ONNX Runtime against PyTorch on `batch` inputs; returns the largest relative difference and
+    raises when it exceeds PARITY_RTOL (beyond PARITY_ATOL)."""
+    session = onnx_session(onnx_path)
+    inputs = example_inputs(kind, n_users, n_items, batch)
+    with torch.no_grad():
+        expected = module(*inputs).numpy()
+    got = session.run([output], {name: t.numpy() for name, t in zip(INPUT_NAMES[kind], inputs)})[0]
+    worst = float(np.max(np.abs(got - expected) / (np.abs(expected) + PARITY_ATOL / PARITY_RTOL)))
+    if worst > PARITY_RTOL:
+        raise RecscaleError(f"export: ONNX Runtime's scores differ from PyTorch's by {worst:.2e} (relative); "
+                            f"use --format torch")
+    return worst
+
+
+def _csr(matrix: sp.csr_matrix, path: Path) -> None:
+    np.savez(path, indptr=matrix.indptr.astype(np.int64), indices=matrix.indices.astype(np.int32),
+             shape=np.array(matrix.shape, dtype=np.int64))
+
+
+def export_run(run: str | Path, out: str | Path, formats=FORMATS, checkpoint: str = "best",
+               overwrite: bool = False) -> dict:
+    """Write the bundle of `run` to `out` (atomically); returns the manifest."""
+    formats = tuple(formats)
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise RecscaleError(f"--format: choose from {', '.join(FORMATS)} (several allowed), got {', '.join(formats)}")
+    if "onnx" in formats:
+        _require_onnx()
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise RecscaleError(f"{out}: already exists (pass --overwrite to replace it)")
+    loaded = load_run(run, "cpu", checkpoint)
+    model, data, cfg = loaded.model.eval(), loaded.data, loaded.config
+    kind = model.scoring_kind
+    scorer = model.scoring_module()
+    retrieval = model.retrieval()
+    inputs, seen = model_inputs(data)
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        graphs = {}
+        if scorer is not None:
+            files = export_graph(scorer, kind, tmp / "model", formats, data.n_users, data.n_items, "scores")
+            graphs["scores"] = {"files": files, **_signature(kind, "scores", "items")}
+        if retrieval is not None:
+            vector_kind = "rows" if kind == "rows" else "users"
+            files = export_graph(retrieval.user_module, vector_kind, tmp / "users", formats, data.n_users,
+                                 data.n_items, "vectors")
+            np.save(tmp / "item_vectors.npy", retrieval.item_vectors.float().numpy())
+            graphs["user_vectors"] = {"files": files, "item_vectors": "item_vectors.npy",
+                                      "dim": int(retrieval.item_vectors.shape[1]),
+                                      **_signature(vector_kind, "vectors", "items")}
+        users = data.table("users").select("user", "original_id")
+        users.write_parquet(tmp / "users.parquet")
+        items = data.table("items")
+        items.select("item", "original_id", *(["title"] if "title" in items.columns else [])).write_parquet(
+            tmp / "items.parquet")
+        _csr(seen, tmp / "seen.npz")
+        _csr(inputs, tmp / "history.npz")
+        popularity = np.asarray(data.user_items("train").sum(axis=0)).ravel().astype(np.float32)
+        np.save(tmp / "popularity.npy", popularity)
+        meta_digest = hashlib.sha256((data.root / "meta.json").read_bytes()).hexdigest()
+        manifest = {
+            "bundle_version": BUNDLE_VERSION, "recscale_version": __version__,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "run": str(Path(run).absolute()), "checkpoint": loaded.checkpoint,
+            "model": cfg.model, "model_config": _plain(loaded.model_config), "kind": kind,
+            "protocol": data.protocol, "dataset": {"name": data.meta["source"]["dataset"], "meta_sha256": meta_digest},
+            "n_users": data.n_users, "n_items": data.n_items, "fold_in": kind == "rows",
+            "formats": list(formats), "graphs": graphs,
+            "retrieval": retrieval is not None,
+            "files": sorted(p.name for p in tmp.iterdir()) + ["manifest.json"],
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _plain(cfg) -> dict:
+    import dataclasses
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+

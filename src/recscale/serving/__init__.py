@@ -1,0 +1,1 @@
+"""Serving a bundle (export.py) over HTTP: the bundle reader, a micro-batcher, the FastAPI app."""

@@ -1,0 +1,235 @@
+"""Export and serving (issue 16): bundles with ONNX / torch.export graphs whose scores equal
+PyTorch's, and an HTTP service that answers like `recscale recommend`, folds in new users, refuses
+bad requests with a 4xx and scores concurrent requests together."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import recscale
+from recscale.config import PrepareConfig
+from recscale.data.prepare import prepare
+from recscale.export import INPUT_NAMES, example_inputs, export_run, onnx_session
+from recscale.serving.app import create_app
+from recscale.serving.bundle import Bundle
+from tests.conftest import synthetic_raw
+
+httpx = pytest.importorskip("httpx")
+from fastapi.testclient import TestClient  # noqa: E402
+
+QUICK = {"epochs": 1, "device": "cpu", "progress": False}
+TRAIN = {  # model -> (protocol, settings)
+    "neumf": ("ncf", {"batch_size": 256}), "gmf": ("ncf", {"batch_size": 256}), "mlp": ("ncf", {"batch_size": 256}),
+    "embedding-mlp": ("ncf", {"batch_size": 256}), "multvae": ("vae", {}), "multdae": ("vae", {}),
+    "autoencoder": ("vae", {}), "ease": ("vae", {}), "popularity": ("ncf", {}),
+}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    raw = synthetic_raw(n_users=80, n_items=60, per_user=20)
+    from recscale.data.raw import RawDataset
+    import polars as pl
+    items = pl.DataFrame({"item": np.arange(1000, 1060), "title": [f"film {i}" for i in range(60)],
+                          "genres": [[f"g{i % 4}", f"g{i % 7}"] for i in range(60)]})
+    raw = RawDataset("synthetic", raw.interactions, items, ())
+    prepare(raw, PrepareConfig(protocol="ncf", test_negatives=10), root / "ncf")
+    prepare(raw, PrepareConfig(protocol="vae", min_rating=1, heldout_users=8), root / "vae")
+    return root
+
+
+@pytest.fixture(scope="module")
+def bundles(data, tmp_path_factory):
+    """model -> (run directory, bundle directory with ONNX and torch.export graphs)."""
+    root = tmp_path_factory.mktemp("bundles")
+    cache = {}
+
+    def get(name: str):
+        if name not in cache:
+            protocol, settings = TRAIN[name]
+            run = recscale.train(data / protocol, name, root / f"run-{name}", **QUICK, **settings)
+            export_run(run.path, root / f"bundle-{name}")
+            cache[name] = (run.path, root / f"bundle-{name}")
+        return cache[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", [m for m in TRAIN if m != "popularity"])
+def test_export_round_trip_and_onnx_parity(bundles, name):
+    run, bundle = bundles(name)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert {"model.onnx", "model.pt2", "users.parquet", "items.parquet", "seen.npz", "popularity.npy"} <= set(
+        manifest["files"]) and manifest["model"] == name
+    model = recscale.load_run(run, "cpu").model.eval()
+    scorer = model.scoring_module().eval()
+    session = onnx_session(bundle / "model.onnx")
+    program = torch.export.load(bundle / "model.pt2").module()
+    kind = manifest["kind"]
+    for batch in (1, 7, 1000):  # the batch dimension is dynamic
+        inputs = example_inputs(kind, manifest["n_users"], manifest["n_items"], batch)
+        with torch.no_grad():
+            expected = scorer(*inputs).numpy()
+            exported = program(*inputs).numpy()
+        got = session.run(["scores"], {n: t.numpy() for n, t in zip(INPUT_NAMES[kind], inputs)})[0]
+        assert got.shape == expected.shape and got.shape[0] == batch
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(exported, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_popularity_needs_no_graph_and_unknown_runs_are_one_line(bundles, tmp_path, capsys):
+    _, bundle = bundles("popularity")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["graphs"] == {} and manifest["kind"] is None
+    from recscale.cli import main
+    assert main(["export", "--run", str(tmp_path / "nope"), "--out", str(tmp_path / "b")]) == 2
+    assert "not a run directory" in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
+def _recommend_cli(run: Path, users: list, tmp_path: Path) -> dict:
+    from recscale.cli import main
+    (tmp_path / "users.txt").write_text("".join(f"{u}\n" for u in users))
+    assert main(["recommend", "--run", str(run), "--users", str(tmp_path / "users.txt"), "--k", "10",
+                 "--out", str(tmp_path / "recs.tsv")]) == 0
+    out: dict = {}
+    for line in (tmp_path / "recs.tsv").read_text().splitlines()[1:]:
+        user, _, item, score, _ = line.split("\t")
+        out.setdefault(user, []).append((item, float(score)))
+    return out
+
+
+def _same_top(served: list, expected: list, tolerance: float = 1e-4) -> bool:
+    """Equal lists, or lists that differ only among items whose scores are within `tolerance` of each
+    other (ONNX Runtime's float rounding can swap near-ties)."""
+    if [i for i, _ in served] == [i for i, _ in expected]:
+        return True
+    return all(abs(a[1] - b[1]) <= tolerance * max(1.0, abs(b[1])) for a, b in zip(served, expected))
+
+
+@pytest.mark.parametrize("name", ["multvae", "neumf", "popularity"])
+def test_the_service_answers_like_recscale_recommend(bundles, tmp_path, name):
+    run, bundle = bundles(name)
+    users = [str(u) for u in Bundle(bundle).user_ids.tolist()[:50]]
+    expected = _recommend_cli(run, users, tmp_path)
+    with TestClient(create_app(bundle)) as client:
+        for user in users:
+            response = client.post("/recommend", json={"user": user, "k": 10})
+            assert response.status_code == 200, response.text
+            served = [(str(i["item"]), i["score"]) for i in response.json()["items"]]
+            assert _same_top(served, expected[user]), (user, served, expected[user])
+
+
+@pytest.mark.parametrize("name", ["multvae", "multdae", "autoencoder", "ease"])
+def test_folding_in_a_training_users_history_gives_that_users_top_k(bundles, name):
+    _, bundle = bundles(name)
+    opened = Bundle(bundle)
+    with TestClient(create_app(bundle)) as client:
+        for user in range(0, 40, 7):
+            items = opened.item_ids[opened.history[user].indices].tolist()
+            if not items:
+                continue
+            known = client.post("/recommend", json={"user": opened.user_ids[user].item(), "k": 10}).json()
+            folded = client.post("/recommend", json={"items": items, "k": 10}).json()
+            assert [i["item"] for i in folded["items"]] == [i["item"] for i in known["items"]]
+            assert not folded["fallback"]
+        empty = client.post("/recommend", json={"items": [], "k": 3}).json()
+        assert empty["fallback"] and len(empty["items"]) == 3
+
+
+def test_bad_requests_get_a_one_line_4xx(bundles):
+    _, vae = bundles("multvae")
+    _, neumf = bundles("neumf")
+    opened = Bundle(vae)
+    user, item = opened.user_ids[0].item(), opened.item_ids[0].item()
+    cases = [
+        (vae, "/recommend", b'{"user": ', 422, "malformed JSON"),
+        (vae, "/recommend", {"user": user, "k": 0}, 422, "k: Input should be greater than or equal to 1"),
+        (vae, "/recommend", {"user": user, "k": 1001}, 422, "k: Input should be less than or equal to 1000"),
+        (vae, "/recommend", {"items": [item] * 10_001}, 422, "items: List should have at most 10000 items"),
+        (vae, "/recommend", {"items": [item, "no-such-item"]}, 422, "unknown item id(s): 'no-such-item'"),
+        (vae, "/recommend", {"user": "no-such-user"}, 404, "unknown user 'no-such-user'"),
+        (vae, "/recommend", {"user": user, "items": [item]}, 422, "give exactly one of user"),
+        (vae, "/recommend", {}, 422, "give exactly one of user"),
+        (vae, "/recommend", {"user": user, "limit": 3}, 422, "limit: Extra inputs are not permitted"),
+        (vae, "/score", {"user": user, "candidates": []}, 422, "candidates: List should have at least 1 item"),
+        (vae, "/recommend", b"x" * (1 << 20 + 1), 413, "request body over"),
+        (neumf, "/recommend", {"items": [Bundle(neumf).item_ids[0].item()]}, 422, "neumf cannot fold in a new user"),
+    ]
+    for bundle, path, body, status, fragment in cases:
+        with TestClient(create_app(bundle)) as client:
+            response = (client.post(path, content=body, headers={"content-type": "application/json"})
+                        if isinstance(body, bytes) else client.post(path, json=body))
+            assert response.status_code == status, (body if not isinstance(body, bytes) else body[:20], response.text)
+            error = response.json()["error"]
+            assert fragment in error and "\n" not in error, error
+
+
+def test_retrieval_through_an_exact_index_equals_the_graphs_top_k(bundles):
+    for name in ("gmf", "multvae"):
+        _, bundle = bundles(name)
+        opened = Bundle(bundle)
+        with TestClient(create_app(bundle)) as exact, TestClient(create_app(bundle, index="flat")) as indexed:
+            for user in opened.user_ids.tolist()[:20]:
+                a = exact.post("/recommend", json={"user": user, "k": 5}).json()["items"]
+                b = indexed.post("/recommend", json={"user": user, "k": 5}).json()["items"]
+                retrieved = [i["item"] for i in b]
+                # the index ranks by inner product (the score up to a per-user constant): the same items,
+                # up to swaps of near-ties, whose graph scores then agree
+                scores = exact.post("/score", json={"user": user, "candidates": retrieved}).json()["scores"]
+                assert _same_top([(i["item"], i["score"]) for i in scores], [(i["item"], i["score"]) for i in a]), \
+                    (name, user, retrieved, a)
+    _, neumf = bundles("neumf")
+    from recscale.errors import RecscaleError
+    with pytest.raises(RecscaleError, match="its tower mixes them"):
+        create_app(neumf, index="flat")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_the_real_server_answers_200_concurrent_requests_correctly(bundles):
+    _, bundle = bundles("multvae")
+    opened = Bundle(bundle)
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "recscale", "serve", "--bundle", str(bundle), "--port", str(port),
+                               "--max-batch", "16"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        users = [opened.user_ids[n % opened.n_users].item() for n in range(200)]
+        with httpx.Client(timeout=30) as client:
+            expected = {u: client.post(f"{base}/recommend", json={"user": u, "k": 5}).json()["items"] for u in set(users)}
+
+        def ask(user):
+            with httpx.Client(timeout=30) as client:
+                return user, client.post(f"{base}/recommend", json={"user": user, "k": 5})
+
+        with concurrent.futures.ThreadPoolExecutor(32) as pool:
+            answers = list(pool.map(ask, users))
+        assert all(r.status_code == 200 and r.json()["items"] == expected[u] for u, r in answers)
+        stats = httpx.get(f"{base}/metadata").json()
+        assert stats["requests_scored"] >= 200 + len(expected) and stats["batches"] < stats["requests_scored"]
+    finally:
+        server.terminate()
+        server.wait(30)
