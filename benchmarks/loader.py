@@ -8,7 +8,8 @@ Data: a synthetic NCF training set of `rows` rows, 1 positive to 4 negatives (us
 - in-memory: TensorLoader over those tensors (one gather per epoch, slices per batch), full epochs;
 - pairs: PairLoader from the positives alone, sampling the 4 negatives per epoch (more work than
   reading them);
-- streaming: ParquetStreamLoader over the same rows in a Parquet file, a buffer of 2 row groups;
+- streaming: StreamPairLoader (`--data-loading stream`) over the positives' CSR files on disk, reading
+  windows of 1/20 of the positives and sampling their negatives exactly, as `pairs` does;
 - naive: Dataset.__getitem__ per example + default collate, timed over a few batches.
 Each figure is the median of `--repeats` runs in this one process. Peak memory of streaming against
 in-memory is measured in child processes (peak RSS minus the RSS after imports).
@@ -32,7 +33,8 @@ from common import machine, median_time, peak_rss_mib, table, write_section  # n
 
 from recscale.data.batch import PairBatch  # noqa: E402
 from recscale.data.loaders import PairLoader, Prefetcher, TensorLoader, UserRowLoader  # noqa: E402
-from recscale.data.streaming import ParquetStreamLoader  # noqa: E402
+from recscale.data.csr import CSRFile, write_csr  # noqa: E402
+from recscale.data.stream_loaders import StreamPairLoader  # noqa: E402
 
 N_USERS, N_ITEMS = 138_493, 26_744
 
@@ -97,17 +99,30 @@ def prefetch_ratio(repeats: int) -> tuple[float, float]:
     return plain, fetched
 
 
-def memory_child(kind: str, path: str, batch: int) -> None:
+def write_positives(users: torch.Tensor, items: torch.Tensor, root: Path) -> Path:
+    """The distinct positives as a prepared training split's CSR files (what streaming reads)."""
+    frame = pl.DataFrame({"user": users.numpy().astype(np.int32), "item": items.numpy().astype(np.int32)})
+    frame = frame.unique().sort("user", "item").with_columns(pl.lit(1.0, pl.Float32).alias("rating"))
+    frame.write_parquet(root / "train.parquet")
+    write_csr(root / "train.parquet", root, "train", N_USERS)
+    return root
+
+
+def stream_loader(root: str, batch: int) -> StreamPairLoader:
+    csr = CSRFile(Path(root), "train", N_ITEMS, memory=False)
+    return StreamPairLoader(csr, batch, window=max(1, csr.nnz // 20), negatives=4)
+
+
+def memory_child(kind: str, root: str, batch: int) -> None:
     """Run one epoch of a loader in this (child) process and print the peak RSS it added."""
     base = peak_rss_mib()
-    cols = {"users": "user", "items": "item", "labels": "label"}
     if kind == "streaming":
-        loader = ParquetStreamLoader(path, cols, PairBatch, batch, buffer_row_groups=2)
+        loader = stream_loader(root, batch)
     else:
-        frame = pl.read_parquet(path)
-        tensors = {k: torch.from_numpy(frame[c].to_numpy().copy()) for k, c in cols.items()}
+        frame = pl.read_parquet(Path(root) / "train.parquet")
+        users, items = (torch.from_numpy(frame[c].to_numpy().astype(np.int64)) for c in ("user", "item"))
         del frame
-        loader = TensorLoader(tensors, PairBatch, batch)
+        loader = PairLoader(users, items, N_ITEMS, batch, negatives=4)
     consume(loader)
     print(f"{peak_rss_mib() - base:.0f}")
 
@@ -127,10 +142,7 @@ def main() -> None:
     torch.set_num_threads(torch.get_num_threads())
     (pos_u, pos_i), (u, i, y) = synthetic_pairs(args.rows)
     tmp = Path(tempfile.mkdtemp())
-    path = tmp / "pairs.parquet"
-    group = max(1, args.rows // 40)  # 40 row groups; the buffer holds 2 of them (1/20 of the file)
-    pl.DataFrame({"user": u.numpy(), "item": i.numpy(), "label": y.numpy()}).write_parquet(path, row_group_size=group)
-    cols = {"users": "user", "items": "item", "labels": "label"}
+    root = write_positives(pos_u, pos_i, tmp)
 
     rows = []
     for batch in [int(b) for b in args.batch_sizes.split(",")]:
@@ -139,7 +151,7 @@ def main() -> None:
                      args.repeats, naive_batches)
         memory = rate(lambda: TensorLoader({"users": u, "items": i, "labels": y}, PairBatch, batch), args.repeats)
         pairs = rate(lambda: PairLoader(pos_u, pos_i, N_ITEMS, batch, negatives=4), args.repeats)
-        stream = rate(lambda: ParquetStreamLoader(path, cols, PairBatch, batch, buffer_row_groups=2), args.repeats)
+        stream = rate(lambda: stream_loader(str(root), batch), args.repeats)
         rows.append([f"{batch:,}", f"{naive / 1e6:.3f}", f"{memory / 1e6:.1f} ({memory / naive:.0f}x)",
                      f"{pairs / 1e6:.1f} ({pairs / naive:.0f}x)", f"{stream / 1e6:.1f} ({stream / naive:.0f}x)"])
         print(rows[-1], flush=True)
@@ -147,12 +159,11 @@ def main() -> None:
     batch = 65_536
     mem = {}
     for kind in ("memory", "streaming"):
-        out = subprocess.run([sys.executable, __file__, "--child", kind, str(path), str(batch)],
+        out = subprocess.run([sys.executable, __file__, "--child", kind, str(root), str(batch)],
                              capture_output=True, text=True, check=True)
         mem[kind] = float(out.stdout.strip().splitlines()[-1])
-    file_mib = path.stat().st_size / 2**20
+    file_mib = sum(f.stat().st_size for f in tmp.glob("train.*.npy")) / 2**20
     raw_mib = args.rows * (8 + 8 + 4) / 2**20
-    buffer_mib = 2 * group * (8 + 8 + 4) / 2**20
     print(mem)
     plain, fetched = prefetch_ratio(args.repeats)
 
@@ -164,11 +175,12 @@ the same run. Naive: `Dataset.__getitem__` + `DataLoader(batch_size=B, shuffle=T
 {args.naive_samples:,} examples per run. *pairs* samples its 4 negatives per positive every epoch
 (vectorized rejection of positives), so it does strictly more work than reading them.
 
-{table(["batch", "naive", "in-memory", "pairs (sampling negatives)", "streaming Parquet"], rows)}
+{table(["batch", "naive", "in-memory", "pairs (sampling negatives)", "streaming (CSR files on disk)"], rows)}
 
-Streaming memory bound, one epoch at batch {batch:,}: the Parquet file is {file_mib:.0f} MiB on disk and
-{raw_mib:.0f} MiB as tensors; the shuffle buffer holds 2 of its 40 row groups ({buffer_mib:.0f} MiB). Peak
-RSS added by the loader: in-memory {mem['memory']:.0f} MiB, streaming {mem['streaming']:.0f} MiB.
+Streaming memory bound, one epoch at batch {batch:,}: the positives' CSR files are {file_mib:.0f} MiB on
+disk, the in-memory epoch {raw_mib:.0f} MiB as tensors; streaming reads windows of 1/20 of the positives
+and samples their negatives from the window users' rows. Peak RSS added by the loader: in-memory
+(PairLoader) {mem['memory']:.0f} MiB, streaming {mem['streaming']:.0f} MiB.
 
 Prefetch (`Prefetcher`) on CPU, Mult-VAE-like epoch (20,000 users x 20,000 items, CSR rows made dense
 per batch of 500, a 20,000 x 600 matmul as the step): {plain:.2f} s without, {fetched:.2f} s with the

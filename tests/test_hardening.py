@@ -85,8 +85,8 @@ def test_a_stop_signal_ends_even_a_step_that_never_finishes(tmp_path):
         run.STOP_GRACE_SECONDS = 1.0
         class Stuck:
             stop_signal = None
-        print("ready", flush=True)
         with run.graceful_stop(Stuck()):
+            print("ready", flush=True)  # the handler is in place
             time.sleep(120)  # a step that does not end
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

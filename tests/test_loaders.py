@@ -1,8 +1,6 @@
 """Loaders: coverage and equal batch counts per rank, reproducible epochs, correct batch content."""
 
 import numpy as np
-import polars as pl
-import pyarrow.parquet as pq
 import pytest
 import scipy.sparse as sp
 import torch
@@ -11,7 +9,6 @@ from recscale.data.batch import PairBatch
 from recscale.data.batch import multi_hot_batch
 from recscale.data.loaders import PairLoader, Prefetcher, TabularLoader, TensorLoader, UserRowLoader, csr_rows_dense
 from recscale.data.sampling import is_positive
-from recscale.data.streaming import ParquetStreamLoader
 
 
 
@@ -117,45 +114,3 @@ def test_prefetcher_yields_the_same_batches_and_raises_loader_errors():
 
     with pytest.raises(RuntimeError, match="bad shard"):
         list(Prefetcher(Broken(), "cpu"))
-
-
-def _parquet(tmp_path, n=10_000, group=700):
-    frame = pl.DataFrame({"user": np.arange(n), "item": np.arange(n) % 97, "label": np.ones(n, np.float32)})
-    path = tmp_path / "pairs.parquet"
-    frame.write_parquet(path, row_group_size=group)
-    return path
-
-
-@pytest.mark.parametrize("world", [1, 2, 5])
-def test_streaming_loader_shards_equally_and_never_repeats(tmp_path, world):
-    path = _parquet(tmp_path)
-    cols = {"users": "user", "items": "item", "labels": "label"}
-    seen, counts = [], set()
-    for rank in range(world):
-        loader = ParquetStreamLoader(path, cols, PairBatch, batch_size=256, buffer_row_groups=2, seed=0,
-                                     rank=rank, world_size=world)
-        batches = list(loader)
-        counts.add(len(batches))
-        assert len(batches) == len(loader) and all(len(b) == 256 for b in batches)
-        seen += torch.cat([b.users for b in batches]).tolist()
-        assert all(torch.equal(b.items, b.users % 97) for b in batches)  # rows stay whole
-    assert len(counts) == 1
-    assert len(seen) == len(set(seen)) and len(seen) > 10_000 - world * (700 + 256)
-
-
-def test_streaming_reads_at_most_the_buffer_at_once(tmp_path, monkeypatch):
-    path = _parquet(tmp_path)
-    sizes = []
-    original = pq.ParquetFile.read_row_groups
-
-    def spy(self, groups, **kwargs):
-        sizes.append(len(groups))
-        return original(self, groups, **kwargs)
-
-    monkeypatch.setattr(pq.ParquetFile, "read_row_groups", spy)
-    loader = ParquetStreamLoader(path, {"users": "user", "items": "item", "labels": "label"}, PairBatch,
-                                 batch_size=100, buffer_row_groups=3)
-    first = [b.users for b in loader]
-    assert max(sizes) == 3 and len(sizes) > 3
-    loader.set_epoch(0)
-    assert all(torch.equal(a, b.users) for a, b in zip(first, loader))

@@ -24,7 +24,7 @@ import polars as pl
 
 from recscale.config import Layer, PrepareConfig, RunConfig, build, read_config_file, run_field_owner, run_layers
 from recscale.data.formats import read_format
-from recscale.data.prepare import prepare as prepare_dataset
+from recscale.data.outofcore import ScanSource, embedded_source, format_source, prepare_input, ratings_source
 from recscale.data.prepared import PreparedDataset
 from recscale.data.raw import RawDataset
 from recscale.data.readers import frame_interactions, read_interactions
@@ -52,6 +52,18 @@ def _raw(source: Any, format: str | None) -> RawDataset:
     return load_dataset(str(source))
 
 
+def _scan(source: Any, format: str | None) -> ScanSource | None:
+    """`source` as a lazily scanned input for the streaming engine (None: read in memory only)."""
+    if isinstance(source, (RawDataset, pl.DataFrame)):
+        return None
+    if format is not None:
+        return format_source(format, source)
+    path = Path(str(source))
+    if path.is_file():
+        return ratings_source(path, "\t" if path.suffix in (".tsv", ".tab") else ",")
+    return embedded_source() if str(source) == "ml-latest-small" else None
+
+
 def prepare(source: Any, out: str | Path, protocol: str = "ncf", *, format: str | None = None,
             overwrite: bool = False, **options: Any) -> PreparedDataset:
     """Prepare `source` (a dataset name such as 'ml-latest-small', a CSV/TSV/Parquet file of
@@ -59,7 +71,7 @@ def prepare(source: Any, out: str | Path, protocol: str = "ncf", *, format: str 
     with user/item[/rating/timestamp] columns, or a RawDataset) under `protocol` into `out`;
     `options` are `recscale prepare`'s settings (seed, test_negatives, tie_break, ...)."""
     cfg = build(PrepareConfig, Layer({"protocol": protocol, **options}, "prepare()"))
-    prepare_dataset(_raw(source, format), cfg, out, overwrite=overwrite)
+    prepare_input(lambda: _raw(source, format), lambda: _scan(source, format), cfg, out, overwrite, what=str(source))
     return PreparedDataset(out)
 
 

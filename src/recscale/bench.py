@@ -14,7 +14,7 @@ from recscale.config import Layer, RunConfig
 from recscale.data.prepared import PreparedDataset
 from recscale.errors import RecscaleError
 from recscale.fsutil import atomic_file
-from recscale.training.build import build_model, build_trainer, pick_device, seeded
+from recscale.training.build import build_model, build_trainer, open_data, pick_device, resolve_data_loading, seeded
 
 
 def peak_memory_mib(device: torch.device) -> float:
@@ -28,7 +28,8 @@ def benchmark(cfg: RunConfig, model_params: Layer | dict, untimed_epochs: int = 
         raise RecscaleError(f"--untimed-epochs: must be >= 0, got {untimed_epochs}")
     if cfg.epochs <= untimed_epochs:
         raise RecscaleError(f"--epochs: need more than --untimed-epochs ({untimed_epochs}) epochs to time")
-    data = PreparedDataset(cfg.data)
+    cfg = resolve_data_loading(cfg, PreparedDataset(cfg.data))
+    data = open_data(cfg)
     device = pick_device(cfg.system.device)
     with seeded(cfg.system.seed, device):
         model, _ = build_model(cfg, model_params, data)

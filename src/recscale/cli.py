@@ -19,7 +19,8 @@ from recscale.config import (MAX_K, EvalConfig, Layer, PrepareConfig, add_argume
                              read_config_file, run_flags, run_layers, tomllib)
 from recscale.data.download import cache_root, dataset_dir, ensure_dataset, parse_checksums
 from recscale.data.formats import FORMATS, read_format
-from recscale.data.prepare import dataset_notes, prepare
+from recscale.data.outofcore import ScanSource, embedded_source, format_source, prepare_input, ratings_source
+from recscale.data.prepare import dataset_notes
 from recscale.data.presplit import import_split, read_ncf_paper
 from recscale.data.raw import RawDataset
 from recscale.data.readers import read_interactions, read_movies_csv
@@ -29,6 +30,7 @@ from recscale.errors import RecscaleError
 from recscale.evaluation.report import format_table
 from recscale.models.registry import MODELS
 from recscale.recommend import read_user_file
+from recscale.resources import limit_threads
 from recscale.training.build import resolve_run_config
 
 
@@ -55,6 +57,28 @@ def _raw_from_args(args) -> RawDataset:
     movies = read_movies_csv(args.movies) if args.movies else None
     files = tuple(Path(p) for p in (args.ratings, args.movies) if p)
     return RawDataset(Path(args.ratings).stem, ratings, movies, files)
+
+
+def _scan_from_args(args) -> ScanSource | None:
+    """The input of `prepare` as a lazily scanned source, for the streaming engine (None: the
+    input's format is read in memory only)."""
+    if sum(map(bool, (args.dataset, args.ratings, args.format))) != 1:
+        _raw_from_args(args)  # the one-line error for the flags
+    if args.ratings:
+        movies = read_movies_csv(args.movies) if args.movies else None
+        return ratings_source(args.ratings, _separator(args.sep, args.ratings), args.user_col, args.item_col,
+                              args.rating_col, args.time_col, movies)
+    if args.dataset == "ml-latest-small" and not args.raw_dir:
+        return embedded_source()
+    if args.format:
+        return format_source(args.format, args.raw_dir) if args.raw_dir else None
+    if args.dataset in REMOTES:
+        remote = REMOTES[args.dataset]
+        if args.raw_dir is None and not remote.urls:
+            return None
+        root = args.raw_dir or ensure_dataset(remote, checksums=parse_checksums(args.sha256))
+        return format_source(remote.format, root)
+    return format_source("movielens-csv", args.raw_dir) if args.dataset == "ml-latest-small" else None
 
 
 def _read_interactions_file(args, path: str):
@@ -109,7 +133,10 @@ def cmd_prepare(args) -> int:
             raise RecscaleError("--protocol: the NCF paper's split is an ncf split")
         meta = _import_ncf_paper(args, cfg)
     else:
-        meta = prepare(_raw_from_args(args), cfg, args.out, overwrite=args.overwrite)
+        meta, engine = prepare_input(lambda: _raw_from_args(args), lambda: _scan_from_args(args), cfg, args.out,
+                                     args.overwrite, what=args.dataset or args.format or args.ratings)
+        if engine == "stream":
+            print("engine: stream (bounded memory)", file=sys.stderr)
     counts = ", ".join(f"{k}={v}" for k, v in meta["counts"].items())
     print(f"prepared {meta['source']['dataset']} ({cfg.protocol}) in {time.perf_counter() - started:.1f}s "
           f"-> {args.out}\n  {counts}")
@@ -204,6 +231,36 @@ def cmd_train(args) -> int:
     record = run.best
     print(f"trained {cfg.model} -> {args.out}")
     print(format_table({f"{cfg.model} ({record['split']})": record}, cfg.eval.ks, record["protocol"]))
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from recscale.resources import usable_cpus
+    from recscale.training.build import model_class
+    from recscale.tuning.space import parse_space, read_space
+    from recscale.tuning.study import TuneJob, tune
+    for flag, value, low in (("--trials", args.trials, 1), ("--jobs", args.jobs, 1)):
+        if value < low:
+            raise RecscaleError(f"{flag}: must be >= {low}, got {value}")
+    if args.timeout is not None and not args.timeout > 0:
+        raise RecscaleError(f"--timeout: must be > 0 seconds, got {args.timeout}")
+    cfg, params = resolve_flags(args)
+    cls = model_class(cfg.model)
+    fields = {f.name for f in dataclasses.fields(cls.Config)}
+    if args.space:
+        space = read_space(args.space, fields)
+    elif cls.tune_space:
+        space = parse_space(f"{cfg.model}'s default space", cls.tune_space, fields)
+    else:
+        raise RecscaleError(f"--space: {cfg.model} has no hyperparameters to tune by default; give a space file")
+    cfg = cfg.replace(data=str(Path(cfg.data).absolute()))
+    job = TuneJob(Path(args.out), [Layer(cfg.flat(), "flags")], params, space, cfg.model, args.trials, args.timeout,
+                  cfg.system.seed, max(1, usable_cpus() // args.jobs))
+    summary = tune(job, args.jobs)
+    print((Path(args.out) / "trials.tsv").read_text(), end="")
+    print(f"best: trial {summary['best_trial']} ({summary['best_value']:.4f}), {summary['complete']} complete, "
+          f"{summary['pruned']} pruned of {summary['trials']}; reproduce with: recscale train --config "
+          f"{Path(args.out) / 'best.toml'} --out runs/best")
     return 0
 
 
@@ -369,6 +426,7 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "recommend": cmd_recommend,
     "benchmark": cmd_benchmark,
+    "tune": cmd_tune,
     "datasets": cmd_datasets,
     "export": cmd_export,
     "serve": cmd_serve,
@@ -461,6 +519,15 @@ def make_parser() -> argparse.ArgumentParser:
             p.add_argument("--all", action="store_true", help="every user of the dataset")
             p.add_argument("--out", required=True, help="recs.tsv or recs.parquet")
 
+    p = sub.add_parser("tune", help="search hyperparameters with Optuna (each trial a training run)",
+                       epilog=models_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_train_arguments(p)
+    p.add_argument("--space", help="TOML search space [default: the model's own]")
+    p.add_argument("--trials", type=int, default=20, help="trials to finish (complete or pruned) [default: 20]")
+    p.add_argument("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
+    p.add_argument("--jobs", type=int, default=1, help="trials in parallel, as processes sharing the CPUs [default: 1]")
+    p.add_argument("--out", required=True, help="study directory (study.db, trials/, trials.tsv, best.toml)")
+
     p = sub.add_parser("benchmark", help="time training epochs and validation of a model",
                        epilog=models_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     add_train_arguments(p)
@@ -513,6 +580,7 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     args.argv = argv
     try:
+        limit_threads()
         return COMMANDS[args.command](args)
     except RecscaleError as exc:
         if args.debug:

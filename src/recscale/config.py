@@ -116,6 +116,15 @@ class Checked:
         """Checks that involve several fields; raise ConfigError naming the field to change."""
 
 
+def _size_problem(value: str) -> str:
+    from recscale.resources import memory_budget
+    try:
+        memory_budget(value)
+    except RecscaleError as exc:
+        return str(exc).split(": ", 1)[1]
+    return ""
+
+
 # ----------------------------------------------------------------------------- prepare
 
 PROTOCOLS = ("ncf", "vae", "random")
@@ -150,6 +159,11 @@ class PrepareConfig(Checked):
     ratios: tuple[float, float, float] = option((0.8, 0.1, 0.1), "random: train,valid,test "
                                                 "fractions of each user's interactions",
                                                 check=each(non_negative))
+    engine: str = option("auto", "memory (read the whole log), stream (Polars' streaming engine and "
+                         "partitioned passes: memory stays bounded), or auto (stream when the in-memory "
+                         "path would need more than --memory-budget)", choices=("auto", "memory", "stream"))
+    memory_budget: str = option("auto", "memory this command may use, e.g. 4GiB (auto: half of what is "
+                                "available)", check=lambda v: _size_problem(v))
 
     def relations(self) -> None:
         if abs(sum(self.ratios) - 1) > 1e-6:
@@ -220,6 +234,12 @@ class LoaderConfig(Checked):
                              check=in_range(1, MAX_COUNT, high_inclusive=True))
     negatives: int = option(4, "pairs models: sampled negatives per positive and epoch",
                             check=in_range(1, MAX_NEGATIVES, high_inclusive=True))
+    data_loading: str = option("auto", "memory (the training split in RAM), stream (read from the prepared "
+                               "files as needed: memory stays bounded), or auto (stream when the split would take "
+                               "more than --memory-budget); both give the same batches",
+                               choices=("auto", "memory", "stream"))
+    memory_budget: str = option("auto", "memory the training data may take, e.g. 4GiB (auto: half of what is "
+                                "available)", check=lambda v: _size_problem(v))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -77,8 +77,8 @@ def _arrow_type(ids: np.ndarray) -> pa.DataType:
 def model_inputs(data: PreparedDataset):
     """(what a model reads of each user, everything the user is known to have interacted with):
     CSR matrices over all users. Under vae the held-out users' held-out items are seen, not read."""
-    seen = data.user_items(*history_splits(data))
-    inputs = seen if data.protocol != "vae" else data.user_items(*[p for p in history_splits(data) if "heldout" not in p])
+    seen = data.rows(*history_splits(data))
+    inputs = seen if data.protocol != "vae" else data.rows(*[p for p in history_splits(data) if "heldout" not in p])
     return inputs, seen
 
 
@@ -92,7 +92,7 @@ def recommendation_batches(model: Recommender, data: PreparedDataset, users: np.
     k = min(k, data.n_items)
     user_ids, item_ids = data.original_user_ids(), data.original_item_ids()
     history_size = np.diff(inputs.indptr)
-    popularity = torch.from_numpy(np.asarray(data.user_items("train").sum(axis=0)).ravel()).float().to(device)
+    popularity = torch.from_numpy(np.asarray(data.rows("train").sum(axis=0)).ravel()).float().to(device)
     for start in range(0, users.size, batch_size):
         u = users[start:start + batch_size]
         history = dense_rows(inputs, u, device) if model.needs_history else None

@@ -15,7 +15,6 @@ batch on every rank is dropped (each example at most once per epoch).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import queue
 import threading
@@ -26,7 +25,6 @@ import torch
 
 from recscale.data.batch import PairBatch, TabularBatch, UserBatch, multi_hot_batch
 from recscale.data.sampling import NegativeSampler
-from recscale.errors import RecscaleError
 
 
 def epoch_generator(seed: int, epoch: int, rank: int = 0, device: torch.device | str = "cpu") -> torch.Generator:
@@ -280,44 +278,3 @@ class Prefetcher:
                     slots.get_nowait()
                 except queue.Empty:
                     thread.join(0.01)
-
-
-# ----------------------------------------------------------------------------- from a prepared dataset
-
-
-@dataclasses.dataclass(frozen=True)
-class LoaderOptions:
-    """What every training loader takes besides the data; `batch_size` is this process's share."""
-
-    batch_size: int
-    seed: int = 0
-    rank: int = 0
-    world_size: int = 1
-    device: torch.device | str = "cpu"
-    negatives: int = 4
-
-
-def pair_loader(data, options: LoaderOptions) -> PairLoader:
-    """Positives of the training split with sampled negatives (NCF models)."""
-    if options.negatives >= data.n_items:
-        raise RecscaleError(f"--negatives: {options.negatives} is not below the {data.n_items} items of {data.root}")
-    users, items = data.columns("train", "user", "item")
-    return PairLoader(users, items, data.n_items, options.batch_size, negatives=options.negatives,
-                      seed=options.seed, rank=options.rank, world_size=options.world_size, device=options.device)
-
-
-def row_loader(data, options: LoaderOptions, binary: bool = True, sparse: bool = False) -> UserRowLoader:
-    """Training users' rows of the user-item matrix: 1/0 (`binary`) or the ratings."""
-    return UserRowLoader(data.user_items("train", binary=binary), data.training_users(), options.batch_size,
-                         seed=options.seed, rank=options.rank, world_size=options.world_size,
-                         device=options.device, sparse=sparse)
-
-
-def tabular_loader(data, options: LoaderOptions, labels: Callable[[torch.Tensor], torch.Tensor]) -> TabularLoader:
-    """(user, item, genres) rows of the training split; `labels` turns ratings into targets."""
-    users, items, ratings = data.columns("train", "user", "item", "rating")
-    genres = data.item_genres()
-    if genres is None:
-        genres = (torch.zeros(0, dtype=torch.int64), torch.zeros(data.n_items, dtype=torch.int64))
-    return TabularLoader(users, items, labels(ratings).float(), *genres, options.batch_size, seed=options.seed,
-                         rank=options.rank, world_size=options.world_size)

@@ -35,7 +35,7 @@ def embedding_size(cardinality: int) -> int:
 
 def _pair_key(frame: pl.DataFrame) -> pl.Series | None:
     """One int64 per (user, item), or None when the id ranges are too wide for that."""
-    if frame.height == 0:
+    if frame.height == 0 or not (frame.schema["user"].is_integer() and frame.schema["item"].is_integer()):
         return None
     u_min, u_max, i_min, i_max = (int(frame[c].min() if op == "min" else frame[c].max())
                                   for c, op in (("user", "min"), ("user", "max"), ("item", "min"), ("item", "max")))
@@ -234,6 +234,45 @@ def prepare(raw: RawDataset, cfg: PrepareConfig, out: str | Path, overwrite: boo
                           cfg.test_negatives, cfg.seed)
 
 
+def interaction_parts(names) -> list[str]:
+    """The parts that hold interactions (not the sampled negatives)."""
+    return [name for name in names if not name.endswith("_negatives")]
+
+
+def dataset_meta(name: str, files: tuple[Path, ...], protocol: str, params: dict, n_users: int, n_items: int,
+                 part_counts: dict[str, int], vocab: list[str], rating_min: float, rating_max: float,
+                 explicit: bool, group_counts: dict[str, int] | None = None) -> dict:
+    """meta.json's content (without the file checksums and indexes, added when the files exist)."""
+    features = {"user": _feature_meta(n_users), "item": _feature_meta(n_items)}
+    if vocab:
+        features["genres"] = _feature_meta(len(vocab), multi_hot=True, vocabulary=vocab)
+    interactions = sum(n for part, n in part_counts.items() if part in interaction_parts(part_counts))
+    meta = {
+        "schema_version": SCHEMA_VERSION,
+        "recscale_version": __version__,
+        "source": {"dataset": name, "files": {p.name: sha256_file(p) for p in files}},
+        "protocol": {"name": protocol, **params},
+        "counts": {"users": n_users, "items": n_items, "interactions": int(interactions), **part_counts},
+        "files": {part: f"{part}.parquet" for part in part_counts} | {"users": "users.parquet", "items": "items.parquet"},
+        "features": features,
+        "rating": {"min": float(rating_min), "max": float(rating_max), "explicit": bool(explicit)},
+    }
+    if group_counts:
+        meta["counts"] |= {f"{g}_users": n for g, n in group_counts.items()}
+    return meta
+
+
+def finish_prepared(tmp: Path, meta: dict) -> None:
+    """Per-user CSR indexes of the interaction parts (data/csr.py), the checksum of every file, and
+    meta.json, in the directory about to be renamed into place."""
+    from recscale.data.csr import write_csr
+    meta["index"] = {part: write_csr(tmp / f"{part}.parquet", tmp, part, meta["counts"]["users"])
+                     for part in interaction_parts(meta["files"]) if part not in ("users", "items")}
+    # the content of every file, so that a run can tell its dataset from another one in its place
+    meta["sha256"] = {name: sha256_file(tmp / file) for name, file in meta["files"].items()}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2, allow_nan=False) + "\n")
+
+
 def write_prepared(raw: RawDataset, protocol: str, parts: dict[str, pl.DataFrame], users: pl.DataFrame,
                    items: pl.DataFrame, params: dict, out: Path, overwrite: bool, test_negatives: int = 100,
                    seed: int = 0) -> dict:
@@ -245,27 +284,12 @@ def write_prepared(raw: RawDataset, protocol: str, parts: dict[str, pl.DataFrame
     if protocol == "ncf" and "test_negatives" not in parts:
         parts |= sample_eval_negatives(parts, n_items, test_negatives, seed)
     item_table, vocab = _item_table(items, raw.items)
-    interactions = pl.concat([p.select("rating") for name, p in parts.items() if not name.endswith("_negatives")])
-
-    features = {"user": _feature_meta(n_users), "item": _feature_meta(n_items)}
-    if vocab:
-        features["genres"] = _feature_meta(len(vocab), multi_hot=True, vocabulary=vocab)
-    ratings = interactions["rating"]
-    meta = {
-        "schema_version": SCHEMA_VERSION,
-        "recscale_version": __version__,
-        "source": {"dataset": raw.name, "files": {p.name: sha256_file(p) for p in raw.files}},
-        "protocol": {"name": protocol, **params},
-        "counts": {"users": n_users, "items": n_items, "interactions": int(interactions.height),
-                   **{name: int(part.height) for name, part in parts.items()}},
-        "files": {name: f"{name}.parquet" for name in parts} | {"users": "users.parquet", "items": "items.parquet"},
-        "features": features,
-        "rating": {"min": float(ratings.min()), "max": float(ratings.max()),
-                   "explicit": bool(ratings.n_unique() > 1)},
-    }
-    if protocol == "vae":
-        meta["counts"] |= {f"{g}_users": int((users["group"] == g).sum()) for g in ("train", "valid", "test")}
-
+    ratings = pl.concat([parts[name].select("rating") for name in interaction_parts(parts)])["rating"]
+    groups = ({g: int((users["group"] == g).sum()) for g in ("train", "valid", "test")}
+              if protocol == "vae" else None)
+    meta = dataset_meta(raw.name, raw.files, protocol, params, n_users, n_items,
+                        {name: int(part.height) for name, part in parts.items()}, vocab,
+                        ratings.min(), ratings.max(), ratings.n_unique() > 1, groups)
     with atomic_directory(out, overwrite=overwrite) as tmp:
         try:
             for name, part in parts.items():
@@ -274,7 +298,5 @@ def write_prepared(raw: RawDataset, protocol: str, parts: dict[str, pl.DataFrame
             item_table.write_parquet(tmp / "items.parquet")
         except pl.exceptions.PolarsError as exc:  # Polars reports a full disk in its own exception types
             raise OSError(str(exc).splitlines()[0]) from exc
-        # the content of every file, so that a run can tell its dataset from another one in its place
-        meta["sha256"] = {name: sha256_file(tmp / file) for name, file in meta["files"].items()}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, allow_nan=False) + "\n")
+        finish_prepared(tmp, meta)
     return meta

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 import torch
 
+from recscale.data.csr import CSRFile, DiskRows
 from recscale.data.prepare import READABLE_SCHEMAS
 from recscale.errors import RecscaleError
 
@@ -24,8 +25,10 @@ PROTOCOL_FILES = {"ncf": ("train", "test", "test_negatives"), "random": ("train"
 
 
 class PreparedDataset:
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, streaming: bool = False):
+        """`streaming`: `rows()` reads users' rows from the CSR files as asked, never a split whole."""
         self.root = Path(root)
+        self.streaming = streaming
         meta_path = self.root / "meta.json"
         try:
             self.meta = json.loads(meta_path.read_text())
@@ -124,6 +127,52 @@ class PreparedDataset:
         matrix.sum_duplicates()
         return matrix
 
+    @property
+    def has_index(self) -> bool:
+        """Whether the per-user CSR files exist (datasets prepared before they did have none)."""
+        return all(part in self.meta.get("index", {}) for part in self.meta["files"]
+                   if part not in ("users", "items") and not part.endswith("_negatives"))
+
+    @functools.cache
+    def csr(self, part: str) -> CSRFile:
+        """The CSR files of a part: read by position when streaming, else loaded whole."""
+        if not self.has_index:
+            raise RecscaleError(f"{self.root}: prepared without the per-user index that streaming reads; "
+                                f"prepare it again with this recscale")
+        if part not in self.meta["index"]:
+            raise RecscaleError(f"{self.root}: no {part!r} split (has {', '.join(self.meta['index'])})")
+        return CSRFile(self.root, part, self.n_items, memory=not self.streaming)
+
+    def rows(self, *parts: str, binary: bool = True):
+        """The users' rows of the union of `parts`: `user_items` in memory, or a DiskRows that reads
+        only the rows asked for when streaming (the same values either way)."""
+        if not self.streaming:
+            return self.user_items(*parts, binary=binary)
+        return DiskRows([self.csr(p) for p in parts], binary)
+
+    def candidate_batches(self, part: str, batch_size: int, rank: int = 0, world_size: int = 1):
+        """NCF evaluation rows of `part`, read a row group at a time: (users (B,), positives (B,),
+        negatives (B, N)) of every `world_size`-th row from `rank` on."""
+        n = self.meta["protocol"]["test_negatives"]
+        rows = pq.ParquetFile(self.root / self.meta["files"][part])
+        negatives = (pq.ParquetFile(self.root / self.meta["files"][f"{part}_negatives"]).iter_batches(
+            batch_size=batch_size * n, columns=["user", "item"]) if n else None)
+        at = 0
+        for batch in rows.iter_batches(batch_size=batch_size, columns=["user", "item"]):
+            users = batch.column("user").to_numpy().astype(np.int64)
+            items = batch.column("item").to_numpy().astype(np.int64)
+            if negatives is not None:
+                neg = next(negatives)
+                neg_users = neg.column("user").to_numpy()[::n]
+                if not np.array_equal(neg_users, users):
+                    raise RecscaleError(f"{self.root}: {part} negatives are not aligned with the {part} split")
+                neg_items = neg.column("item").to_numpy().astype(np.int64).reshape(-1, n)
+            else:
+                neg_items = np.zeros((users.size, 0), dtype=np.int64)
+            mine = (np.arange(at, at + users.size) % world_size) == rank
+            at += users.size
+            yield (torch.from_numpy(users[mine]), torch.from_numpy(items[mine]), torch.from_numpy(neg_items[mine]))
+
     def negatives(self, part: str) -> tuple[torch.Tensor, torch.Tensor]:
         """NCF evaluation negatives: (users (U,), items (U, N)), in the order of the split's rows."""
         n = self.meta["protocol"]["test_negatives"]
@@ -140,7 +189,7 @@ class PreparedDataset:
         otherwise every user with a training interaction."""
         if self.protocol == "vae":
             return self.group_users("train")
-        return torch.from_numpy(np.flatnonzero(np.diff(self.user_items("train").indptr)))
+        return torch.from_numpy(np.flatnonzero(np.diff(self.rows("train").indptr)))
 
     def group_users(self, group: str) -> torch.Tensor:
         """Contiguous ids of a user group (`train`, `valid`, `test`) of the vae protocol."""

@@ -44,15 +44,20 @@ class NegativeSampler:
         self.starts = torch.cumsum(counts, 0) - counts  # (U,) first key of each user
         self.free = n_items - counts                     # (U,) items that are not positives
 
-    def sample(self, users: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """One uniform non-positive item per entry of `users` (independent draws)."""
+    def sample(self, users: torch.Tensor, generator: torch.Generator, chunk: int = 1 << 20) -> torch.Tensor:
+        """One uniform non-positive item per entry of `users` (independent draws), `chunk` draws at a
+        time: the temporaries stay small, and the draws are those of one call (the generator's
+        stream is consumed in order)."""
         users = users.to(torch.int64)
-        free = self.free[users]
-        u = torch.rand(users.shape, generator=generator, device=users.device, dtype=torch.float64)
-        k = torch.minimum((u * free).to(torch.int64), free - 1)  # (N,) rank among the user's free items
-        lo = self.starts[users]
-        below = torch.searchsorted(self.adjusted, users * self.n_items - lo + k, right=True) - lo
-        return k + below
+        out = torch.empty_like(users)
+        for start in range(0, users.numel(), chunk):
+            part = users[start:start + chunk]
+            free = self.free[part]
+            u = torch.rand(part.shape, generator=generator, device=part.device, dtype=torch.float64)
+            k = torch.minimum((u * free).to(torch.int64), free - 1)  # rank among the user's free items
+            lo = self.starts[part]
+            out[start:start + chunk] = k + torch.searchsorted(self.adjusted, part * self.n_items - lo + k, right=True) - lo
+        return out
 
 
 def _first_occurrence(rows: torch.Tensor) -> torch.Tensor:
@@ -81,12 +86,14 @@ def sample_distinct_negatives(keys: torch.Tensor, users: torch.Tensor, n_items: 
         return out
     for start in range(0, users.numel(), NEGATIVE_CHUNK_USERS):
         chunk = slice(start, start + NEGATIVE_CHUNK_USERS)
-        out[chunk] = _distinct_negatives_block(keys, users[chunk], n_items, n, generator)
+        out[chunk] = distinct_negatives_chunk(keys, users[chunk], n_items, n, generator)
     return out
 
 
-def _distinct_negatives_block(keys: torch.Tensor, users: torch.Tensor, n_items: int, n: int,
-                              generator: torch.Generator) -> torch.Tensor:
+def distinct_negatives_chunk(keys: torch.Tensor, users: torch.Tensor, n_items: int, n: int,
+                             generator: torch.Generator) -> torch.Tensor:
+    """`sample_distinct_negatives` for one chunk of users; `keys` must hold at least those users'
+    positives (the streaming prepare passes exactly theirs)."""
     out = torch.empty((users.numel(), n), dtype=torch.int64)
     lo = torch.searchsorted(keys, users * n_items)
     hi = torch.searchsorted(keys, (users + 1) * n_items)

@@ -14,7 +14,7 @@ import polars as pl
 ORDER_COLUMNS = ("_line", "_tie")  # helper columns: the row's place in the raw input, the tie key
 
 
-def with_order(frame: pl.DataFrame, tie_break: str, seed: int) -> pl.DataFrame:
+def with_order(frame: pl.DataFrame, tie_break: str, seed: int, offset: int = 0) -> pl.DataFrame:
     """Add `_line` (the row's position in the raw input: for text files the line order, for
     Parquet the row order) and `_tie`, the key that orders interactions with equal timestamps:
 
@@ -22,23 +22,34 @@ def with_order(frame: pl.DataFrame, tie_break: str, seed: int) -> pl.DataFrame:
     - random: a seeded random order (drawn over the rows in a canonical order, so it does not
       depend on the input's row order);
     - item: the higher item id is later (recscale's rule before schema version 2)."""
-    frame = frame.with_row_index("_line")
+    if "_line" not in frame.columns:  # the streaming prepare brings the input's own line numbers
+        frame = frame.with_row_index("_line")
     if tie_break == "file":
         return frame.with_columns(pl.col("_line").alias("_tie"))
     if tie_break == "item":
         return frame.with_columns(pl.col("item").alias("_tie"))
     if tie_break == "random":
-        order = frame.sort("user", "item", "timestamp", "_line")["_line"].to_numpy()
+        order = frame.with_row_index("_row").sort("user", "item", "timestamp", "_line")["_row"].to_numpy()
         tie = np.empty(frame.height)
-        tie[order] = np.random.default_rng(seed).random(frame.height)
+        tie[order] = seeded_stream(seed, offset).random(frame.height)
         return frame.with_columns(pl.Series("_tie", tie))
     raise ValueError(f"unknown tie rule {tie_break!r}")
 
 
-def _random_key(frame: pl.DataFrame, seed: int) -> pl.DataFrame:
+def seeded_stream(seed: int, offset: int = 0) -> np.random.Generator:
+    """np.random.default_rng(seed), advanced by `offset` draws: a slice of a data set processed in
+    pieces (the streaming prepare's buckets) gets exactly the numbers the whole would give it."""
+    rng = np.random.Generator(np.random.PCG64(seed))
+    if offset:
+        rng.bit_generator.advance(offset)
+    return rng
+
+
+def _random_key(frame: pl.DataFrame, seed: int, offset: int = 0) -> pl.DataFrame:
+    """A uniform key per row, drawn over the rows in (user, item) order; `offset`: the number of
+    rows (in that order) that come before this frame's in the whole data."""
     frame = frame.sort("user", "item")
-    rng = np.random.default_rng(seed)
-    return frame.with_columns(pl.Series("_key", rng.random(frame.height)))
+    return frame.with_columns(pl.Series("_key", seeded_stream(seed, offset).random(frame.height)))
 
 
 def _keep(frame: pl.DataFrame, column: str, values: np.ndarray) -> pl.DataFrame:
@@ -64,42 +75,54 @@ def leave_last_out(frame: pl.DataFrame, n_holdout: int) -> dict[str, pl.DataFram
     return {name: part.drop("_from_end", "_count") for name, part in parts.items()}
 
 
+def vae_groups(users: np.ndarray, n_heldout_users: int, seed: int) -> dict[str, np.ndarray]:
+    """Mult-VAE's user groups: the users (sorted) shuffled with the seed; `n_heldout_users` go to
+    validation and as many to test, the rest train. Each group in its shuffled order."""
+    users = users[np.random.default_rng(seed).permutation(users.size)]
+    n_train = users.size - 2 * n_heldout_users
+    return {"train": users[:n_train], "valid": users[n_train:n_train + n_heldout_users],
+            "test": users[n_train + n_heldout_users:]}
+
+
+def fold_in_split(held: pl.DataFrame, holdout_fraction: float, seed: int, offset: int = 0
+                  ) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(fold-in, held-out) rows of held-out users: each user with at least 5 items has
+    `int(holdout_fraction * n)` of them drawn as held-out targets, the rest (all of them for smaller
+    users) are the fold-in input, as in dawenl/vae_cf. `offset` as for `_random_key`."""
+    held = _random_key(held, seed, offset).with_columns(
+        pl.col("_key").rank("ordinal").over("user").alias("_rank"),
+        pl.len().over("user").alias("_count"),
+    )
+    n_target = (pl.col("_count") * holdout_fraction).floor()
+    target = (pl.col("_count") >= 5) & (pl.col("_rank") <= n_target)
+    drop = ("_key", "_rank", "_count")
+    return held.filter(~target).drop(*drop), held.filter(target).drop(*drop)
+
+
 def strong_generalization(frame: pl.DataFrame, n_heldout_users: int, holdout_fraction: float,
                           seed: int) -> tuple[dict[str, pl.DataFrame], dict[str, np.ndarray]]:
-    """Mult-VAE (Liang et al. 2018): users are shuffled; `n_heldout_users` go to validation and as
-    many to test; the rest train. Only items seen in training are kept. Each held-out user with at
-    least 5 items has `int(holdout_fraction * n)` of them drawn at random as held-out targets; the
-    rest (all of them for smaller users) are the fold-in input, as in dawenl/vae_cf.
+    """Mult-VAE (Liang et al. 2018): users shuffled into training, validation and test groups
+    (`vae_groups`); only items seen in training are kept for the held-out users, whose rows are
+    split into fold-in input and held-out targets (`fold_in_split`).
 
     Returns the frames and the original user ids of each group, in their shuffled order."""
-    rng = np.random.default_rng(seed)
-    users = np.sort(frame["user"].unique().to_numpy())
-    users = users[rng.permutation(users.size)]
-    n_train = users.size - 2 * n_heldout_users
-    groups = {"train": users[:n_train], "valid": users[n_train:n_train + n_heldout_users],
-              "test": users[n_train + n_heldout_users:]}
+    groups = vae_groups(np.sort(frame["user"].unique().to_numpy()), n_heldout_users, seed)
     train = _keep(frame, "user", groups["train"])
     train_items = train["item"].unique().to_numpy()
     parts = {"train": train}
     for name in ("valid", "test"):
-        held = _random_key(_keep(_keep(frame, "user", groups[name]), "item", train_items),
-                           seed + (1 if name == "valid" else 2))
-        held = held.with_columns(
-            pl.col("_key").rank("ordinal").over("user").alias("_rank"),
-            pl.len().over("user").alias("_count"),
-        )
-        n_target = (pl.col("_count") * holdout_fraction).floor()
-        target = (pl.col("_count") >= 5) & (pl.col("_rank") <= n_target)
-        parts[f"{name}_foldin"] = held.filter(~target).drop("_key", "_rank", "_count")
-        parts[f"{name}_heldout"] = held.filter(target).drop("_key", "_rank", "_count")
+        held = _keep(_keep(frame, "user", groups[name]), "item", train_items)
+        parts[f"{name}_foldin"], parts[f"{name}_heldout"] = fold_in_split(
+            held, holdout_fraction, seed + (1 if name == "valid" else 2))
     return parts, groups
 
 
-def random_split(frame: pl.DataFrame, ratios: tuple[float, float, float], seed: int) -> dict[str, pl.DataFrame]:
+def random_split(frame: pl.DataFrame, ratios: tuple[float, float, float], seed: int,
+                 offset: int = 0) -> dict[str, pl.DataFrame]:
     """Per user, a random `floor(valid * n)` interactions go to validation and `floor(test * n)` to
-    test; the rest (at least one) train. Explicit ratings are kept."""
+    test; the rest (at least one) train. Explicit ratings are kept. `offset` as for `_random_key`."""
     _, valid_ratio, test_ratio = ratios
-    ranked = _random_key(frame, seed).with_columns(
+    ranked = _random_key(frame, seed, offset).with_columns(
         pl.col("_key").rank("ordinal").over("user").alias("_rank"),
         pl.len().over("user").alias("_count"),
     )

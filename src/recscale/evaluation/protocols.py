@@ -16,15 +16,15 @@ import scipy.sparse as sp
 import torch
 
 from recscale.data.prepared import PreparedDataset
-from recscale.errors import RecscaleError
 from recscale.evaluation.metrics import exact_sum, interval_half_width, metric_names, per_user_metrics, top_k
 from recscale.models.base import Recommender
 
 DEFAULT_KS = (10, 20, 50, 100)
 
 
-def dense_rows(matrix: sp.csr_matrix, rows: np.ndarray, device) -> torch.Tensor:
-    """Rows of a CSR matrix as a dense float tensor, built only for these rows."""
+def dense_rows(matrix, rows: np.ndarray, device) -> torch.Tensor:
+    """Rows of a CSR matrix (scipy, or DiskRows when streaming) as a dense float tensor, built only
+    for these rows."""
     return torch.from_numpy(matrix[rows].toarray()).to(device)
 
 
@@ -48,13 +48,13 @@ def evaluation_sets(data: PreparedDataset, split: str, test_history: str = "trai
         raise ValueError(f"test_history must be one of {TEST_HISTORIES}")
     if data.protocol == "vae":
         users = data.group_users(split).numpy()
-        foldin = data.user_items(f"{split}_foldin")
-        return users, foldin, foldin, data.user_items(f"{split}_heldout")
+        foldin = data.rows(f"{split}_foldin")
+        return users, foldin, foldin, data.rows(f"{split}_heldout")
     known = ("train",) if split == "valid" or not data.has("valid") else ("train", "valid")
     inputs = known if test_history == "train+valid" else ("train",)
-    target = data.user_items(split)
+    target = data.rows(split)
     users = np.flatnonzero(np.diff(target.indptr))
-    return users, data.user_items(*inputs), data.user_items(*known), target
+    return users, data.rows(*inputs), data.rows(*known), target
 
 
 def _accumulate(total: dict, part: dict) -> None:
@@ -114,16 +114,14 @@ def evaluate(model: Recommender, data: PreparedDataset, split: str, ks=DEFAULT_K
 
 
 def sampled_ranking(model, data, split, inputs, ks, device, batch_size, shard=slice(None), reduce=None) -> dict:
-    users, positives = data.columns(split, "user", "item")
-    neg_users, negatives = data.negatives(split)
-    if not torch.equal(neg_users, users):
-        raise RecscaleError(f"{data.root}: {split} negatives are not aligned with the {split} split")
-    users, positives, negatives = users[shard], positives[shard], negatives[shard]
+    """Each user's held-out positive among its sampled negatives, the rows read a batch at a time."""
     total: dict = {}
     coverage = _Coverage(data.n_items, ks, device)
-    for start in range(0, users.numel(), batch_size):
-        u = users[start:start + batch_size]
-        candidates = torch.cat([positives[start:start + batch_size, None], negatives[start:start + batch_size]], 1)
+    rank, world_size = shard.start or 0, shard.step or 1
+    for u, positives, negatives in data.candidate_batches(split, batch_size, rank, world_size):
+        if u.numel() == 0:
+            continue
+        candidates = torch.cat([positives[:, None], negatives], 1)
         h = dense_rows(inputs, u.numpy(), device) if model.needs_history else None
         scores = model.score(u.to(device), h, candidates.to(device))  # (B, 1 + N)
         relevant = torch.zeros_like(candidates, dtype=torch.bool, device=device)

@@ -33,6 +33,11 @@ class AutoEncoder(RowModel):
     Config = AutoEncoderConfig
     binary_rows = False
     train_defaults = {"batch_size": 64, "lr": 0.01, "epochs": 50, "optimizer": "rmsprop"}
+    tune_space = {
+        "hidden": {"type": "categorical", "choices": [[10, 5], [64, 16], [256, 64]]},
+        "lr": {"type": "log", "low": 1e-3, "high": 1e-1},
+        "batch_size": {"type": "categorical", "choices": [32, 64, 256]},
+    }
 
     @classmethod
     def default_train_settings(cls, counts):

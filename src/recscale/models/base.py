@@ -17,6 +17,7 @@ What a model declares about itself (the trainer never tests a model's name or ty
                             (training rows, or the fold-in rows of held-out users); else None
     closed_form             fitted by `fit(user_items)` (a coalesced sparse COO tensor), not by steps
     throughput_unit         what its training throughput counts (samples or users)
+    tune_space              `recscale tune`'s default search space (tuning/space.py's form); {}: none
     scoring_module()        its scoring as a module for export: forward(history) -> (B, I) for models
                             that read a history ("rows"), forward(users, items) -> (N,) for pairwise
                             models ("pairs"); None when the bundle's data is enough (popularity)
@@ -88,6 +89,7 @@ class Recommender(nn.Module):
     closed_form: ClassVar[bool] = False
     throughput_unit: ClassVar[str] = "samples"
     train_defaults: ClassVar[dict[str, Any]] = {}
+    tune_space: ClassVar[dict[str, dict]] = {}
 
     @classmethod
     def default_train_settings(cls, counts: dict[str, int]) -> dict[str, Any]:

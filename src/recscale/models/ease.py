@@ -24,6 +24,7 @@ class EASE(Recommender):
     Config = EASEConfig
     closed_form = True
     needs_history = True
+    tune_space = {"lam": {"type": "log", "low": 1.0, "high": 10_000.0}}
 
     def __init__(self, shape: DataShape, cfg: EASEConfig | None = None):
         super().__init__()

@@ -24,7 +24,7 @@ from torch import nn
 
 from recscale.config import WIDTH, Checked, ConfigError, each, in_range, option
 from recscale.data.batch import PairBatch
-from recscale.data.loaders import pair_loader
+from recscale.data.training_loaders import pair_loader
 from recscale.errors import RecscaleError
 from recscale.models.base import (DataShape, FitContext, Output, PairScores, Recommender, Retrieval,
                                   score_pairs_in_chunks)
@@ -56,6 +56,15 @@ class NCFConfig(Checked):
 class NeuMF(Recommender):
     Config = NCFConfig
     train_defaults = {"batch_size": 4096, "lr": 0.002, "epochs": 20, "optimizer": "adam"}
+    tune_space = {
+        "factors": {"type": "int", "low": 8, "high": 128, "log": True},
+        "layers": {"type": "categorical", "choices": [[64, 32, 16], [128, 64, 32], [256, 128, 64], [256, 256, 128, 64]]},
+        "lr": {"type": "log", "low": 1e-4, "high": 1e-2},
+        "negatives": {"type": "int", "low": 2, "high": 8},
+        "dropout": {"type": "uniform", "low": 0.0, "high": 0.5},
+        "weight_decay": {"type": "categorical", "choices": [0.0, 1e-6, 1e-5]},
+        "batch_size": {"type": "categorical", "choices": [1024, 4096, 16384]},
+    }
 
     @classmethod
     def resolve_config(cls, cfg: NCFConfig, context: FitContext) -> NCFConfig:

@@ -13,7 +13,7 @@ from torch import nn
 
 from recscale.config import MAX_WIDTH, WIDTH, Checked, each, in_range, option
 from recscale.data.batch import TabularBatch, multi_hot_batch
-from recscale.data.loaders import tabular_loader
+from recscale.data.training_loaders import tabular_loader
 from recscale.models.base import DataShape, Output, Recommender, score_pairs_in_chunks
 
 
@@ -29,6 +29,11 @@ class EmbeddingMLPConfig(Checked):
 class EmbeddingMLP(Recommender):
     Config = EmbeddingMLPConfig
     train_defaults = {"batch_size": 4096, "lr": 1e-3, "epochs": 10, "optimizer": "adam"}
+    tune_space = {
+        "layers": {"type": "categorical", "choices": [[64, 64], [128, 128, 128], [256, 128, 64]]},
+        "lr": {"type": "log", "low": 1e-4, "high": 1e-2},
+        "batch_size": {"type": "categorical", "choices": [1024, 4096, 16384]},
+    }
 
     def training_loader(self, data, options):
         return tabular_loader(data, options, labels=lambda ratings: ratings > self.cfg.like_threshold)

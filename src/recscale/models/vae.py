@@ -27,7 +27,7 @@ from torch import nn
 
 from recscale.config import WIDTH, Checked, each, in_range, non_negative, option
 from recscale.data.batch import UserBatch
-from recscale.data.loaders import row_loader
+from recscale.data.training_loaders import row_loader
 from recscale.models.base import (DataShape, LastLayerUsers, Output, Recommender, Retrieval, StepSchedule,
                                   gather_candidates, last_layer_items)
 
@@ -167,6 +167,12 @@ class RowModel(Recommender):
     throughput_unit = "users"
     binary_rows = True  # rows hold 1/0 (else the ratings)
     train_defaults = {"batch_size": 500, "lr": 1e-3, "epochs": 200, "optimizer": "adam", "patience": 20}
+    tune_space = {
+        "hidden": {"type": "categorical", "choices": [[200], [600], [600, 200]]},
+        "lr": {"type": "log", "low": 1e-4, "high": 1e-2},
+        "dropout": {"type": "uniform", "low": 0.0, "high": 0.7},
+        "batch_size": {"type": "categorical", "choices": [100, 250, 500]},
+    }
 
     @classmethod
     def default_train_settings(cls, counts):
@@ -213,6 +219,7 @@ class RowModel(Recommender):
 
 class MultVAE(RowModel):
     Config = MultVAEConfig
+    tune_space = {**RowModel.tune_space, "anneal_cap": {"type": "uniform", "low": 0.05, "high": 0.5}}
 
     def __init__(self, shape: DataShape, cfg: MultVAEConfig | None = None):
         super().__init__()

@@ -13,9 +13,11 @@ import torch
 from recscale import distributed
 from recscale.config import Layer, RunConfig, build, build_run_config
 from recscale.data.prepared import PreparedDataset
+from recscale.data.stream_loaders import in_memory_bytes
 from recscale.errors import RecscaleError
 from recscale.models.base import DataShape, FitContext, Recommender
 from recscale.models.registry import MODELS
+from recscale.resources import memory_budget
 from recscale.training.trainer import Trainer
 
 
@@ -102,3 +104,22 @@ def build_trainer(cfg: RunConfig, model: Recommender, data: PreparedDataset, dev
     Under torchrun the model is wrapped in DDP for the forward; `model` stays the module that is
     checkpointed."""
     return Trainer(model, data, cfg, device, run, info.rank, info.world_size, distributed.wrap(model, info, device))
+
+
+def resolve_data_loading(cfg: RunConfig, data: PreparedDataset) -> RunConfig:
+    """`--data-loading auto` and `--memory-budget auto` made concrete, so that config.toml records
+    what was used and a resumed run shuffles in the same windows."""
+    budget = memory_budget(cfg.loader.memory_budget)
+    mode = cfg.loader.data_loading
+    if mode == "auto":
+        need = in_memory_bytes(data.meta["counts"]["train"], cfg.loader.negatives)
+        mode = "stream" if data.has_index and need > budget else "memory"
+    if mode == "stream" and not data.has_index:
+        raise RecscaleError(f"--data-loading stream: {data.root} was prepared without the per-user index "
+                            f"that streaming reads; prepare it again with this recscale")
+    return cfg.replace(data_loading=mode, memory_budget=str(budget))
+
+
+def open_data(cfg: RunConfig) -> PreparedDataset:
+    """The run's prepared dataset, streamed or in memory as the run's config says."""
+    return PreparedDataset(cfg.data, streaming=cfg.loader.data_loading == "stream")

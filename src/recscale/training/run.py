@@ -31,8 +31,8 @@ from recscale.errors import RecscaleError, RunInterrupted
 from recscale.evaluation.protocols import evaluate, validation_split
 from recscale.fsutil import atomic_file
 from recscale.optim.factory import check_optimizer
-from recscale.training.build import (build_model, build_trainer, model_class, pick_device,
-                                     seeded)
+from recscale.training.build import (build_model, build_trainer, model_class, open_data, pick_device,
+                                     resolve_data_loading, seeded)
 from recscale.training.checkpoint import load_checkpoint, save_checkpoint
 from recscale.training.rundir import CONFIG, LAST, RunDirectory, has_checkpoint, is_run
 from recscale.training.trainer import StopRequested, Trainer, load_model_state, selection_metric, validation_ks
@@ -160,8 +160,10 @@ def _process_group(info, device):
 # ----------------------------------------------------------------------------- start, resume, load
 
 
-def start_run(cfg: RunConfig, model_params: Layer | dict, out: str | Path, overwrite: bool = False) -> dict:
-    """Train `cfg.model` on `cfg.data`, write the run to `out`, and return the best validation record.
+def start_run(cfg: RunConfig, model_params: Layer | dict, out: str | Path, overwrite: bool = False,
+              on_epoch=None) -> dict:
+    """Train `cfg.model` on `cfg.data`, write the run to `out`, and return the best validation record;
+    `on_epoch(record)` is called after each epoch (an exception it raises ends the run there).
 
     Under torchrun every worker calls this; rank 0 alone writes files. A worker group that torchrun
     restarted after a failure (`--max-restarts`) resumes from the run's `last` checkpoint."""
@@ -171,7 +173,8 @@ def start_run(cfg: RunConfig, model_params: Layer | dict, out: str | Path, overw
         return resume_run(out)
     model_class(cfg.model)
     cfg = cfg.replace(data=str(Path(cfg.data).absolute()))  # found again from any working directory
-    data = PreparedDataset(cfg.data)
+    cfg = resolve_data_loading(cfg, PreparedDataset(cfg.data))
+    data = open_data(cfg)
     device = distributed.device_for(info, pick_device(cfg.system.device))
     run = None
     if info.rank == 0:
@@ -193,7 +196,9 @@ def start_run(cfg: RunConfig, model_params: Layer | dict, out: str | Path, overw
             distributed.barrier()
             if model.closed_form:
                 return _fit_closed_form(model, data, cfg, device, run)
-            return _train(build_trainer(cfg, model, data, device, run, info), out.absolute())
+            trainer = build_trainer(cfg, model, data, device, run, info)
+            trainer.on_epoch = on_epoch
+            return _train(trainer, out.absolute())
     except BaseException:
         if run is not None:
             run.abandon()  # only removes a run that was never published
@@ -220,7 +225,7 @@ def resume_run(run_dir: str | Path, device: str | None = None) -> dict:
     state = load_checkpoint(run_dir / LAST)
     if "optimizer" not in state:
         raise RecscaleError(f"--resume: {run_dir} holds a closed-form model; there is nothing to resume")
-    data = PreparedDataset(cfg.data)
+    data = open_data(cfg)
     info = distributed.from_env()
     target = distributed.device_for(info, pick_device(cfg.system.device))
     run = RunDirectory.existing(run_dir) if info.rank == 0 else None
@@ -281,7 +286,7 @@ def load_run(run: str | Path, device: str = "auto", checkpoint: str = "best") ->
         raise RecscaleError(f"--checkpoint: best or last, got {checkpoint!r}")
     if checkpoint == "best" and not (run / "checkpoints" / "best.pt").exists():
         checkpoint = "last"
-    data = PreparedDataset(cfg.data)
+    data = open_data(cfg)
     model, model_cfg = build_model(cfg, model_params, data)
     load_model_state(model, load_checkpoint(run / "checkpoints" / f"{checkpoint}.pt")["model"])
     target = pick_device(device)

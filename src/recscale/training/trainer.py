@@ -22,7 +22,9 @@ import time
 import torch
 
 from recscale.config import RunConfig
-from recscale.data.loaders import LoaderOptions, Prefetcher
+from recscale.data.loaders import Prefetcher
+from recscale.data.stream_loaders import window_positives
+from recscale.data.training_loaders import LoaderOptions
 from recscale.data.prepared import PreparedDataset
 from recscale.distributed import all_reduce_sum
 from recscale.errors import RecscaleError
@@ -30,6 +32,7 @@ from recscale.evaluation.protocols import evaluate, validation_split
 from recscale.models.base import Recommender
 from recscale.optim.factory import make_optimizers
 from recscale.optim.schedules import learning_rate, scaled_lr
+from recscale.resources import memory_budget, native_bf16
 from recscale.training.checkpoint import save_checkpoint
 from recscale.training.logging import RunLogger
 
@@ -80,8 +83,11 @@ class Trainer:
         self.model, self.data, self.cfg, self.device = model, data, cfg, device
         self.run, self.rank, self.world_size = run, rank, world_size
         self.net = ddp_model or model  # what runs the forward (DDP wrapper or the module itself)
+        window = (window_positives(memory_budget(cfg.loader.memory_budget), cfg.loader.negatives)
+                  if cfg.loader.data_loading == "stream" else None)
         options = LoaderOptions(batch_size=max(1, cfg.loader.batch_size // world_size), seed=cfg.system.seed,
-                                rank=rank, world_size=world_size, device=device, negatives=cfg.loader.negatives)
+                                rank=rank, world_size=world_size, device=device, negatives=cfg.loader.negatives,
+                                window=window)
         self.loader = model.training_loader(data, options)
         on_host = self.loader.device.type != device.type
         self.batches = Prefetcher(self.loader, device) if on_host and device.type == "cuda" else self.loader
@@ -96,7 +102,11 @@ class Trainer:
         self.metric = selection_metric(data.protocol)
         self.state = TrainState()
         self.stop_signal: int | None = None  # set by a signal handler; honoured after the current step
+        self.on_epoch = None  # called with each finished epoch's record, once it is checkpointed (tune prunes there)
         self.logger = RunLogger(run, enabled=rank == 0, progress=cfg.system.progress)
+        if device.type == "cpu" and cfg.system.precision == "bf16" and not native_bf16():
+            self.logger.message("warning: --precision bf16: this CPU has no native bf16 (AVX512-BF16 or AMX); "
+                                "PyTorch emulates it, usually several times slower than fp32")
         if self.loader.dropped_users:
             self.logger.message(f"note: {self.loader.dropped_users} user(s) interacted with every item; with no "
                                 f"negative to sample, their interactions are left out of training")
@@ -244,6 +254,8 @@ class Trainer:
             self.logger.epoch(record, self.metric)
             if record.get("best"):
                 self.save("best", weights_only=True)
+            if self.on_epoch is not None:
+                self.on_epoch(record)
             if validate and self.state.stale >= patience:
                 self.logger.message(f"early stop: no better {self.metric} for {patience} epochs")
         self.logger.close(self.state.history, self.metric)
