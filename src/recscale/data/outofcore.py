@@ -40,7 +40,7 @@ import torch
 from recscale.config import PrepareConfig
 from recscale.data.prepare import (_heldout_users, _item_table, dataset_meta, finish_prepared, latest_per_pair,
                                    refuse_existing)
-from recscale.data.readers import CONTROL, INTERACTION_KINDS, first_bad_line
+from recscale.data.readers import CONTROL, INTERACTION_KINDS, column_names, first_bad_line
 from recscale.data.sampling import NEGATIVE_CHUNK_USERS, distinct_negatives_chunk
 from recscale.data.splits import fold_in_split, leave_last_out, random_split, vae_groups, with_order
 from recscale.errors import RecscaleError
@@ -450,11 +450,7 @@ def ratings_source(path: str | Path, sep: str = ",", user_col: str = "userId", i
     path = Path(path)
     if not path.is_file():
         raise RecscaleError(f"{path}: file not found")
-    names = {"user": user_col, "item": item_col}
-    if rating_col:
-        names["rating"] = rating_col
-    if time_col:
-        names["timestamp"] = time_col
+    names = column_names(user_col, item_col, rating_col, time_col)
     if path.suffix == ".parquet":
         present = set(pl.read_parquet_schema(path))
         missing = [c for c in names.values() if c not in present]

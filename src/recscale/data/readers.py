@@ -305,17 +305,24 @@ def frame_interactions(frame: pl.DataFrame, where: str, names: dict[str, str] | 
     return canonical_interactions(frame)
 
 
+def column_names(user_col: str, item_col: str, rating_col: str | None, time_col: str | None) -> dict[str, str]:
+    """Canonical column -> the input's column, from the column flags (an empty rating or time
+    column: the input has none)."""
+    names = {"user": user_col, "item": item_col}
+    if rating_col:
+        names["rating"] = rating_col
+    if time_col:
+        names["timestamp"] = time_col
+    return names
+
+
 def read_interactions(path: str | Path, sep: str = ",", user_col: str = "userId", item_col: str = "movieId",
                       rating_col: str = "rating", time_col: str = "timestamp") -> pl.DataFrame:
     """Any CSV/TSV (header line) or Parquet file with a user and an item column. Without a rating
     column every row is a 1.0 (implicit feedback); without a time column every timestamp is 0.
     Ids that are not all integers are kept as text (numbered in sorted order by `prepare`)."""
     path = Path(path)
-    names = {"user": user_col, "item": item_col}
-    if rating_col:
-        names["rating"] = rating_col
-    if time_col:
-        names["timestamp"] = time_col
+    names = column_names(user_col, item_col, rating_col, time_col)
     if path.suffix == ".parquet":
         try:
             frame = pl.read_parquet(path, columns=list(dict.fromkeys(names.values())))
