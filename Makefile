@@ -4,8 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.installed-dev
+TORCHREC_STAMP := $(VENV)/.installed-torchrec
 
-.PHONY: demo test test-fast install bench clean
+.PHONY: demo test test-fast install install-torchrec bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -17,14 +18,22 @@ $(STAMP): $(PY) pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# TorchRec + FBGEMM's CPU build for --embeddings sharded (CUDA machines: pip install 'recscale[torchrec]').
+$(TORCHREC_STAMP): $(STAMP)
+	$(PIP) install -q -c constraints.txt -e '.[torchrec-cpu]'
+	$(PIP) install -q -c constraints.txt --no-deps torchrec
+	touch $(TORCHREC_STAMP)
+
+install-torchrec: $(TORCHREC_STAMP)
+
 demo: $(STAMP)
 	$(VENV)/bin/recscale demo --out runs/demo
 
-test: $(STAMP)
+test: $(STAMP) $(TORCHREC_STAMP)
 	$(PY) -m pytest
 
 # The fast part of the suite while working (about a minute): no subprocess-heavy tests.
-test-fast: $(STAMP)
+test-fast: $(STAMP) $(TORCHREC_STAMP)
 	$(PY) -m pytest -m "not slow"
 
 bench: $(STAMP)

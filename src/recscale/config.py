@@ -218,6 +218,12 @@ class OptimConfig(Checked):
                            "the last step", choices=DECAYS)
     clip_grad_norm: float = option(0.0, "clip the dense gradients' global norm to this (0: off)",
                                    check=non_negative)
+    table_optimizer: str = option("auto", "--embeddings sharded: the optimizer FBGEMM fuses into the tables' "
+                                  "backward: sgd, adagrad, rowwise_adagrad (one state value per row) or adam "
+                                  "(CUDA only); auto: --optimizer where FBGEMM has it on the device, else "
+                                  "rowwise_adagrad", choices=("auto", "sgd", "adagrad", "rowwise_adagrad", "adam"))
+    table_lr: float = option(0.0, "--embeddings sharded: the tables' peak learning rate (0: --lr, or 0.05 where auto replaced adam by rowwise_adagrad); the schedule "
+                             "(warmup, decay, linear scaling) applies to it as to --lr", check=non_negative)
 
     def relations(self) -> None:
         if self.lr_scaling == "linear" and self.base_batch_size < 1:
@@ -268,6 +274,13 @@ class SystemConfig(Checked):
     progress: bool = option(True, "show a progress line (only when stderr is a terminal)")
     checkpoint_every: int = option(0, "also write checkpoints/last.pt every N steps within an epoch "
                                    "(0: at the end of each epoch only)", check=in_range(0, MAX_COUNT, high_inclusive=True))
+    embeddings: str = option("replicated", "replicated (every worker holds every table: data parallel) or "
+                             "sharded (TorchRec splits the tables across the torchrun workers)",
+                             choices=("replicated", "sharded"))
+    sharding: str = option("auto", "--embeddings sharded: auto (TorchRec's planner decides per table) or force "
+                           "table_wise, column_wise, row_wise, table_row_wise, table_column_wise (row-wise "
+                           "kinds are CUDA only)", choices=("auto", "table_wise", "column_wise", "row_wise",
+                                                            "table_row_wise", "table_column_wise"))
 
 
 GROUPS: dict[str, type] = {"optim": OptimConfig, "loader": LoaderConfig, "eval": EvalConfig, "system": SystemConfig}

@@ -81,3 +81,9 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
 def barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
+
+
+def broadcast_object(values: list) -> None:
+    """Rank 0's list entries to every rank (in place). A no-op in one process."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast_object_list(values, src=0)

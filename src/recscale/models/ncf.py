@@ -28,6 +28,7 @@ from recscale.data.training_loaders import pair_loader
 from recscale.errors import RecscaleError
 from recscale.models.base import (DataShape, FitContext, Output, PairScores, Recommender, Retrieval,
                                   score_pairs_in_chunks)
+from recscale.models.tables import EmbeddingTables, TableSpec, rename_legacy_keys
 
 BRANCHES = ("neumf", "gmf", "mlp")
 
@@ -103,14 +104,18 @@ class NeuMF(Recommender):
         self.use_gmf = cfg.branches in ("neumf", "gmf")
         self.use_mlp = cfg.branches in ("neumf", "mlp")
         head_in = 0
+        specs = {}
         if self.use_gmf:
-            self.gmf_user = nn.Embedding(shape.n_users, cfg.factors, sparse=sparse)
-            self.gmf_item = nn.Embedding(shape.n_items, cfg.factors, sparse=sparse)
+            specs |= {"gmf_user": TableSpec("users", shape.n_users, cfg.factors),
+                      "gmf_item": TableSpec("items", shape.n_items, cfg.factors)}
             head_in += cfg.factors
         if self.use_mlp:
             half = cfg.layers[0] // 2
-            self.mlp_user = nn.Embedding(shape.n_users, half, sparse=sparse)
-            self.mlp_item = nn.Embedding(shape.n_items, half, sparse=sparse)
+            specs |= {"mlp_user": TableSpec("users", shape.n_users, half),
+                      "mlp_item": TableSpec("items", shape.n_items, half)}
+        self.tables = EmbeddingTables(specs, sparse=sparse)  # N(0, 0.01) as NVIDIA's NCF
+        self._register_load_state_dict_pre_hook(rename_legacy_keys("tables", specs))
+        if self.use_mlp:
             tower: list[nn.Module] = []
             for width_in, width_out in zip(cfg.layers[:-1], cfg.layers[1:]):
                 tower += [nn.Linear(width_in, width_out), nn.ReLU()]
@@ -122,9 +127,7 @@ class NeuMF(Recommender):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # As NVIDIA's NCF: N(0, 0.01) embeddings, Glorot-uniform tower, LeCun-uniform head.
-        for emb in (m for m in self.modules() if isinstance(m, nn.Embedding)):
-            nn.init.normal_(emb.weight, std=0.01)
+        # As NVIDIA's NCF: N(0, 0.01) embeddings (EmbeddingTables), Glorot-uniform tower, LeCun-uniform head.
         for layer in (m for m in self.modules() if isinstance(m, nn.Linear) and m is not self.head):
             nn.init.xavier_uniform_(layer.weight)
             nn.init.zeros_(layer.bias)
@@ -134,11 +137,12 @@ class NeuMF(Recommender):
 
     def logits(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Logits for equally shaped user and item index tensors."""
+        e = self.tables({"users": users, "items": items})
         parts = []
         if self.use_gmf:
-            parts.append(self.gmf_user(users) * self.gmf_item(items))  # (..., F)
+            parts.append(e["gmf_user"] * e["gmf_item"])  # (..., F)
         if self.use_mlp:
-            parts.append(self.tower(torch.cat([self.mlp_user(users), self.mlp_item(items)], -1)))  # (..., L)
+            parts.append(self.tower(torch.cat([e["mlp_user"], e["mlp_item"]], -1)))  # (..., L)
         return self.head(torch.cat(parts, -1) if len(parts) > 1 else parts[0]).squeeze(-1)
 
     def forward(self, batch: PairBatch, **schedule) -> Output:
@@ -160,10 +164,10 @@ class NeuMF(Recommender):
         mix user and item in the tower before scoring, so no index can rank for them."""
         if self.use_mlp:
             return None
-        return Retrieval(_GMFUsers(self), self.gmf_item.weight.detach())
+        return Retrieval(_GMFUsers(self), self.tables["gmf_item"].weight.detach())
 
     def _n_items(self) -> int:
-        return (self.gmf_item if self.use_gmf else self.mlp_item).num_embeddings
+        return next(s.rows for s in self.tables.specs.values() if s.feature == "items")
 
     @torch.no_grad()
     def load_pretrained(self, gmf: "NeuMF", mlp: "NeuMF", alpha: float = 0.5) -> None:
@@ -171,10 +175,10 @@ class NeuMF(Recommender):
         tower, and concatenate their heads weighted by alpha and 1 - alpha."""
         if not (self.use_gmf and self.use_mlp and gmf.cfg.branches == "gmf" and mlp.cfg.branches == "mlp"):
             raise RecscaleError("load_pretrained needs a neumf model, a trained gmf and a trained mlp")
-        self.gmf_user.weight.copy_(gmf.gmf_user.weight)
-        self.gmf_item.weight.copy_(gmf.gmf_item.weight)
-        self.mlp_user.weight.copy_(mlp.mlp_user.weight)
-        self.mlp_item.weight.copy_(mlp.mlp_item.weight)
+        for name in ("gmf_user", "gmf_item"):
+            self.tables[name].weight.copy_(gmf.tables[name].weight)
+        for name in ("mlp_user", "mlp_item"):
+            self.tables[name].weight.copy_(mlp.tables[name].weight)
         self.tower.load_state_dict(mlp.tower.state_dict())
         self.head.weight.copy_(torch.cat([alpha * gmf.head.weight, (1 - alpha) * mlp.head.weight], 1))
         self.head.bias.copy_(alpha * gmf.head.bias + (1 - alpha) * mlp.head.bias)
@@ -204,4 +208,4 @@ class _GMFUsers(nn.Module):
         self.model = model
 
     def forward(self, users: torch.Tensor) -> torch.Tensor:
-        return self.model.gmf_user(users) * self.model.head.weight[0]  # (B, F)
+        return self.model.tables["gmf_user"](users) * self.model.head.weight[0]  # (B, F)

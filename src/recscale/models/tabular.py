@@ -15,6 +15,7 @@ from recscale.config import MAX_WIDTH, WIDTH, Checked, each, in_range, option
 from recscale.data.batch import TabularBatch, multi_hot_batch
 from recscale.data.training_loaders import tabular_loader
 from recscale.models.base import DataShape, Output, Recommender, score_pairs_in_chunks
+from recscale.models.tables import EmbeddingTables, TableSpec, rename_legacy_keys
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,9 +42,13 @@ class EmbeddingMLP(Recommender):
     def __init__(self, shape: DataShape, cfg: EmbeddingMLPConfig | None = None):
         super().__init__()
         self.cfg = cfg = cfg if cfg is not None else self.Config()
-        self.user = nn.Embedding(shape.n_users, cfg.user_dim or shape.user_dim)
-        self.item = nn.Embedding(shape.n_items, cfg.item_dim or shape.item_dim)
-        width = self.user.embedding_dim + self.item.embedding_dim
+        # N(0, 1) as nn.Embedding's default; the genre bag is small and stays data-parallel.
+        specs = {"user": TableSpec("users", shape.n_users, cfg.user_dim or shape.user_dim, std=1.0),
+                 "item": TableSpec("items", shape.n_items, cfg.item_dim or shape.item_dim, std=1.0)}
+        self.tables = EmbeddingTables(specs)
+        self._register_load_state_dict_pre_hook(rename_legacy_keys("tables", specs))
+        self.n_items = shape.n_items
+        width = specs["user"].dim + specs["item"].dim
         self.genres = None
         if shape.n_genres:
             self.genres = nn.EmbeddingBag(shape.n_genres, cfg.genre_dim or shape.genre_dim, mode="mean")
@@ -60,7 +65,8 @@ class EmbeddingMLP(Recommender):
         self.mlp = nn.Sequential(*layers, nn.Linear(width, 1))
 
     def logits(self, users, items, genre_values=None, genre_offsets=None) -> torch.Tensor:
-        parts = [self.user(users), self.item(items)]
+        e = self.tables({"users": users, "items": items})
+        parts = [e["user"], e["item"]]
         if self.genres is not None:
             if genre_values is None:
                 genre_values, genre_offsets = multi_hot_batch(self.genre_values, self.genre_offsets,
@@ -83,7 +89,7 @@ class EmbeddingMLP(Recommender):
     def score(self, users, history, items=None):
         def pairs(u, i):  # (b, C) -> (b, C), through the flat batch the EmbeddingBag wants
             return self.logits(u.reshape(-1), i.reshape(-1)).reshape(i.shape)
-        return score_pairs_in_chunks(pairs, users, items, self.item.num_embeddings)
+        return score_pairs_in_chunks(pairs, users, items, self.n_items)
 
 
 class _TabularPairs(nn.Module):
@@ -95,7 +101,8 @@ class _TabularPairs(nn.Module):
                 self.register_buffer("genre_vectors", model.genres(model.genre_values, model.genre_offsets))
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        parts = [self.model.user(users), self.model.item(items)]
+        e = self.model.tables({"users": users, "items": items})
+        parts = [e["user"], e["item"]]
         if self.model.genres is not None:
             parts.append(self.genre_vectors[items])
         return self.model.mlp(torch.cat(parts, -1)).squeeze(-1)

@@ -25,8 +25,9 @@ def _sparse_parameters(model: nn.Module) -> set[int]:
 class Optimizers:
     """A few optimizers that act as one: zero_grad, step through a GradScaler, state_dict."""
 
-    def __init__(self, optimizers: list[torch.optim.Optimizer]):
+    def __init__(self, optimizers: list[torch.optim.Optimizer], scales: dict[int, float] | None = None):
         self.optimizers = optimizers
+        self.scales = scales or {}  # optimizer index -> its rate / the run's rate (sharded tables' --table-lr)
 
     @property
     def param_groups(self):
@@ -45,8 +46,9 @@ class Optimizers:
             scaler.step(o)
 
     def set_lr(self, lr: float) -> None:
-        for g in self.param_groups:
-            g["lr"] = lr
+        for i, o in enumerate(self.optimizers):
+            for g in o.param_groups:
+                g["lr"] = lr * self.scales.get(i, 1.0)
 
     def state_dict(self) -> list[dict]:
         return [o.state_dict() for o in self.optimizers]
@@ -73,19 +75,27 @@ def check_optimizer(model: nn.Module, name: str) -> None:
 
 
 def make_optimizers(model: nn.Module, name: str, lr: float, weight_decay: float = 0.0,
-                    momentum: float = 0.9, lars_eta: float = 0.001) -> Optimizers:
+                    momentum: float = 0.9, lars_eta: float = 0.001, fused=None) -> Optimizers:
+    """`fused`: (the optimizer TorchRec fused into the sharded tables' backward, the ids of those
+    parameters, its rate / `lr`): it joins the list first (zero_grad and step set its rate) and the
+    rest skip its parameters."""
     check_optimizer(model, name)
     sparse_ids = _sparse_parameters(model)
     if name == "lars":
         return Optimizers([LARS(lars_param_groups(model, weight_decay), lr=lr, momentum=momentum,
                                 weight_decay=weight_decay, eta=lars_eta)])
-    params = [p for p in model.parameters() if p.requires_grad]
+    skip = fused[1] if fused else set()
+    params = [p for p in model.parameters() if p.requires_grad and id(p) not in skip]
     sparse = [p for p in params if id(p) in sparse_ids]
     dense = [p for p in params if id(p) not in sparse_ids]
     out: list[torch.optim.Optimizer] = []
+    scales = {}
+    if fused:
+        out.append(fused[0])
+        scales[0] = fused[2]
     if name == "sgd":
         out.append(torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay if not sparse else 0))
-        return Optimizers(out)
+        return Optimizers(out, scales)
     if sparse:
         if name == "adagrad":
             out.append(torch.optim.Adagrad(sparse, lr=lr))
@@ -98,4 +108,4 @@ def make_optimizers(model: nn.Module, name: str, lr: float, weight_decay: float 
             out.append(torch.optim.RMSprop(dense, lr=lr, weight_decay=weight_decay))
         else:
             out.append(torch.optim.Adagrad(dense, lr=lr, weight_decay=weight_decay))
-    return Optimizers(out)
+    return Optimizers(out, scales)

@@ -17,6 +17,8 @@ from recscale.data.stream_loaders import in_memory_bytes
 from recscale.errors import RecscaleError
 from recscale.models.base import DataShape, FitContext, Recommender
 from recscale.models.registry import MODELS
+from recscale.models.tables import deferred_tables
+from recscale.optim.schedules import scaled_lr
 from recscale.resources import memory_budget
 from recscale.training.trainer import Trainer
 
@@ -77,15 +79,19 @@ def model_config(name: str, *layers: Layer | Mapping[str, Any]):
 
 
 def build_model(cfg: RunConfig, params: Layer | Mapping[str, Any], data: PreparedDataset,
-                world_size: int = 1) -> tuple[Recommender, Any]:
+                world_size: int = 1, for_training: bool = False) -> tuple[Recommender, Any]:
     """The model and its resolved Config: settings left to 'auto' are decided here, from the data,
-    the per-process batch size and the optimizer, so that config.toml records what was used."""
+    the per-process batch size and the optimizer, so that config.toml records what was used.
+    A model built `for_training` a run with sharded tables gets its tables on the meta device
+    (build_trainer shards them; no worker ever holds them whole)."""
     cls = model_class(cfg.model)
     context = FitContext(n_users=data.n_users, n_items=data.n_items, world_size=world_size,
                          local_batch_size=max(1, cfg.loader.batch_size // world_size),
                          optimizer=cfg.optim.optimizer)
     model_cfg = cls.resolve_config(model_config(cfg.model, params), context)
-    return cls(data_shape(data), model_cfg), model_cfg
+    deferred = for_training and cfg.system.embeddings == "sharded"
+    with deferred_tables() if deferred else contextlib.nullcontext():
+        return cls(data_shape(data), model_cfg), model_cfg
 
 
 @contextlib.contextmanager
@@ -101,9 +107,19 @@ def seeded(seed: int, device: torch.device):
 def build_trainer(cfg: RunConfig, model: Recommender, data: PreparedDataset, device: torch.device,
                   run=None, info: distributed.DistInfo = distributed.DistInfo()) -> Trainer:
     """The trainer around `model` (already on `device`): loader, optimizers, scaler, schedules.
-    Under torchrun the model is wrapped in DDP for the forward; `model` stays the module that is
-    checkpointed."""
+    Under torchrun the model is wrapped in DDP for the forward, or with --embeddings sharded its
+    tables are sharded by TorchRec (sharding.py); `model` stays the module that is checkpointed."""
+    if cfg.system.embeddings == "sharded":
+        from recscale import sharding
+        net, fused = sharding.shard(model, cfg, device, info.world_size)
+        return Trainer(model, data, cfg, device, run, info.rank, info.world_size, net, fused)
     return Trainer(model, data, cfg, device, run, info.rank, info.world_size, distributed.wrap(model, info, device))
+
+
+def place(model: Recommender, device: torch.device) -> Recommender:
+    """`model.to(device)`, leaving tables deferred to the sharding on the meta device (they have
+    no data to move yet)."""
+    return model._apply(lambda t: t if t.is_meta else t.to(device))
 
 
 def resolve_data_loading(cfg: RunConfig, data: PreparedDataset) -> RunConfig:

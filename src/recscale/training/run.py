@@ -31,9 +31,9 @@ from recscale.errors import RecscaleError, RunInterrupted
 from recscale.evaluation.protocols import evaluate, validation_split
 from recscale.fsutil import atomic_file
 from recscale.optim.factory import check_optimizer
-from recscale.training.build import (build_model, build_trainer, model_class, open_data, pick_device,
+from recscale.training.build import (build_model, build_trainer, model_class, open_data, pick_device, place,
                                      resolve_data_loading, seeded)
-from recscale.training.checkpoint import load_checkpoint, save_checkpoint
+from recscale.training.checkpoint import gather_sharded, load_checkpoint, save_checkpoint
 from recscale.training.rundir import CONFIG, LAST, RunDirectory, has_checkpoint, is_run
 from recscale.training.trainer import StopRequested, Trainer, load_model_state, selection_metric, validation_ks
 
@@ -183,14 +183,17 @@ def start_run(cfg: RunConfig, model_params: Layer | dict, out: str | Path, overw
             print(f"recscale train: {note}", file=sys.stderr)
     try:
         with seeded(cfg.system.seed, device), _process_group(info, device):
-            model, model_cfg = build_model(cfg, model_params, data, info.world_size)
+            model, model_cfg = build_model(cfg, model_params, data, info.world_size, for_training=True)
             if model.closed_form and info.enabled:
                 raise RecscaleError(f"--model: {cfg.model} is fitted in closed form in one process; run it without torchrun")
             check_optimizer(model, cfg.optim.optimizer)
             pretrained = model.pretrained_runs(model_cfg)
+            if pretrained and cfg.system.embeddings == "sharded":
+                raise RecscaleError("--pretrained-gmf/--pretrained-mlp: not with --embeddings sharded (the tables "
+                                    "are initialized shard by shard); train replicated, or without them")
             if pretrained:
                 model.init_from_pretrained({role: load_run(path, "cpu").model for role, path in pretrained.items()})
-            model.to(device)
+            place(model, device)
             if run is not None:
                 write_run_config(run.path / CONFIG, cfg, model_cfg, run.final)
             distributed.barrier()
@@ -231,10 +234,10 @@ def resume_run(run_dir: str | Path, device: str | None = None) -> dict:
     run = RunDirectory.existing(run_dir) if info.rank == 0 else None
     try:
         with seeded(cfg.system.seed, target), _process_group(info, target):
-            model, _ = build_model(cfg, model_params, data, info.world_size)
-            model.to(target)
+            model, _ = build_model(cfg, model_params, data, info.world_size, for_training=True)
+            place(model, target)
             trainer = build_trainer(cfg, model, data, target, run, info)
-            trainer.restore(state)
+            trainer.restore(state, run_dir / LAST)
             if run is not None:
                 with atomic_file(run.path / "metrics.jsonl") as tmp:  # exactly the epochs the checkpoint has done
                     tmp.write_text("".join(json.dumps(r) + "\n" for r in trainer.state.history))
@@ -288,6 +291,7 @@ def load_run(run: str | Path, device: str = "auto", checkpoint: str = "best") ->
         checkpoint = "last"
     data = open_data(cfg)
     model, model_cfg = build_model(cfg, model_params, data)
-    load_model_state(model, load_checkpoint(run / "checkpoints" / f"{checkpoint}.pt")["model"])
+    path = run / "checkpoints" / f"{checkpoint}.pt"
+    load_model_state(model, gather_sharded(path, load_checkpoint(path)))
     target = pick_device(device)
     return LoadedRun(run, cfg, model_cfg, model.to(target), data, target, checkpoint)

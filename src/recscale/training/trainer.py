@@ -26,14 +26,15 @@ from recscale.data.loaders import Prefetcher
 from recscale.data.stream_loaders import window_positives
 from recscale.data.training_loaders import LoaderOptions
 from recscale.data.prepared import PreparedDataset
-from recscale.distributed import all_reduce_sum
+from recscale.distributed import all_reduce_sum, barrier, broadcast_object
 from recscale.errors import RecscaleError
 from recscale.evaluation.protocols import evaluate, validation_split
 from recscale.models.base import Recommender
 from recscale.optim.factory import make_optimizers
 from recscale.optim.schedules import learning_rate, scaled_lr
 from recscale.resources import memory_budget, native_bf16
-from recscale.training.checkpoint import save_checkpoint
+from recscale.training.checkpoint import (fill_sharded, read_local_shards, remove_stale_shards, save_checkpoint,
+                                          save_local_shards, split_local_shards)
 from recscale.training.logging import RunLogger
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -78,11 +79,13 @@ class Diverged(RecscaleError):
 
 class Trainer:
     def __init__(self, model: Recommender, data: PreparedDataset, cfg: RunConfig, device: torch.device,
-                 run=None, rank: int = 0, world_size: int = 1, ddp_model=None):
-        """`run`: the RunDirectory checkpoints and logs go to (None: nothing is written)."""
+                 run=None, rank: int = 0, world_size: int = 1, ddp_model=None, fused=None):
+        """`run`: the RunDirectory checkpoints and logs go to (None: nothing is written).
+        `fused`: (fused table optimizer, its parameter ids) when the tables are sharded (sharding.py)."""
         self.model, self.data, self.cfg, self.device = model, data, cfg, device
         self.run, self.rank, self.world_size = run, rank, world_size
-        self.net = ddp_model or model  # what runs the forward (DDP wrapper or the module itself)
+        self.net = ddp_model or model  # what runs the forward (DDP/DMP wrapper or the module itself)
+        self.sharded = fused is not None
         window = (window_positives(memory_budget(cfg.loader.memory_budget), cfg.loader.negatives)
                   if cfg.loader.data_loading == "stream" else None)
         options = LoaderOptions(batch_size=max(1, cfg.loader.batch_size // world_size), seed=cfg.system.seed,
@@ -94,7 +97,7 @@ class Trainer:
         optim = cfg.optim
         self.peak_lr = scaled_lr(optim.lr, cfg.loader.batch_size, optim.base_batch_size, optim.lr_scaling)
         self.optimizers = make_optimizers(model, optim.optimizer, self.peak_lr, optim.weight_decay, optim.momentum,
-                                          optim.lars_eta)
+                                          optim.lars_eta, fused)
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.system.precision == "fp16")
         self.total_steps = cfg.epochs * len(self.loader)
         self.warmup_steps = round(optim.warmup_epochs * len(self.loader))
@@ -183,10 +186,12 @@ class Trainer:
     def validate(self) -> dict:
         start = time.perf_counter()
         split = validation_split(self.data)
+        # Sharded lookups are collective: every worker scores the same batches (all users).
+        shared = self.world_size > 1 and not self.sharded
         metrics = evaluate(self.model, self.data, split, ks=validation_ks(self.cfg.eval.ks, self.data.protocol),
-                           device=self.device,
-                           batch_size=self.cfg.eval.eval_batch_size, rank=self.rank, world_size=self.world_size,
-                           reduce=self._reduce if self.world_size > 1 else None)
+                           device=self.device, batch_size=self.cfg.eval.eval_batch_size,
+                           rank=self.rank if shared else 0, world_size=self.world_size if shared else 1,
+                           reduce=self._reduce if shared else None)
         return {"split": split, **metrics, "valid_seconds": time.perf_counter() - start}
 
     # ------------------------------------------------------------------ checkpoints
@@ -201,24 +206,65 @@ class Trainer:
                 "scaler": self.scaler.state_dict(), "train_state": dataclasses.asdict(self.state), "rng": rng}
 
     def save(self, name: str, weights_only: bool = False) -> None:
+        if self.sharded:
+            return self._save_sharded(name, weights_only)
         if self.rank != 0 or self.run is None:
             return
-        state = self.checkpoint_state()
-        if weights_only:  # `best` is for evaluation, `last` for resuming
-            state = {"model": state["model"], "train_state": state["train_state"]}
+        state = self._state(weights_only)
         (self.run.path / "checkpoints").mkdir(exist_ok=True)
         save_checkpoint(self.run.path / "checkpoints" / f"{name}.pt", state)
         if name == "last":
             self.run.publish()  # a new run appears (or replaces the old one) with its first checkpoint
 
-    def restore(self, state: dict) -> None:
+    def _state(self, weights_only: bool) -> dict:
+        state = self.checkpoint_state()
+        if weights_only:  # `best` is for evaluation, `last` for resuming
+            state = {"model": state["model"], "train_state": state["train_state"]}
+        return state
+
+    def _save_sharded(self, name: str, weights_only: bool) -> None:
+        """Every worker writes its shards, then worker 0 the file that points at them (checkpoint.py)."""
+        folder = [self.run.path / "checkpoints" if self.run is not None else None]
+        broadcast_object(folder)  # the run is built aside by worker 0: the others learn where
+        if folder[0] is None:
+            return
+        path = folder[0] / f"{name}.pt"
+        state, shards = split_local_shards(self._state(weights_only))
+        step = self.state.step
+        if self.rank == 0:
+            path.parent.mkdir(exist_ok=True)
+        barrier()
+        own = {"optimizer": state["optimizer"]} if "optimizer" in state else {}
+        save_local_shards(path, shards, step, self.rank, self.world_size, **own)
+        barrier()
+        if self.rank == 0:
+            save_checkpoint(path, {**state, "sharding": {"step": step, "world_size": self.world_size}})
+            if name == "last":
+                self.run.publish()
+        barrier()
+        final = [self.run.path / "checkpoints" if self.run is not None else None]
+        broadcast_object(final)  # publishing may have moved the folder
+        remove_stale_shards(final[0] / f"{name}.pt", step, self.rank, self.world_size)
+
+    def restore(self, state: dict, path=None) -> None:
+        """Continue from a `last` checkpoint's state (`path`: where it was read, for sharded runs)."""
         for key in ("optimizer", "scaler", "train_state", "rng"):
             if key not in state:
                 raise RecscaleError(f"checkpoint has no {key!r}: it cannot be resumed (it is a `best` "
                                     f"checkpoint or from another program)")
+        if ("sharding" in state) != self.sharded:
+            raise RecscaleError("checkpoint: written by a run with other --embeddings; resume with the run's own settings")
+        optimizer_state = state["optimizer"]
+        if self.sharded:
+            if state["sharding"]["world_size"] != self.world_size:
+                raise RecscaleError(f"--resume: the run's tables are sharded over {state['sharding']['world_size']} "
+                                    f"workers; resume it with as many (this group has {self.world_size})")
+            own = read_local_shards(path, state, self.rank)
+            state = {**state, "model": fill_sharded(state["model"], self.model.state_dict(), own["shards"])}
+            optimizer_state = fill_sharded(own["optimizer"], self.optimizers.state_dict(), own["shards"])
         load_model_state(self.model, state["model"])
         try:
-            self.optimizers.load_state_dict(state["optimizer"])
+            self.optimizers.load_state_dict(optimizer_state)
             self.scaler.load_state_dict(state["scaler"])
             self.state = TrainState(**state["train_state"])
             torch.set_rng_state(state["rng"]["torch"])

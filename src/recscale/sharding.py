@@ -1,0 +1,239 @@
+"""Embedding tables sharded across torchrun workers with TorchRec (`--embeddings sharded`); the only
+module that imports torchrec.
+
+A model that keeps its tables in `model.tables` (models/tables.py: EmbeddingTables) gets them
+replaced by `ShardedTables`, a TorchRec EmbeddingBagCollection with the same forward (one id per
+bag, so a bag is a lookup). TorchRec's planner places each table (table-wise, column-wise, and on
+CUDA row-wise) within the workers' memory, DistributedModelParallel shards them and wraps the
+dense layers in DDP, and FBGEMM fuses the tables' optimizer into the backward pass (the update is
+done when backward returns; the dense layers keep recscale's optimizer).
+
+    --optimizer   tables (--table-optimizer auto)     dense layers
+    adam          adam on CUDA; rowwise_adagrad on CPU  Adam
+    adagrad       adagrad                               Adagrad
+    sgd           sgd (FBGEMM's has no momentum:        SGD
+                  --momentum 0 is required)
+    rmsprop       rowwise_adagrad                       RMSprop
+    lars          refused: LARS needs every table's norm on one worker
+
+What differs from a replicated run, and why:
+- each worker validates every user (the lookups are collective, so all workers must score the
+  same batches); metrics equal the replicated run's, at world-size times the validation compute;
+- fp16 is refused (a fused update cannot be skipped when the loss scaler finds an overflow); bf16
+  autocast covers the dense layers;
+- gradient clipping covers the dense gradients only (the tables are updated inside backward);
+- checkpoints hold each worker's shards in its own file (training/checkpoint.py), so a resume
+  needs the same number of workers; evaluate, recommend and export gather the tables into one
+  process's CPU memory, one shard file at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import warnings
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from recscale.errors import RecscaleError
+from recscale.models.tables import EmbeddingTables
+
+CPU_TABLE_OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad")
+CUDA_TABLE_OPTIMIZERS = (*CPU_TABLE_OPTIMIZERS, "adam")
+CUDA_ONLY_SHARDING = ("row_wise", "table_row_wise")
+INSTALL = ("pip install 'recscale[torchrec]' on CUDA machines; on CPU-only machines `make install-torchrec` "
+           "(README: Sharded embedding tables)")
+
+
+def require_torchrec() -> None:
+    try:
+        import fbgemm_gpu  # noqa: F401
+        import torchrec  # noqa: F401
+    except (ImportError, OSError, RuntimeError) as exc:
+        raise RecscaleError(f"--embeddings sharded: TorchRec/FBGEMM cannot be imported ({str(exc).splitlines()[0]}); "
+                            f"{INSTALL}") from None
+
+
+def table_optimizer(optimizer: str, requested: str, device: torch.device) -> str:
+    """The fused table optimizer a run uses (see the module's table)."""
+    supported = CUDA_TABLE_OPTIMIZERS if device.type == "cuda" else CPU_TABLE_OPTIMIZERS
+    if optimizer == "lars":
+        raise RecscaleError("--optimizer lars: not with --embeddings sharded (LARS needs each table's whole "
+                            "gradient norm, which no worker holds); use adam, adagrad or sgd")
+    name = requested
+    if name == "auto":
+        name = optimizer if optimizer in supported else "rowwise_adagrad"
+    if name not in supported:
+        raise RecscaleError(f"--table-optimizer {name}: FBGEMM has no fused {name} on {device.type} "
+                            f"(choose from {', '.join(supported)})")
+    return name
+
+
+ADAGRAD_FOR_ADAM_LR = 0.05  # row-wise Adagrad's rate where auto replaces Adam (BENCHMARKS.md: sharded)
+
+
+def table_lr(cfg, name: str) -> float:
+    """--table-lr; when 0, --lr, except where auto replaced Adam by row-wise Adagrad, whose rates
+    are an order of magnitude above Adam's."""
+    if cfg.optim.table_lr:
+        return cfg.optim.table_lr
+    replaced = cfg.optim.table_optimizer == "auto" and name == "rowwise_adagrad" and cfg.optim.optimizer == "adam"
+    return ADAGRAD_FOR_ADAM_LR if replaced else cfg.optim.lr
+
+
+def check(model: nn.Module, cfg, device: torch.device, world_size: int) -> str:
+    """Refuse what a sharded run cannot do, before anything is written; returns the table optimizer."""
+    if not isinstance(getattr(model, "tables", None), EmbeddingTables):
+        raise RecscaleError(f"--embeddings sharded: model {cfg.model} has no embedding tables to shard "
+                            f"(neumf, gmf, mlp and embedding-mlp have)")
+    if cfg.system.precision == "fp16":
+        raise RecscaleError("--precision fp16: not with --embeddings sharded (the tables' fused update cannot be "
+                            "skipped when the loss scaler finds an overflow); use bf16 or fp32")
+    if cfg.system.sharding in CUDA_ONLY_SHARDING and device.type != "cuda":
+        raise RecscaleError(f"--sharding {cfg.system.sharding}: FBGEMM shards rows on CUDA only; on CPU use "
+                            f"auto, table_wise, column_wise or table_column_wise")
+    odd = {name: s.dim for name, s in model.tables.specs.items() if s.dim % 4}
+    if odd:
+        table, dim = next(iter(odd.items()))
+        fields = getattr(getattr(model, "cfg", None), "__dataclass_fields__", {})
+        hint = f"-p {table}_dim={(dim + 3) // 4 * 4}" if f"{table}_dim" in fields else "-p with widths divisible by 4"
+        raise RecscaleError(f"--embeddings sharded: table {table} is {dim} wide; FBGEMM's kernels need widths that are "
+                            f"multiples of 4 ({hint})")
+    name = table_optimizer(cfg.optim.optimizer, cfg.optim.table_optimizer, device)
+    if name == "sgd" and cfg.optim.momentum > 0:
+        raise RecscaleError(f"--momentum {cfg.optim.momentum}: FBGEMM's fused SGD for the tables has no momentum; "
+                            f"give --momentum 0, or --table-optimizer adagrad/rowwise_adagrad")
+    if world_size < 2 or not dist.is_initialized():
+        raise RecscaleError("--embeddings sharded: run under torchrun with 2 or more workers "
+                            "(recscale train --nproc N ..., or torchrun --nproc-per-node N -m recscale train ...)")
+    require_torchrec()
+    return name
+
+
+class ShardedTables(nn.Module):
+    """EmbeddingTables' forward over a TorchRec EmbeddingBagCollection (one feature per table).
+    Its state_dict uses EmbeddingTables' key names, so checkpoints read the same either way."""
+
+    def __init__(self, tables: EmbeddingTables):
+        super().__init__()
+        import torchrec
+        self.specs = dict(tables.specs)
+        configs = [torchrec.EmbeddingBagConfig(name=name, embedding_dim=s.dim, num_embeddings=s.rows,
+                                               feature_names=[name], pooling=torchrec.PoolingType.SUM)
+                   for name, s in self.specs.items()]
+        self.ebc = torchrec.EmbeddingBagCollection(configs, device=torch.device("meta"))
+        self._register_state_dict_hook(_rename_out)
+        self._register_load_state_dict_pre_hook(self._rename_in)
+
+    def _rename_in(self, state_dict, prefix, *args):
+        for name in self.specs:
+            if prefix + f"{name}.weight" in state_dict:
+                state_dict[prefix + PREFIX + f"{name}.weight"] = state_dict.pop(prefix + f"{name}.weight")
+
+    def forward(self, ids: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        from torchrec import KeyedJaggedTensor
+        shape = next(iter(ids.values())).shape
+        flat = {feature: t.reshape(-1) for feature, t in ids.items()}
+        n = next(iter(flat.values())).numel()
+        values = torch.cat([flat[s.feature] for s in self.specs.values()])  # (T * n,)
+        device = values.device
+        kjt = KeyedJaggedTensor(keys=list(self.specs), values=values,
+                                lengths=torch.ones(len(self.specs) * n, dtype=torch.int32, device=device))
+        pooled = self.ebc(kjt).to_dict()
+        return {name: pooled[name].reshape(*shape, -1) for name in self.specs}
+
+
+PREFIX = "ebc.embedding_bags."
+
+
+def _rename_out(module, state_dict, prefix, local_metadata):
+    for key in [k for k in state_dict if k.startswith(prefix + PREFIX)]:
+        state_dict[prefix + key[len(prefix + PREFIX):]] = state_dict.pop(key)
+    return state_dict
+
+
+@contextlib.contextmanager
+def _quiet():
+    """TorchRec's planner logs advice meant for its own developers (topology factories, storage
+    heuristics, deprecations) on every run; recscale's errors say what matters."""
+    logger = logging.getLogger("torchrec")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _constraints(specs: dict, sharding: str, device: torch.device):
+    """The kinds the planner may choose: the one forced, or under auto every kind that splits a
+    table (its data_parallel would replicate small tables, which is what --embeddings replicated is)."""
+    from torchrec.distributed.planner import ParameterConstraints
+    kinds = [sharding] if sharding != "auto" else [
+        "table_wise", "column_wise", "table_column_wise", *(CUDA_ONLY_SHARDING if device.type == "cuda" else ())]
+    return {name: ParameterConstraints(sharding_types=kinds) for name in specs}
+
+
+@torch.no_grad()
+def _initialize_shards(sharded: ShardedTables, tables: EmbeddingTables) -> None:
+    """Each worker draws only its own shards, the same values the unsharded tables would hold."""
+    state = sharded.state_dict()
+    for name in sharded.specs:
+        for shard in state[f"{name}.weight"].local_shards():
+            (row, col), (rows, cols) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
+            shard.tensor.copy_(tables.initial_values(name, slice(row, row + rows), slice(col, col + cols)))
+    sharded.load_state_dict(state)  # through TorchRec's own loading, in case the shards were copies
+
+
+def shard(model: nn.Module, cfg, device: torch.device, world_size: int):
+    """Replace model.tables by sharded ones; returns (the DMP module that runs the forward, the
+    fused table optimizer, the ids of the table parameters that recscale's optimizers must skip, the
+    tables' rate / --lr)."""
+    from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+    from torchrec.distributed.model_parallel import DistributedModelParallel
+    from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+    from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+    from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
+
+    name = check(model, cfg, device, world_size)
+    lr = table_lr(cfg, name)
+    if name != cfg.optim.optimizer and dist.get_rank() == 0:
+        print(f"recscale train: note: FBGEMM has no fused {cfg.optim.optimizer} on {device.type}; the sharded tables "
+              f"use {name} at lr {lr:g} (--table-optimizer, --table-lr)", file=sys.stderr)
+    tables = model.tables
+    sharded = ShardedTables(tables)
+    model.tables = sharded
+    optimizer = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad, "rowwise_adagrad": RowWiseAdagrad,
+                 "adam": torch.optim.Adam}[name]
+    settings = {"lr": lr, "weight_decay": cfg.optim.weight_decay}
+    if name != "sgd":  # torch's eps (FBGEMM's default differs), so that both paths update alike
+        settings["eps"] = 1e-8 if name == "adam" else 1e-10
+    apply_optimizer_in_backward(optimizer, sharded.ebc.parameters(), settings)
+    sharders = [EmbeddingBagCollectionSharder()]
+    with _quiet():
+        planner = EmbeddingShardingPlanner(topology=Topology(world_size=world_size, compute_device=device.type),
+                                           constraints=_constraints(sharded.specs, cfg.system.sharding, device))
+        try:
+            plan = planner.collective_plan(model, sharders, dist.group.WORLD)
+            net = DistributedModelParallel(model, device=device, plan=plan, sharders=sharders)
+        except (RuntimeError, AssertionError) as exc:  # e.g. column shards must be multiples of 4 wide
+            raise RecscaleError(f"--sharding {cfg.system.sharding}: TorchRec cannot shard these tables: "
+                                f"{str(exc).splitlines()[0][:300]}") from None
+    _initialize_shards(sharded, tables)
+    table_ids = {id(p) for p in sharded.parameters()}
+    return net, (net.fused_optimizer, table_ids, lr / cfg.optim.lr)
+
+
+def local_table_bytes(model: nn.Module) -> int:
+    """Bytes of table weights this worker holds (its shards)."""
+    total = 0
+    for key, value in model.tables.state_dict().items():
+        for piece in value.local_shards() if hasattr(value, "local_shards") else [value]:
+            t = getattr(piece, "tensor", piece)
+            total += t.numel() * t.element_size()
+    return total
