@@ -33,7 +33,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def steps(rank, world, port, data_dir, mode, optimizer, lr, n_steps, out):
+def steps(rank, world, port, data_dir, mode, optimizer, lr, n_steps, out, placement="auto"):
     """n_steps on this rank's part of fixed global batches; rank 0 saves every parameter (the
     tables read back through the model's own lookup, which gathers the shards) and every rank
     its local table bytes."""
@@ -43,7 +43,7 @@ def steps(rank, world, port, data_dir, mode, optimizer, lr, n_steps, out):
     distributed.init(info, device)
     data = PreparedDataset(data_dir)
     cfg = build_run_config({"data": data_dir, "model": "neumf", "batch_size": BATCH, "optimizer": optimizer,
-                            "momentum": 0.0, "lr": lr, "device": "cpu", "embeddings": mode})
+                            "momentum": 0.0, "lr": lr, "device": "cpu", "embeddings": mode, "sharding": placement})
     torch.manual_seed(0)
     model, _ = build_model(cfg, {"embedding_gradients": "dense", "factors": 8, "layers": (16, 8)}, data, world,
                            for_training=True)
@@ -63,7 +63,7 @@ def steps(rank, world, port, data_dir, mode, optimizer, lr, n_steps, out):
     state |= {f"tables.{k}": v for k, v in items.items() if k.endswith("item")}
     if rank == 0:
         torch.save(state, out)
-    local = sharding.local_table_bytes(model) if mode == "sharded" else None
+    local = sharding.local_table_sizes(model) if mode == "sharded" else None
     torch.save(local, f"{out}.rank{rank}")
     distributed.destroy()
 
@@ -75,25 +75,30 @@ def dataset(tmp_path_factory):
     return str(root)
 
 
-def _run(world, mode, dataset, optimizer, lr, n_steps, out):
-    mp.spawn(steps, (world, _free_port(), dataset, mode, optimizer, lr, n_steps, str(out)), nprocs=world)
+def _run(world, mode, dataset, optimizer, lr, n_steps, out, placement="auto"):
+    mp.spawn(steps, (world, _free_port(), dataset, mode, optimizer, lr, n_steps, str(out), placement), nprocs=world)
     return torch.load(out), [torch.load(f"{out}.rank{r}") for r in range(world)]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("world, optimizer, lr, atol", [(2, "sgd", 1.0, 1e-7), (3, "adagrad", 0.05, 1e-6)])
-def test_sharded_tables_take_the_steps_of_replicated_ones(dataset, tmp_path, world, optimizer, lr, atol):
+@pytest.mark.parametrize("world, optimizer, lr, atol, placement", [(2, "sgd", 1.0, 1e-7, "column_wise"),
+                                                                  (3, "adagrad", 0.05, 1e-6, "auto")])
+def test_sharded_tables_take_the_steps_of_replicated_ones(dataset, tmp_path, world, optimizer, lr, atol, placement):
     """Same initial weights, same optimizer, same global batches: the same parameters after 4 steps
     (within float rounding: gradients are summed in another order)."""
     start, _ = _run(world, "replicated", dataset, optimizer, lr, 0, tmp_path / "start.pt")
     replicated, _ = _run(world, "replicated", dataset, optimizer, lr, 4, tmp_path / "replicated.pt")
-    sharded, local = _run(world, "sharded", dataset, optimizer, lr, 4, tmp_path / "sharded.pt")
+    sharded, local = _run(world, "sharded", dataset, optimizer, lr, 4, tmp_path / "sharded.pt", placement)
     for name, value in replicated.items():
         assert torch.allclose(sharded[name], value, atol=atol, rtol=0), (name, float((sharded[name] - value).abs().max()))
     assert all(not torch.equal(replicated[k], start[k]) for k in replicated if k.startswith("tables."))  # trained
-    whole = sum(v.numel() * v.element_size() for k, v in replicated.items() if k.startswith("tables."))
-    assert sum(local) == whole  # the shards partition the tables: nothing replicated ...
-    assert max(local) < whole  # ... and no worker holds them all
+    tables = {k.removeprefix("tables.") + ".weight": v.numel() * v.element_size()
+              for k, v in replicated.items() if k.startswith("tables.")}
+    for key, whole in tables.items():  # the shards partition each table: nothing replicated
+        assert sum(sizes[key] for sizes in local) == whole, key
+    assert max(sum(sizes.values()) for sizes in local) < sum(tables.values())  # no worker holds them all
+    if placement == "column_wise":  # every table split across both workers
+        assert all(sizes[key] > 0 for sizes in local for key in tables)
 
 
 # ----------------------------------------------------------------------------- end to end (CLI, torchrun)

@@ -100,12 +100,14 @@ def test_tune_runs_trials_and_best_toml_reproduces_the_best_trial(tiny, tmp_path
 
 
 @pytest.mark.slow
-def test_a_trial_below_the_median_is_pruned(tiny, tmp_path):
+def test_a_trial_below_the_median_is_pruned(prepared, tmp_path):
     import optuna
     from recscale.training.build import resolve_run_config
     from recscale.tuning.study import TuneJob, open_study, tune
     space = parse_space("test", {"lr": {"type": "log", "low": 1e-7, "high": 1e-1}}, NCF_FIELDS)
-    cfg = resolve_run_config({"data": str(tiny), "model": "gmf", "epochs": 4, "batch_size": 1024, "device": "cpu",
+    # the embedded data: the tiny synthetic log has nothing to learn, so no trial rises above another
+    data = prepared("ncf").root
+    cfg = resolve_run_config({"data": str(data), "model": "gmf", "epochs": 4, "batch_size": 8192, "device": "cpu",
                               "progress": False, "patience": 10})
     job = TuneJob(tmp_path / "study", [Layer(cfg.flat(), "test")], Layer({}, "test"), space, "gmf", 3, None, 0, 1)
     (tmp_path / "study").mkdir()

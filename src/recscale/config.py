@@ -277,6 +277,9 @@ class SystemConfig(Checked):
     embeddings: str = option("replicated", "replicated (every worker holds every table: data parallel) or "
                              "sharded (TorchRec splits the tables across the torchrun workers)",
                              choices=("replicated", "sharded"))
+    table_memory: str = option("auto", "--embeddings sharded: memory each worker's table shards (with their optimizer "
+                               "state) may take, e.g. 6GiB; TorchRec's planner places the shards within it (auto: "
+                               "its own default, which does not balance memory)", check=lambda v: _size_problem(v))
     sharding: str = option("auto", "--embeddings sharded: auto (TorchRec's planner decides per table) or force "
                            "table_wise, column_wise, row_wise, table_row_wise, table_column_wise (row-wise "
                            "kinds are CUDA only)", choices=("auto", "table_wise", "column_wise", "row_wise",

@@ -58,8 +58,14 @@ def init(info: DistInfo, device: torch.device) -> None:
                             rank=info.rank, world_size=info.world_size)
 
 
-def destroy() -> None:
+def destroy(clean: bool = True) -> None:
+    """End the process group; after a clean finish, once every rank's work is done (gloo threads
+    still holding a collective's tensors when the interpreter shuts down abort the process, seen
+    intermittently after TorchRec's asynchronous all-to-alls). After a failure no barrier: the
+    other ranks may be gone."""
     if dist.is_initialized():
+        if clean and dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 

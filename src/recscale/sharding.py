@@ -40,10 +40,12 @@ from torch import nn
 
 from recscale.errors import RecscaleError
 from recscale.models.tables import EmbeddingTables
+from recscale.resources import parse_size
 
 CPU_TABLE_OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad")
 CUDA_TABLE_OPTIMIZERS = (*CPU_TABLE_OPTIMIZERS, "adam")
 CUDA_ONLY_SHARDING = ("row_wise", "table_row_wise")
+COLUMN_SHARD_MIN = 32
 INSTALL = ("pip install 'recscale[torchrec]' on CUDA machines; on CPU-only machines `make install-torchrec` "
            "(README: Sharded embedding tables)")
 
@@ -176,18 +178,27 @@ def _constraints(specs: dict, sharding: str, device: torch.device):
     from torchrec.distributed.planner import ParameterConstraints
     kinds = [sharding] if sharding != "auto" else [
         "table_wise", "column_wise", "table_column_wise", *(CUDA_ONLY_SHARDING if device.type == "cuda" else ())]
-    return {name: ParameterConstraints(sharding_types=kinds) for name in specs}
+    # Column shards down to 32 wide (TorchRec's default floor is 128, which leaves NeuMF's 64- and
+    # 128-wide tables whole, so memory cannot be balanced across workers); multiples of 4 for FBGEMM.
+    return {name: ParameterConstraints(sharding_types=kinds, min_partition=min(COLUMN_SHARD_MIN, max(4, s.dim // 2)))
+            for name, s in specs.items()}
+
+
+INIT_CHUNK_ROWS = 1 << 20  # rows drawn at a time: the transient copy stays small beside a big shard
 
 
 @torch.no_grad()
 def _initialize_shards(sharded: ShardedTables, tables: EmbeddingTables) -> None:
-    """Each worker draws only its own shards, the same values the unsharded tables would hold."""
+    """Each worker draws only its own shards, the same values the unsharded tables would hold,
+    written into FBGEMM's weights in place (the state_dict's local shards are views of them)."""
     state = sharded.state_dict()
     for name in sharded.specs:
         for shard in state[f"{name}.weight"].local_shards():
             (row, col), (rows, cols) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
-            shard.tensor.copy_(tables.initial_values(name, slice(row, row + rows), slice(col, col + cols)))
-    sharded.load_state_dict(state)  # through TorchRec's own loading, in case the shards were copies
+            for start in range(0, rows, INIT_CHUNK_ROWS):
+                stop = min(start + INIT_CHUNK_ROWS, rows)
+                shard.tensor[start:stop].copy_(tables.initial_values(name, slice(row + start, row + stop),
+                                                                     slice(col, col + cols)))
 
 
 def shard(model: nn.Module, cfg, device: torch.device, world_size: int):
@@ -197,6 +208,7 @@ def shard(model: nn.Module, cfg, device: torch.device, world_size: int):
     from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
     from torchrec.distributed.model_parallel import DistributedModelParallel
     from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+    from torchrec.distributed.planner.types import PlannerError
     from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
     from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
@@ -216,12 +228,14 @@ def shard(model: nn.Module, cfg, device: torch.device, world_size: int):
     apply_optimizer_in_backward(optimizer, sharded.ebc.parameters(), settings)
     sharders = [EmbeddingBagCollectionSharder()]
     with _quiet():
-        planner = EmbeddingShardingPlanner(topology=Topology(world_size=world_size, compute_device=device.type),
+        cap = {} if cfg.system.table_memory == "auto" else {
+            "hbm_cap" if device.type == "cuda" else "ddr_cap": parse_size(cfg.system.table_memory, "--table-memory")}
+        planner = EmbeddingShardingPlanner(topology=Topology(world_size=world_size, compute_device=device.type, **cap),
                                            constraints=_constraints(sharded.specs, cfg.system.sharding, device))
         try:
             plan = planner.collective_plan(model, sharders, dist.group.WORLD)
             net = DistributedModelParallel(model, device=device, plan=plan, sharders=sharders)
-        except (RuntimeError, AssertionError) as exc:  # e.g. column shards must be multiples of 4 wide
+        except (RuntimeError, AssertionError, PlannerError) as exc:  # e.g. column shards must be multiples of 4 wide
             raise RecscaleError(f"--sharding {cfg.system.sharding}: TorchRec cannot shard these tables: "
                                 f"{str(exc).splitlines()[0][:300]}") from None
     _initialize_shards(sharded, tables)
@@ -229,11 +243,15 @@ def shard(model: nn.Module, cfg, device: torch.device, world_size: int):
     return net, (net.fused_optimizer, table_ids, lr / cfg.optim.lr)
 
 
-def local_table_bytes(model: nn.Module) -> int:
-    """Bytes of table weights this worker holds (its shards)."""
-    total = 0
+def local_table_sizes(model: nn.Module) -> dict[str, int]:
+    """Bytes of each table's weights this worker holds (its shards; 0 for a table held elsewhere)."""
+    sizes = {}
     for key, value in model.tables.state_dict().items():
-        for piece in value.local_shards() if hasattr(value, "local_shards") else [value]:
-            t = getattr(piece, "tensor", piece)
-            total += t.numel() * t.element_size()
-    return total
+        pieces = [shard.tensor for shard in value.local_shards()] if hasattr(value, "local_shards") else [value]
+        sizes[key] = sum(t.numel() * t.element_size() for t in pieces)
+    return sizes
+
+
+def local_table_bytes(model: nn.Module) -> int:
+    """Bytes of table weights this worker holds."""
+    return sum(local_table_sizes(model).values())

@@ -153,8 +153,10 @@ def _process_group(info, device):
     distributed.init(info, device)
     try:
         yield
-    finally:
-        distributed.destroy()
+    except BaseException:
+        distributed.destroy(clean=False)
+        raise
+    distributed.destroy()
 
 
 # ----------------------------------------------------------------------------- start, resume, load

@@ -21,6 +21,7 @@ import csv
 import dataclasses
 import fcntl
 import multiprocessing
+import os
 import shutil
 import sys
 import time
@@ -169,6 +170,11 @@ def tune(job: TuneJob, jobs: int = 1, log=sys.stderr) -> dict:
         if jobs == 1:
             _worker(job, 0)
         else:
+            # Workers share the cores: idle OpenMP threads should sleep, not spin on a core another
+            # worker needs (each kept 0.56x of a lone run instead of 0.41x, BENCHMARKS.md: CPU
+            # contention). Not the default for a lone run: sleeping threads cost small steps up to 2x.
+            # Spawned workers inherit the environment and read it when torch loads OpenMP.
+            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
             context = multiprocessing.get_context("spawn")
             workers = [context.Process(target=_worker, args=(job, w)) for w in range(jobs)]
             for w in workers:
