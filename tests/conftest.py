@@ -66,3 +66,26 @@ def popularity(prepared):
         return model, data
 
     return get
+
+
+def kill_a_worker_mid_second_epoch(agent, run) -> None:
+    """Wait until the torchrun group `agent` (a `recscale train --nproc` process) wrote a checkpoint
+    inside the run's second epoch, then SIGKILL one of its workers."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import torch
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        try:
+            state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["train_state"]
+            if state["epoch"] >= 1 and state["position"] > 0:
+                break
+        except Exception:  # not written yet, or being replaced
+            pass
+        time.sleep(0.05)
+    workers = subprocess.run(["pgrep", "-P", str(agent.pid)], capture_output=True, text=True).stdout.split()
+    assert workers, "no worker processes found"
+    os.kill(int(workers[-1]), signal.SIGKILL)

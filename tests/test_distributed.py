@@ -2,11 +2,9 @@
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -19,7 +17,7 @@ from recscale.data.prepare import prepare
 from recscale.data.prepared import PreparedDataset
 from recscale.models.base import StepSchedule
 from recscale.training.build import build_model, build_trainer
-from tests.conftest import synthetic_raw
+from tests.conftest import kill_a_worker_mid_second_epoch, synthetic_raw
 
 GLOBAL_BATCH = 64
 
@@ -134,18 +132,7 @@ def test_a_killed_worker_is_restarted_and_the_run_resumes(prepared, tmp_path):
     run = tmp_path / "run"
     agent = _train(["--data", data, *TRAIN, "--nproc", "2", "--max-restarts", "1", "--checkpoint-every", "5",
                     "--out", str(run)])
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        try:
-            state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["train_state"]
-            if state["epoch"] >= 1 and state["position"] > 0:
-                break
-        except Exception:
-            pass
-        time.sleep(0.05)
-    workers = subprocess.run(["pgrep", "-P", str(agent.pid)], capture_output=True, text=True).stdout.split()
-    assert workers, "no worker processes found"
-    os.kill(int(workers[-1]), signal.SIGKILL)
+    kill_a_worker_mid_second_epoch(agent, run)
     _, err = agent.communicate(timeout=300)
     assert agent.returncode == 0, "\n".join(l for l in err.splitlines() if "Error" in l or "error" in l)[-3000:]
     records = _records(run)

@@ -3,11 +3,9 @@ replicated (DDP) training: same steps, same quality, only the own shards held, e
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -22,7 +20,7 @@ from recscale.errors import RecscaleError
 from recscale.models.tables import EmbeddingTables, TableSpec, init_rows
 from recscale.training.build import build_model, build_trainer, place
 from recscale.training.run import load_run
-from tests.conftest import synthetic_raw
+from tests.conftest import kill_a_worker_mid_second_epoch, synthetic_raw
 
 BATCH = 60
 
@@ -143,19 +141,7 @@ def test_a_killed_sharded_run_resumes_exactly(prepared, tmp_path):
     data = str(prepared("ncf").root)
     args = ["--data", data, *TRAIN, "--embeddings", "sharded", "--checkpoint-every", "5"]
     agent = _train([*args, "--max-restarts", "1", "--out", str(tmp_path / "killed")])
-    main = tmp_path / "killed" / "checkpoints" / "last.pt"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        try:
-            state = torch.load(main, weights_only=True)["train_state"]
-            if state["epoch"] >= 1 and state["position"] > 0:
-                break
-        except Exception:
-            pass
-        time.sleep(0.05)
-    workers = subprocess.run(["pgrep", "-P", str(agent.pid)], capture_output=True, text=True).stdout.split()
-    assert workers, "no worker processes found"
-    os.kill(int(workers[-1]), signal.SIGKILL)
+    kill_a_worker_mid_second_epoch(agent, tmp_path / "killed")
     _finish(agent)
     _finish(_train([*args, "--out", str(tmp_path / "whole")]))
     killed = load_run(tmp_path / "killed", "cpu", "last").model.state_dict()
