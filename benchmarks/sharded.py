@@ -16,8 +16,7 @@ Replicated runs are NeuMF under DDP as `recscale train --nproc 2` runs it: dense
 place the tables, with FBGEMM's fused optimizer. Two optimizer settings are timed: each mode's
 default (DDP Adam; sharded row-wise Adagrad, as auto picks on CPU) and Adagrad in both. Sharded
 runs give TorchRec's planner `--table-memory` = the budget less 1.4 GiB (what a worker takes besides
-its shards); without a cap the planner places whole tables for speed, unevenly (5.0 / 2.9 GiB at
-10M x 1M).
+its shards); without a cap the planner places whole tables for speed and does not balance memory.
 
 A replicated shape is run only if its estimated need fits the per-worker budget: parameters +
 gradients + optimizer state (two moments for Adam, one for Adagrad) of every table on every worker.
