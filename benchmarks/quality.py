@@ -10,7 +10,8 @@
   Mult-VAE, Mult-DAE -> Recall@20, Recall@50, NDCG@100 over all items.
 - With --recbole-python (a venv with recbole==1.2.1, see recbole_compare.py): RecBole's NeuMF with
   its documented defaults, trained and early-stopped by RecBole on the very same `ncf` split of
-  seed 0 (exported as atomic files), evaluated by RecBole against its own 100 uniform negatives.
+  seed 0 (exported as atomic files), evaluated by RecBole against the 100 negatives stored in the
+  prepared dataset (recbole_compare.use_exported_negatives).
 
 Every recscale model runs with its defaults (`recscale train --data D --model M`); the best epoch on
 the validation split is scored on the test split. A cell is the mean over split seeds, then the
@@ -135,9 +136,9 @@ def main() -> None:
                   str(len(rb["curve"])), f"{rb['seconds']:.0f}"],
                  ["recscale NeuMF (defaults)", f"{ours['hr@10']:.4f} (±{ours['ci95']['hr@10']:.4f})",
                   f"{ours['ndcg@10']:.4f} (±{ours['ci95']['ndcg@10']:.4f})", "-", f"{ours_s:.0f}"]])
-            + "\n\nRecBole scores each test user against 100 negatives of its own drawing (uniform over "
-              "the items the user has not interacted with), recscale against the 100 stored in the "
-              "prepared dataset (drawn the same way): the same distribution, not the same draws.")
+            + "\n\nBoth tools rank each validation and test positive among the same 100 negatives, those "
+              "stored in the prepared dataset (RecBole is given them in place of its `uni100` draws, "
+              "which it would redraw at every evaluation).")
     body = (f"## Quality on ml-latest-small (`benchmarks/quality.py`)\n\n{machine()}. Test-split metrics, "
             f"mean over split seeds {args.seeds} (± the mean half-width of each split's 95% interval "
             f"over users; sd the standard deviation across seeds); every model with its default "

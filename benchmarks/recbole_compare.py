@@ -26,9 +26,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def export_split(out: Path, data_dir: Path | None = None) -> Path:
-    """RecBole atomic files (`out/recbole/mls/mls.{train,valid,test}.inter`) of a prepared `ncf`
-    dataset (by default: the embedded data, seed 0, prepared into `out/ncf`); returns its directory."""
+def export_split(out: Path, data_dir: Path | None = None, name: str = "mls") -> Path:
+    """RecBole atomic files (`out/recbole/NAME/NAME.{train,valid,test}.inter`) of a prepared dataset
+    (by default: the embedded data's `ncf` split of seed 0, prepared into `out/ncf`); returns the
+    prepared dataset's directory."""
     from recscale.config import PrepareConfig
     from recscale.data.prepare import prepare
     from recscale.data.prepared import PreparedDataset
@@ -39,69 +40,100 @@ def export_split(out: Path, data_dir: Path | None = None) -> Path:
         prepare(load_dataset("ml-latest-small"), PrepareConfig(protocol="ncf", seed=0), data_dir)
     data = PreparedDataset(data_dir)
     users, items = data.original_user_ids(), data.original_item_ids()
-    atomic = out / "recbole" / "mls"
+    atomic = out / "recbole" / name
     atomic.mkdir(parents=True)
     for split in ("train", "valid", "test"):
         frame = data.table(split)
         lines = ["user_id:token\titem_id:token\trating:float\ttimestamp:float"]
         lines += [f"{users[u]}\t{items[i]}\t{r}\t{t}" for u, i, r, t in
                   zip(frame["user"].to_list(), frame["item"].to_list(), frame["rating"].to_list(), frame["timestamp"].to_list())]
-        (atomic / f"mls.{split}.inter").write_text("\n".join(lines) + "\n")
+        (atomic / f"{name}.{split}.inter").write_text("\n".join(lines) + "\n")
+        if data.has(f"{split}_negatives"):  # the sampled candidates are part of the `ncf` split
+            negatives = data.table(f"{split}_negatives").group_by("user", maintain_order=True).agg("item")
+            by_user = {str(users[u]): [str(items[i]) for i in row] for u, row in negatives.iter_rows()}
+            (atomic / f"{name}.{split}.negatives.json").write_text(json.dumps(by_user))
     return data_dir
 
 
-def recbole_config(root: Path, **overrides):
-    """RecBole's Config for NeuMF on the exported split: RecBole's documented defaults (NeuMF.yaml,
-    overall.yaml) except for the data, sampled evaluation against 100 uniform negatives as the
-    `ncf` protocol, HR/NDCG/MRR@10 reported, and the CPU."""
+def use_exported_negatives(loader, dataset, path: Path) -> None:
+    """Make a RecBole evaluation loader rank each user's positive among the negatives stored in the
+    prepared dataset instead of drawing 100 afresh at every evaluation (RecBole's uni100 redraws
+    them each epoch, so its validation curve would carry sampling noise that ours does not)."""
+    import copy
+
+    import torch
+    stored = json.loads(path.read_text())
+    sampler = copy.copy(loader._sampler)  # the valid and test loaders may share one
+
+    def sample_by_user_ids(user_ids, item_ids, num):
+        # RecBole's layout: the j-th negative of user_ids[i] at j * len(user_ids) + i
+        rows = [dataset.token2id(dataset.iid_field, stored[dataset.id2token(dataset.uid_field, u)][:num])
+                for u in user_ids]
+        return torch.as_tensor(rows, dtype=torch.int64).T.reshape(-1)
+
+    sampler.sample_by_user_ids = sample_by_user_ids
+    loader._sampler = sampler
+
+
+def recbole_config(root: Path, model: str = "NeuMF", dataset: str = "mls", mode: str = "uni100", **overrides):
+    """RecBole's Config for `model` on an exported split: RecBole's documented defaults (the model's
+    yaml, overall.yaml) except for the data, the evaluation mode (`uni100`: 100 uniform negatives as
+    the `ncf` protocol; `full`: every item), its metrics at 10 reported, and the CPU."""
     from recbole.config import Config
-    return Config(model="NeuMF", dataset="mls", config_dict={
+    metrics = ["Hit", "NDCG", "MRR"] + (["Recall"] if mode == "full" else [])
+    return Config(model=model, dataset=dataset, config_dict={
         "data_path": str(root), "benchmark_filename": ["train", "valid", "test"],
         "load_col": {"inter": ["user_id", "item_id", "rating", "timestamp"]},
-        "eval_args": {"mode": "uni100", "order": "TO", "group_by": "user"},
-        "metrics": ["Hit", "NDCG", "MRR"], "topk": [10],
+        "eval_args": {"mode": mode, "order": "TO", "group_by": "user"},
+        "metrics": metrics, "topk": [10],
         "use_gpu": False, "device": "cpu", "show_progress": False, "seed": 0, "reproducibility": True,
         "worker": 0, "checkpoint_dir": str(root / "ckpt"), "state": "ERROR", **overrides})
 
 
-def quality_recbole(root: Path) -> dict:
-    """Runs inside RecBole's interpreter: NeuMF with RecBole's defaults, trained with its own early
-    stopping on MRR@10; the validation score of each epoch with the wall time so far, and the test
-    metrics of the best epoch."""
+def quality_recbole(root: Path, model: str = "NeuMF", dataset: str = "mls", mode: str = "uni100") -> dict:
+    """Runs inside RecBole's interpreter: `model` with RecBole's defaults, trained with its own early
+    stopping (on MRR@10); the validation metrics of each epoch with the wall time since fit() began
+    (training and validation), and the test metrics of the best epoch."""
     import logging
 
     from recbole.data import create_dataset, data_preparation
-    from recbole.model.general_recommender import NeuMF
     from recbole.trainer import Trainer
-    from recbole.utils import init_seed
+    from recbole.utils import get_model, init_seed
 
-    config = recbole_config(root)
+    config = recbole_config(root, model, dataset, mode)
     init_seed(config["seed"], config["reproducibility"])
     logging.disable(logging.CRITICAL)
-    dataset = create_dataset(config)
-    train_data, valid_data, test_data = data_preparation(config, dataset)
-    model = NeuMF(config, train_data.dataset).to(config["device"])
-    trainer = Trainer(config, model)
+    data = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, data)
+    for loader, split in ((valid_data, "valid"), (test_data, "test")):
+        stored = root / dataset / f"{dataset}.{split}.negatives.json"
+        if stored.exists():
+            use_exported_negatives(loader, data, stored)
+    net = get_model(model)(config, train_data.dataset).to(config["device"])
+    trainer = Trainer(config, net)
     curve, started = [], time.perf_counter()
     original = trainer._valid_epoch
+    names = {"hit@10": "hr@10", "ndcg@10": "ndcg@10", "mrr@10": "mrr@10", "recall@10": "recall_recbole@10"}
+
+    def pick(result) -> dict:
+        return {ours: float(result[theirs]) for theirs, ours in names.items() if theirs in result}
 
     def timed_valid(*args, **kwargs):
         score, result = original(*args, **kwargs)
-        curve.append({"seconds": time.perf_counter() - started, "hr@10": float(result["hit@10"]),
-                      "ndcg@10": float(result["ndcg@10"]), "mrr@10": float(result["mrr@10"])})
+        curve.append({"seconds": time.perf_counter() - started, **pick(result)})
         return score, result
 
     trainer._valid_epoch = timed_valid
     trainer.fit(train_data, valid_data, saved=True, show_progress=False)
+    seconds = time.perf_counter() - started
     # RecBole 1.2.1's load_best_model calls torch.load with torch >= 2.6's weights_only default, which
     # refuses its pickled config: load the best epoch ourselves (our own file, just written)
     import torch
     best = torch.load(trainer.saved_model_file, map_location="cpu", weights_only=False)
-    model.load_state_dict(best["state_dict"])
-    model.load_other_parameter(best.get("other_parameter"))
+    net.load_state_dict(best["state_dict"])
+    net.load_other_parameter(best.get("other_parameter"))
     test = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
-    return {"curve": curve, "seconds": time.perf_counter() - started,
-            "test": {"hr@10": float(test["hit@10"]), "ndcg@10": float(test["ndcg@10"]), "mrr@10": float(test["mrr@10"])}}
+    return {"curve": curve, "seconds": seconds, "test": pick(test)}
 
 
 def run_recbole_side(python: str, side: str, root: Path, *extra: str):
@@ -170,12 +202,14 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--side", help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
+    parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side == "recbole":
         print(json.dumps(time_recbole(Path(args.root), int(args.batch_sizes), args.epochs)))
         return
     if args.side == "recbole-quality":
-        print(json.dumps(quality_recbole(Path(args.root))))
+        spec = json.loads(args.spec) if args.spec else {}
+        print(json.dumps(quality_recbole(Path(args.root), **spec)))
         return
     if not args.recbole_python:
         parser.error("--recbole-python is required (see the module docstring)")

@@ -50,7 +50,8 @@ def _reference(scores, relevant, k):
     idcg = sum(1 / math.log2(r + 2) for r in range(min(k, n_rel)))
     ap = sum(sum(hits[:r + 1]) / (r + 1) for r, h in enumerate(hits) if h) / min(k, n_rel)
     return {f"hr@{k}": float(any(hits)), f"recall@{k}": sum(hits) / min(k, n_rel), f"precision@{k}": sum(hits) / k,
-            f"ndcg@{k}": dcg / idcg, f"map@{k}": ap, "mrr": 1 / (ranked.index(True) + 1)}
+            f"ndcg@{k}": dcg / idcg, f"map@{k}": ap, "mrr": 1 / (ranked.index(True) + 1),
+            f"mrr@{k}": 1 / (hits.index(True) + 1) if any(hits) else 0.0}
 
 
 @settings(max_examples=150, deadline=None)

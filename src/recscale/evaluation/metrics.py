@@ -111,9 +111,16 @@ def reciprocal_rank(first_rank: torch.Tensor) -> torch.Tensor:
     return 1.0 / first_rank.double()
 
 
+def reciprocal_rank_at(hits: torch.Tensor, k: int) -> torch.Tensor:
+    """1 / rank of the first relevant item among the top k, 0 when none is (RecBole's MRR@K)."""
+    top = hits[:, :k]
+    first = top.int().argmax(dim=1).double() + 1  # argmax: the first maximum
+    return torch.where(top.any(dim=1), 1.0 / first, torch.zeros_like(first))
+
+
 def metric_names(ks: tuple[int, ...]) -> list[str]:
     """The names per_user_metrics returns, in a fixed order (ranks must agree on it)."""
-    return [f"{m}@{k}" for k in ks for m in ("hr", "recall", "recall_recbole", "precision", "ndcg", "map")] + ["mrr"]
+    return [f"{m}@{k}" for k in ks for m in ("hr", "recall", "recall_recbole", "precision", "ndcg", "map", "mrr")] + ["mrr"]
 
 
 def per_user_metrics(scores: torch.Tensor, relevant: torch.Tensor, ks: tuple[int, ...],
@@ -137,6 +144,7 @@ def per_user_metrics(scores: torch.Tensor, relevant: torch.Tensor, ks: tuple[int
         out[f"precision@{named_k}"] = precision(hits, k) * k / named_k
         out[f"ndcg@{named_k}"] = ndcg(hits, n_relevant, k)
         out[f"map@{named_k}"] = average_precision(hits, n_relevant, k)
+        out[f"mrr@{named_k}"] = reciprocal_rank_at(hits, k)
     out["mrr"] = reciprocal_rank(first_relevant_rank(scores, relevant))
     return {name: value.cpu() for name, value in out.items()}
 
