@@ -164,6 +164,22 @@ def test_windowed_negatives_are_never_positives_and_cover_each_positive_once(ncf
     assert positives == sorted(keys)  # every positive exactly once in an epoch of one rank
 
 
+@pytest.mark.parametrize("pick", ["few far apart", "most of them"])
+def test_rows_read_from_disk_equal_rows_in_memory(ncf_stream, pick):
+    """Users in any order, repeated, a few far apart or most of them, and no users at all."""
+    data, stream = ncf_stream
+    disk, memory = stream.csr("train"), CSRFile(stream.root, "train", stream.n_items, memory=True)
+    assert not disk.memory
+    rng = np.random.default_rng(0)
+    n = disk.n_users
+    users = rng.choice(n, 5, replace=False) if pick == "few far apart" else rng.permutation(n)[: n * 3 // 4]
+    users = np.concatenate([users, users[:2], [users[0] + 1 if users[0] + 1 < n else 0]])
+    for got, want in zip(disk.rows(users), memory.rows(users)):
+        assert got.dtype == want.dtype and np.array_equal(got, want)
+    empty = disk.rows(np.zeros(0, dtype=np.int64))
+    assert empty[0].tolist() == [0] and empty[1].size == 0 and empty[2].size == 0
+
+
 @pytest.mark.parametrize("world", range(1, 9))
 def test_every_rank_gets_the_same_number_of_batches(ncf_stream, world):
     _, stream = ncf_stream
