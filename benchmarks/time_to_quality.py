@@ -45,8 +45,8 @@ TEST_METRICS = ("hr@10", "ndcg@10", "mrr@10")
 # beyond its defaults}). Every variant validates at K=10 only (plus the selection metric's K).
 # NeuMF "tuned": the best of 24 `recscale tune` trials (8 epochs each, on this split's validation
 # HR@10; space and command in neumf_time_to_quality_space.toml) and a few hand-tried neighbours:
-# a small MLP tower (64-32), 48 factors, 8 negatives, batch 8,192 at lr 0.005. Tuned on the validation split it is then timed on, so the "defaults" row is the
-# one to expect on another dataset.
+# a small MLP tower (64-32), 48 factors, 8 negatives, batch 8,192 at lr 0.005. Tuned on the
+# validation split it is then timed on, so the "defaults" row is the one to expect elsewhere.
 CASES = {
     "neumf": ("ncf", "NeuMF", "uni100", {
         "defaults": {"ks": (10,)},
