@@ -174,15 +174,17 @@ class Run:
         return recommend_frame(loaded.model, loaded.data, self.users(users), k, loaded.device,
                                loaded.config.eval.eval_batch_size)
 
-    def write_recommendations(self, out: str | Path, users: np.ndarray | None = None, k: int = 10) -> int:
+    def write_recommendations(self, out: str | Path, users: np.ndarray | None = None, k: int = 10,
+                              overwrite: bool = False, inputs=()) -> int:
         """Write top-k lists (contiguous `users`, every user for None) to a .tsv or .parquet file,
-        batch by batch; returns the number of rows."""
+        batch by batch; returns the number of rows. An existing file is replaced only with
+        `overwrite`, and only when it is recommendations that recscale wrote."""
         if k < 1:
             raise RecscaleError(f"--k: must be >= 1, got {k}")
         loaded = self.loaded
         users = np.arange(loaded.data.n_users) if users is None else users
         return write_recommendations(loaded.model, loaded.data, users, k, out, loaded.device,
-                                     loaded.config.eval.eval_batch_size)
+                                     loaded.config.eval.eval_batch_size, overwrite, (self.path, *inputs))
 
 
 def _dataset_path(data: Any) -> str:

@@ -27,6 +27,7 @@ from recscale.data.readers import read_interactions, read_movies_csv
 from recscale.data.sources import REMOTES, load_dataset
 from recscale.data.synth import SynthSpec, synthesize, write_movielens_layout
 from recscale.errors import RecscaleError
+from recscale.fsutil import stop_signals_clean_up
 from recscale.evaluation.report import format_table
 from recscale.models.registry import MODELS
 from recscale.recommend import read_user_file
@@ -127,11 +128,13 @@ def cmd_prepare(args) -> int:
     if args.train_file:
         if args.dataset or args.format or args.ratings:
             raise RecscaleError("--train-file: imports a ready split; do not combine with --dataset/--format/--ratings")
-        meta = _import_files(args, cfg)
+        with stop_signals_clean_up("prepare"):
+            meta = _import_files(args, cfg)
     elif fmt == "ncf-paper":
         if cfg.protocol != "ncf":
             raise RecscaleError("--protocol: the NCF paper's split is an ncf split")
-        meta = _import_ncf_paper(args, cfg)
+        with stop_signals_clean_up("prepare"):
+            meta = _import_ncf_paper(args, cfg)
     else:
         meta, engine = prepare_input(lambda: _raw_from_args(args), lambda: _scan_from_args(args), cfg, args.out,
                                      args.overwrite, what=args.dataset or args.format or args.ratings)
@@ -238,7 +241,7 @@ def cmd_tune(args) -> int:
     from recscale.resources import usable_cpus
     from recscale.training.build import model_class
     from recscale.tuning.space import parse_space, read_space
-    from recscale.tuning.study import TuneJob, tune
+    from recscale.tuning.study import TuneJob, check_out, check_study_name, fingerprint, tune
     for flag, value, low in (("--trials", args.trials, 1), ("--jobs", args.jobs, 1)):
         if value < low:
             raise RecscaleError(f"{flag}: must be >= {low}, got {value}")
@@ -254,13 +257,17 @@ def cmd_tune(args) -> int:
     else:
         raise RecscaleError(f"--space: {cfg.model} has no hyperparameters to tune by default; give a space file")
     cfg = cfg.replace(data=str(Path(cfg.data).absolute()))
-    job = TuneJob(Path(args.out), [Layer(cfg.flat(), "flags")], params, space, cfg.model, args.trials, args.timeout,
-                  cfg.system.seed, max(1, usable_cpus() // args.jobs))
+    data = api.open_dataset(cfg.data)
+    out = Path(args.out)
+    check_out(out, [cfg.data, *(p for p in (args.space, args.config) if p)])
+    job = TuneJob(out, [Layer(cfg.flat(), "flags")], params, space, cfg.model, args.trials, args.timeout,
+                  cfg.system.seed, max(1, usable_cpus() // args.jobs), check_study_name(args.study),
+                  fingerprint(cfg.model, cfg.data, data.protocol, space), args.overwrite)
     summary = tune(job, args.jobs)
-    print((Path(args.out) / "trials.tsv").read_text(), end="")
+    print(job.output("trials.tsv").read_text(), end="")
     print(f"best: trial {summary['best_trial']} ({summary['best_value']:.4f}), {summary['complete']} complete, "
           f"{summary['pruned']} pruned of {summary['trials']}; reproduce with: recscale train --config "
-          f"{Path(args.out) / 'best.toml'} --out runs/best")
+          f"{job.output('best.toml')} --out runs/best")
     return 0
 
 
@@ -290,7 +297,7 @@ def cmd_recommend(args) -> int:
         raise RecscaleError("recommend: give exactly one of --users FILE or --all")
     run = api.load_run(args.run, args.device, args.checkpoint)
     users = read_user_file(args.users, run.data) if args.users else None
-    rows = run.write_recommendations(args.out, users, args.k)
+    rows = run.write_recommendations(args.out, users, args.k, args.overwrite, [args.users] if args.users else [])
     print(f"wrote {rows} recommendations -> {args.out}")
     return 0
 
@@ -358,33 +365,9 @@ def cmd_export(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    try:
-        import uvicorn
-    except ImportError:
-        raise RecscaleError("serve: needs fastapi and uvicorn (pip install 'recscale[serve]')") from None
-    for flag, value, low in (("--port", args.port, 0), ("--max-batch", args.max_batch, 1), ("--workers", args.workers, 1),
-                             ("--nprobe", args.nprobe, 1), ("--threads", args.threads, 0)):
-        if value < low or (flag == "--port" and value > 65535):
-            raise RecscaleError(f"{flag}: out of range: {value}")
-    if not (0 <= args.max_wait_ms <= 1000):
-        raise RecscaleError(f"--max-wait-ms: must lie in [0, 1000], got {args.max_wait_ms}")
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = args.threads or max(1, cpus // args.workers)  # workers share the CPUs instead of fighting
-    settings = {"max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms, "runtime": args.runtime,
-                "index": args.index, "nprobe": args.nprobe, "threads": threads}
-    from recscale.serving.app import create_app
-    if args.workers == 1:
-        app = create_app(args.bundle, **settings)
-        print(f"serving {args.bundle} on http://{args.host}:{args.port} (POST /recommend, /score; GET /health, "
-              f"/metadata)", flush=True)
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
-        return 0
-    create_app(args.bundle, **settings)  # fail here, in one line, before the workers start
-    os.environ.update({f"RECSCALE_SERVE_{k.upper()}": str(v) for k, v in settings.items()},
-                      RECSCALE_SERVE_BUNDLE=str(args.bundle))
-    print(f"serving {args.bundle} on http://{args.host}:{args.port} with {args.workers} workers", flush=True)
-    uvicorn.run("recscale.serving.app:app_from_env", factory=True, host=args.host, port=args.port,
-                workers=args.workers, log_level="warning", access_log=False)
+    from recscale.serving.server import serve
+    from recscale.serving.settings import ServerConfig
+    serve(args.bundle, build(ServerConfig, flags(from_namespace(ServerConfig, args))))
     return 0
 
 
@@ -518,6 +501,8 @@ def make_parser() -> argparse.ArgumentParser:
             p.add_argument("--users", help="file with one original user id per line")
             p.add_argument("--all", action="store_true", help="every user of the dataset")
             p.add_argument("--out", required=True, help="recs.tsv or recs.parquet")
+            p.add_argument("--overwrite", action="store_true", help="replace --out if it is recommendations "
+                           "recscale wrote")
 
     p = sub.add_parser("tune", help="search hyperparameters with Optuna (each trial a training run)",
                        epilog=models_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -527,6 +512,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
     p.add_argument("--jobs", type=int, default=1, help="trials in parallel, as processes sharing the CPUs [default: 1]")
     p.add_argument("--out", required=True, help="study directory (study.db, trials/, trials.tsv, best.toml)")
+    p.add_argument("--study", default="recscale", help="the study's name in OUT/study.db (another name: another "
+                   "search beside it) [default: recscale]")
+    p.add_argument("--overwrite", action="store_true", help="start the study afresh (deletes its trials and "
+                   "outputs, nothing else)")
 
     p = sub.add_parser("benchmark", help="time training epochs and validation of a model",
                        epilog=models_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -553,19 +542,8 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="serve a bundle over HTTP (FastAPI + uvicorn)")
     p.add_argument("--bundle", required=True, help="bundle directory from `recscale export`")
-    p.add_argument("--host", default="127.0.0.1", help="[default: 127.0.0.1]")
-    p.add_argument("--port", type=int, default=8000, help="[default: 8000]")
-    p.add_argument("--max-batch", type=int, default=64, help="requests scored together at most [default: 64]")
-    p.add_argument("--max-wait-ms", type=float, default=8.0, help="how long a busy service waits for more requests "
-                   "to fill a batch (an idle one does not wait) [default: 8]")
-    p.add_argument("--workers", type=int, default=1, help="server processes (the CPUs are divided between them) "
-                   "[default: 1]")
-    p.add_argument("--runtime", choices=("auto", "onnx", "torch"), default="auto",
-                   help="auto: ONNX Runtime when the bundle has an ONNX graph [default: auto]")
-    p.add_argument("--index", choices=("none", "flat", "ivf"), default="none", help="top-k through a FAISS index "
-                   "(inner-product models): flat (exact) or ivf (approximate, for very large catalogs) [default: none]")
-    p.add_argument("--nprobe", type=int, default=16, help="--index ivf: cells searched per query [default: 16]")
-    p.add_argument("--threads", type=int, default=0, help="threads per worker (0: the CPUs / workers) [default: 0]")
+    from recscale.serving.settings import ServerConfig
+    add_arguments(p, ServerConfig)
 
     p = sub.add_parser("demo", help="the whole pipeline on the embedded MovieLens data")
     p.add_argument("--out", default="runs/demo")

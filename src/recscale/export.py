@@ -1,7 +1,8 @@
 """`recscale export`: a run -> a self-contained bundle directory, the only thing serving reads.
 
     BUNDLE/manifest.json        what is in the bundle: model, protocol, dataset digest, recscale
-                                version, the graphs with their input/output names, dtypes and shapes
+                                version, the graphs with their input/output names, dtypes and shapes,
+                                and every other file with its size and SHA-256 (serving/format.py)
     BUNDLE/model.onnx           the scoring graph through torch.onnx (dynamo), dynamic batch dimension
     BUNDLE/model.pt2            the same graph through torch.export
     BUNDLE/users.parquet        user (contiguous) -> original_id
@@ -23,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hashlib
+import io
 import json
 import logging
 import warnings
@@ -35,12 +37,14 @@ import torch
 
 from recscale import __version__
 from recscale.errors import RecscaleError
-from recscale.fsutil import atomic_directory
+from recscale.fsutil import atomic_directory, check_output, json_marker
 from recscale.recommend import model_inputs
+from recscale.serving.format import BUNDLE_VERSION, MANIFEST, file_entries
+from recscale.serving.runtime import onnx_session
 from recscale.training.run import load_run
 
-BUNDLE_VERSION = 1
 FORMATS = ("onnx", "torch")
+is_bundle = json_marker(MANIFEST, "bundle_version", "files")
 PARITY_RTOL = 1e-5
 PARITY_ATOL = 1e-6  # for scores that are (nearly) zero, where a relative tolerance means nothing
 
@@ -118,7 +122,11 @@ def _export_graph(module: torch.nn.Module, kind: str, stem: Path, formats, n_use
     except Exception as exc:  # torch.export's own errors: a model it cannot trace
         raise RecscaleError(f"export: torch.export cannot trace this model: {str(exc).splitlines()[0]}") from None
     if "torch" in formats:
-        torch.export.save(program, stem.with_suffix(".pt2"))
+        # Into memory first: torch's archive writer aborts the interpreter when a write fails (full
+        # disk); Python's own write raises OSError, which the bundle's atomic directory reports
+        buffer = io.BytesIO()
+        torch.export.save(program, buffer)
+        stem.with_suffix(".pt2").write_bytes(buffer.getbuffer())
         written.append(stem.with_suffix(".pt2").name)
     if "onnx" in formats:
         _require_onnx()
@@ -126,24 +134,13 @@ def _export_graph(module: torch.nn.Module, kind: str, stem: Path, formats, n_use
             torch.onnx.export(module, example, str(stem.with_suffix(".onnx")), dynamo=True,
                               input_names=INPUT_NAMES[kind], output_names=[output],
                               dynamic_shapes=tuple(_dynamic_shapes(kind).values()), verbose=False)
+        except OSError:
+            raise  # a full disk or a read-only folder: reported by the bundle's atomic directory
         except Exception as exc:
             raise RecscaleError(f"export: the ONNX exporter failed: {str(exc).splitlines()[0]}") from None
         written.append(stem.with_suffix(".onnx").name)
         check_parity(module, stem.with_suffix(".onnx"), kind, n_users, n_items, output)
     return written
-
-
-def onnx_session(path: Path, threads: int = 0):
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    # Idle intra-op threads otherwise spin for a while after every run: on a small machine that
-    # takes the CPU from the event loop and the other requests (measured: 10x fewer requests/s)
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def check_parity(module: torch.nn.Module, onnx_path: Path, kind: str, n_users: int, n_items: int, output: str,
@@ -177,10 +174,10 @@ def export_run(run: str | Path, out: str | Path, formats=FORMATS, checkpoint: st
     if "onnx" in formats:
         _require_onnx()
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise RecscaleError(f"{out}: already exists (pass --overwrite to replace it)")
+    check_output(out, "bundle", is_bundle, overwrite, (run,))
     loaded = load_run(run, "cpu", checkpoint)
     model, data, cfg = loaded.model.eval(), loaded.data, loaded.config
+    check_output(out, "bundle", is_bundle, overwrite, (run, data.root))
     kind = model.scoring_kind
     scorer = model.scoring_module()
     retrieval = model.retrieval()
@@ -217,9 +214,9 @@ def export_run(run: str | Path, out: str | Path, formats=FORMATS, checkpoint: st
             "n_users": data.n_users, "n_items": data.n_items, "fold_in": kind == "rows",
             "formats": list(formats), "graphs": graphs,
             "retrieval": retrieval is not None,
-            "files": sorted(p.name for p in tmp.iterdir()) + ["manifest.json"],
+            "files": file_entries(tmp),  # name -> bytes and SHA-256, checked by every reader
         }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 

@@ -24,7 +24,7 @@ from recscale.data.prepared import PreparedDataset
 from recscale.errors import RecscaleError
 from recscale.evaluation.metrics import top_k
 from recscale.evaluation.protocols import dense_rows
-from recscale.fsutil import atomic_file
+from recscale.fsutil import atomic_file, check_output
 from recscale.models.base import Recommender
 
 FORMATS = (".tsv", ".parquet")
@@ -111,12 +111,30 @@ def recommendation_batches(model: Recommender, data: PreparedDataset, users: np.
                "fallback": np.repeat(empty.cpu().numpy(), k)[valid].astype(np.int8)}
 
 
+def is_recommendations(path: Path) -> bool:
+    """A file `recommend` wrote: a TSV whose header is COLUMNS, or a Parquet file with them."""
+    if not path.is_file():
+        return False
+    try:
+        if path.suffix == ".parquet":
+            return tuple(pq.read_schema(path).names[:len(COLUMNS)]) == COLUMNS
+        with open(path, "rb") as handle:
+            return handle.readline(256).rstrip(b"\r\n").split(b"\t")[:len(COLUMNS)] == [c.encode() for c in COLUMNS]
+    except (OSError, pa.ArrowException):
+        return False
+
+
 def recommend(model: Recommender, data: PreparedDataset, users: np.ndarray, k: int, out: str | Path,
-              device="cpu", batch_size: int = 1024) -> int:
-    """Write the top-`k` unseen items for each contiguous user id in `users`; return rows written."""
+              device="cpu", batch_size: int = 1024, overwrite: bool = False, inputs=()) -> int:
+    """Write the top-`k` unseen items for each contiguous user id in `users`; return rows written.
+    An existing `out` is replaced only with `overwrite` and only when `recommend` wrote it; `out`
+    may not be any of `inputs` (the run, the dataset, the users file) nor contain them."""
     out = Path(out)
     if out.suffix not in FORMATS:
         raise RecscaleError(f"--out: {out.name}: use a .tsv or .parquet file name")
+    if out.is_dir():
+        raise RecscaleError(f"{out}: is a directory, expected a file name")
+    check_output(out, "recommendations file", is_recommendations, overwrite, (data.root, *inputs))
     schema = pa.schema([("user", _arrow_type(data.original_user_ids())), ("rank", pa.int32()),
                         ("item", _arrow_type(data.original_item_ids())), ("score", pa.float32()),
                         ("fallback", pa.int8())])

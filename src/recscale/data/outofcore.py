@@ -40,11 +40,11 @@ import torch
 from recscale.config import PrepareConfig
 from recscale.data.prepare import (_heldout_users, _item_table, dataset_meta, finish_prepared, latest_per_pair,
                                    refuse_existing)
-from recscale.data.readers import CONTROL, INTERACTION_KINDS, column_names, first_bad_line
+from recscale.data.readers import CONTROL, INTERACTION_KINDS, column_names, first_bad_line, require_columns, table_problem
 from recscale.data.sampling import NEGATIVE_CHUNK_USERS, distinct_negatives_chunk
 from recscale.data.splits import fold_in_split, leave_last_out, random_split, vae_groups, with_order
 from recscale.errors import RecscaleError
-from recscale.fsutil import atomic_directory
+from recscale.fsutil import atomic_directory, remove_stale_scratch, scratch_prefix, stop_signals_clean_up
 
 ROWS_PER_BUCKET = 2_000_000
 ROW_GROUP_ROWS = 1 << 20
@@ -118,8 +118,14 @@ def scan_parquet(path: Path, names: dict[str, str], items: pl.DataFrame | None =
             columns.append(expr.alias(column))
         return _canonical(frame.select("_line", *columns), {c: "float" if c == "rating" else "int" for c in names})
 
-    text = frozenset(c for c, source in names.items() if c in ("user", "item")
-                     and pl.read_parquet_schema(path).get(source) == pl.Utf8)
+    schema = pl.read_parquet_schema(path)
+    require_columns(path, list(schema), list(names.values()))
+    # the in-memory reader's checks, in one streamed pass: both engines take and refuse the same tables
+    problem = table_problem(pl.scan_parquet(path).select(pl.col(s).alias(c) for c, s in names.items()), names,
+                            str(path))
+    if problem:
+        raise RecscaleError(problem)
+    text = frozenset(c for c, source in names.items() if c in ("user", "item") and schema.get(source) == pl.Utf8)
     return ScanSource(path.stem, (path,), lazy, lambda: "", items, text)
 
 
@@ -273,9 +279,10 @@ def prepare_stream(source: ScanSource, cfg: PrepareConfig, out: str | Path, over
     """Write the prepared dataset of `source` under `cfg` to `out` with bounded memory; returns
     meta.json's content (the same as `prepare` gives for the same input and settings)."""
     out = Path(out)
-    refuse_existing(out, overwrite)
+    refuse_existing(out, overwrite, source.files)
     out.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.scratch-", dir=out.parent))
+    remove_stale_scratch(out)  # what a killed run on the same output left
+    scratch = Path(tempfile.mkdtemp(prefix=scratch_prefix(out, "scratch"), dir=out.parent))
     try:
         return _prepare_stream(source, cfg, out, overwrite, rows_per_bucket, scratch)
     except OSError as exc:
@@ -521,9 +528,10 @@ def prepare_input(read_raw: Callable, scan: Callable[[], ScanSource | None], cfg
     `read_raw()` reads the input in memory, `scan()` gives its scannable source (or None)."""
     from recscale.data.prepare import prepare
     from recscale.resources import memory_budget
-    if cfg.engine != "memory":
-        source = scan()
-        engine = choose_engine(cfg.engine, source, memory_budget(cfg.memory_budget), what)
-        if engine == "stream":
-            return prepare_stream(source, cfg, out, overwrite), engine
-    return prepare(read_raw(), cfg, out, overwrite), "memory"
+    with stop_signals_clean_up("prepare"):
+        if cfg.engine != "memory":
+            source = scan()
+            engine = choose_engine(cfg.engine, source, memory_budget(cfg.memory_budget), what)
+            if engine == "stream":
+                return prepare_stream(source, cfg, out, overwrite), engine
+        return prepare(read_raw(), cfg, out, overwrite), "memory"

@@ -20,7 +20,7 @@ from recscale.data.sampling import positive_keys, sample_distinct_negatives
 from recscale.data.raw import RawDataset
 from recscale.data.splits import ORDER_COLUMNS, leave_last_out, random_split, strong_generalization, with_order
 from recscale.errors import RecscaleError
-from recscale.fsutil import atomic_directory, sha256_file
+from recscale.fsutil import atomic_directory, check_output, json_marker, sha256_file
 
 SCHEMA_VERSION = 2  # 2: protocol.tie_break recorded; version 1 datasets ordered ties by item id
 READABLE_SCHEMAS = (1, 2)
@@ -111,10 +111,13 @@ def sorted_id_maps(frame: pl.DataFrame, names: dict[str, pl.Series] | None = Non
     return tuple(_id_map(np.sort(frame[c].unique().to_numpy()), c, names) for c in ("user", "item"))
 
 
-def refuse_existing(out: Path, overwrite: bool) -> None:
-    """Fail before any work, not after it (atomic_directory checks again when writing)."""
-    if out.exists() and not overwrite:
-        raise RecscaleError(f"{out}: already exists (pass --overwrite to replace it)")
+is_prepared = json_marker("meta.json", "schema_version", "protocol", "files", "counts")
+
+
+def refuse_existing(out: Path, overwrite: bool, inputs=()) -> None:
+    """Fail before any work, not after it (atomic_directory checks again when writing): an output
+    that is (or contains) an input, or that is not a prepared dataset, is never replaced."""
+    check_output(out, "prepared dataset", is_prepared, overwrite, inputs)
 
 
 def _encode(frame: pl.DataFrame, users: pl.DataFrame, items: pl.DataFrame) -> pl.DataFrame:
@@ -225,7 +228,7 @@ def dataset_notes(meta: dict) -> list[str]:
 def prepare(raw: RawDataset, cfg: PrepareConfig, out: str | Path, overwrite: bool = False) -> dict:
     """Write the prepared dataset for `raw` under `cfg` to `out`; return its meta.json content."""
     out = Path(out)
-    refuse_existing(out, overwrite)
+    refuse_existing(out, overwrite, raw.files)
     check_finite(raw.interactions, raw.name)
     frames, names = encode_text_ids({"interactions": raw.interactions})
     frame = filter_interactions(frames["interactions"], cfg)

@@ -39,7 +39,7 @@ def import_split(name: str, parts: dict[str, pl.DataFrame], protocol: str, out: 
                             + (f"; missing {', '.join(missing)}" if missing else "")
                             + (f"; unexpected {', '.join(unknown)}" if unknown else ""))
     out = Path(out)
-    refuse_existing(out, overwrite)
+    refuse_existing(out, overwrite, files)
     for k, v in parts.items():
         check_finite(v, k)
     negatives = negatives or {}

@@ -49,7 +49,7 @@ def _first_line(handle) -> bytes:
     return data
 
 
-def _require_columns(path: Path, header: list[str], required: list[str]) -> None:
+def require_columns(path: Path, header: list[str], required: list[str]) -> None:
     missing = [c for c in required if c not in header]
     if missing:
         raise RecscaleError(f"{path}:1: missing column(s) {', '.join(missing)} "
@@ -128,7 +128,7 @@ def read_delimited(path: str | Path, sep: str, fields: dict[str, str], names: di
     path = Path(path)
     if names is not None:
         header = _header(path, sep)
-        _require_columns(path, header, list(names.values()))
+        require_columns(path, header, list(names.values()))
         positions = {c: header.index(names[c]) for c in fields}
     else:
         if not path.is_file():
@@ -231,7 +231,7 @@ def read_movies_csv(path: str | Path) -> pl.DataFrame:
     """Read MovieLens' movies.csv (`movieId,title,genres`, genres '|'-separated)."""
     path = Path(path)
     header = _header(path)
-    _require_columns(path, header, ["movieId", "title", "genres"])
+    require_columns(path, header, ["movieId", "title", "genres"])
     try:
         frame = pl.read_csv(path, columns=["movieId", "title", "genres"],
                             schema_overrides={"movieId": pl.Int64, "title": pl.Utf8, "genres": pl.Utf8})
@@ -251,9 +251,51 @@ def canonical_movies(frame: pl.DataFrame) -> pl.DataFrame:
                         pl.col("title").fill_null(""), genres.alias("genres"))
 
 
-def _row_problem(frame: pl.DataFrame, mask: pl.Series, what: str, where: str) -> str:
-    row = int(frame.with_row_index("_row").filter(mask)["_row"][0])
-    return f"{where}: row {row + 1}: {what}"
+def column_type_problem(column: str, dtype: pl.DataType) -> str:
+    """Why a table column of `dtype` cannot be the canonical `column` ('' when it can): ids are
+    integers, integral floats or text; ratings and times numbers. Nested, binary and other
+    types are refused by name, by both prepare engines."""
+    if column in ("user", "item"):
+        ok = dtype.is_integer() or dtype.is_float() or dtype == pl.Utf8
+        return "" if ok else f"holds {dtype}, expected integer or text ids"
+    return "" if dtype.is_numeric() else f"holds {dtype}, expected numbers"
+
+
+def _row_rules(column: str, name: str, dtype: pl.DataType) -> list[tuple[pl.Expr, str]]:
+    """(mask of bad rows, what is wrong) for one canonical column of a table, in the order checked."""
+    col = pl.col(column)
+    rules = [(col.is_null(), f"missing value for {name}")]
+    if column in ("user", "item") and dtype.is_float():
+        rules.append((~col.is_finite() | (col != col.floor()), f"{name} is not an integer id"))
+    elif column in ("user", "item") and dtype == pl.Utf8:
+        rules.append((col.str.contains(CONTROL), f"{name} contains a tab, line break or control character"))
+    elif dtype.is_float():
+        integral = column == "timestamp"
+        rules.append((~col.is_finite() | ((col != col.floor()) if integral else pl.lit(False)),
+                      f"{name} is not {'an integer' if integral else 'a finite number'}"))
+    return rules
+
+
+def table_problem(frame: pl.LazyFrame | pl.DataFrame, names: dict[str, str], where: str) -> str:
+    """The first problem of a table whose canonical columns are `names`' keys (named by `names`'
+    values in messages): a column's type, else the first bad row ('' when none). One lazy query,
+    so the streaming engine checks a file larger than memory exactly as the in-memory one does."""
+    frame = frame.lazy()
+    schema = frame.collect_schema()
+    for column, name in names.items():
+        if problem := column_type_problem(column, schema[column]):
+            return f"{where}: column {name} {problem}"
+    rules = [(column, mask, what) for column, name in names.items() for mask, what in
+             _row_rules(column, name, schema[column])]
+    flags = [mask.alias(f"_bad{n}") for n, (_, mask, _) in enumerate(rules)]
+    bad = (frame.with_row_index("_row").with_columns(flags)
+                .filter(pl.any_horizontal(*(f"_bad{n}" for n in range(len(rules)))))
+                .head(1).collect(engine="streaming"))
+    if bad.height == 0:
+        return ""
+    column, _, what = next(r for n, r in enumerate(rules) if bad[f"_bad{n}"][0])
+    value = "" if what.startswith("missing") or "contains" in what else f": {bad[column][0]!r}"
+    return f"{where}: row {int(bad['_row'][0]) + 1}: {what}{value}"
 
 
 def frame_interactions(frame: pl.DataFrame, where: str, names: dict[str, str] | None = None) -> pl.DataFrame:
@@ -262,40 +304,11 @@ def frame_interactions(frame: pl.DataFrame, where: str, names: dict[str, str] | 
     values. `names` maps canonical columns to the table's (user and item required); without a
     rating column every row is 1.0, without a time column every timestamp is 0."""
     names = names or {c: c for c in ("user", "item", "rating", "timestamp") if c in frame.columns}
-    _require_columns(Path(where), frame.columns, list(names.values()))
+    require_columns(Path(where), frame.columns, list(names.values()))
     frame = frame.select(pl.col(column).alias(c) for c, column in names.items())
-    for c in frame.columns:
-        nulls = frame[c].is_null()
-        if nulls.any():
-            raise RecscaleError(_row_problem(frame, nulls, f"missing value for {names[c]}", where))
-    columns = []
-    for c in frame.columns:
-        col = frame[c]
-        if c in ("user", "item"):
-            if col.dtype.is_float():
-                bad = ~col.is_finite() | (col != col.floor())
-                if bad.any():
-                    raise RecscaleError(_row_problem(frame, bad, f"{names[c]} is not an integer id: "
-                                                     f"{col.filter(bad)[0]!r}", where))
-                col = col.cast(pl.Int64)
-            elif col.dtype == pl.Utf8:
-                bad = col.str.contains(CONTROL)
-                if bad.any():
-                    raise RecscaleError(_row_problem(frame, bad, f"{names[c]} contains a tab, line break or "
-                                                     f"control character", where))
-            elif not col.dtype.is_integer():
-                raise RecscaleError(f"{where}: column {names[c]} holds {col.dtype}, expected integer or text ids")
-        else:
-            if not col.dtype.is_numeric():
-                raise RecscaleError(f"{where}: column {names[c]} holds {col.dtype}, expected numbers")
-            if col.dtype.is_float():
-                bad = ~col.is_finite() | ((col != col.floor()) if c == "timestamp" else False)
-                if bad.any():
-                    kind = "an integer" if c == "timestamp" else "a finite number"
-                    raise RecscaleError(_row_problem(frame, bad, f"{names[c]} is not {kind}: "
-                                                     f"{col.filter(bad)[0]!r}", where))
-        columns.append(col.alias(c))
-    frame = pl.DataFrame(columns)
+    if problem := table_problem(frame, names, where):
+        raise RecscaleError(problem)
+    frame = frame.with_columns(pl.col(c).cast(pl.Int64) for c in ("user", "item") if frame[c].dtype.is_float())
     if frame.height == 0:
         raise RecscaleError(f"{where}: no rows")
     if "rating" not in frame.columns:
@@ -329,7 +342,7 @@ def read_interactions(path: str | Path, sep: str = ",", user_col: str = "userId"
         except FileNotFoundError:
             raise RecscaleError(f"{path}: file not found") from None
         except pl.exceptions.ColumnNotFoundError:
-            _require_columns(path, list(pl.read_parquet_schema(path)), list(names.values()))
+            require_columns(path, list(pl.read_parquet_schema(path)), list(names.values()))
             raise RecscaleError(f"{path}: missing column(s) {', '.join(names.values())}") from None
         except (pl.exceptions.PolarsError, OSError) as exc:
             raise RecscaleError(f"{path}: unreadable Parquet: {str(exc).splitlines()[0]}") from None

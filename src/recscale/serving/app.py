@@ -10,7 +10,8 @@ EASE): the items are their input row. Pairwise models (NeuMF, GMF, MLP, the embe
 vector for a user they were not trained on: 422. An empty history gets the most popular items.
 Requests are micro-batched (batcher.py). Bad input is a 4xx with a one-line JSON error, never a
 500: malformed JSON or fields 422, unknown user 404, unknown items listed 422, a body over
-MAX_BODY_BYTES 413.
+`max_body_bytes` 413 (counted as it arrives, so chunked bodies too), a missing or wrong API key 401
+(with `api_key_file`; /health stays open). The other limits are the connection's (protocol.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import hmac
 import json
 import os
 import time
@@ -33,10 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from recscale.errors import RecscaleError
 from recscale.serving.batcher import MicroBatcher
 from recscale.serving.bundle import PAIRS_PER_CALL, Bundle
+from recscale.serving.settings import MAX_ITEMS, MAX_K, ServerConfig
 
-MAX_K = 1000
-MAX_ITEMS = 10_000          # items in one request's history or candidates
-MAX_BODY_BYTES = 1 << 20    # 1 MiB
 Id = Union[int, str]
 
 
@@ -180,15 +180,42 @@ def _one_line(exc: RequestValidationError) -> str:
     return f"{where or 'body'}: {error.get('msg', 'invalid')}".replace("\n", " ")
 
 
-class BodyLimit:
-    """Pure ASGI middleware: a request body over `limit` bytes is answered 413 before it is read."""
+def read_api_key(path: str) -> bytes:
+    try:
+        key = Path(path).read_bytes().strip()
+    except OSError as exc:
+        raise RecscaleError(f"--api-key-file: {path}: cannot read: {exc.strerror}") from None
+    if len(key) < 16 or b"\n" in key:
+        raise RecscaleError(f"--api-key-file: {path}: expected one key of 16 or more characters on one line")
+    return key
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+
+OPEN_PATHS = ("/health",)  # answered without the API key: load balancers probe it
+
+
+class RequestGuard:
+    """Pure ASGI middleware in front of the app: the API key (compared in constant time) and the
+    body limit, both before the app reads anything. The body is counted as it arrives, so a
+    chunked body without Content-Length is held to the same limit."""
+
+    def __init__(self, app, limit: int, api_key: bytes | None = None):
+        self.app, self.limit, self.api_key = app, limit, api_key
+        self.state = app.state
+
+    def _authorized(self, scope) -> bool:
+        if self.api_key is None or scope["path"] in OPEN_PATHS:
+            return True
+        headers = dict(scope.get("headers", []))
+        given = headers.get(b"x-api-key") or headers.get(b"authorization", b"").removeprefix(b"Bearer ").strip()
+        return hmac.compare_digest(given, self.api_key)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        if not self._authorized(scope):
+            return await JSONResponse({"error": "missing or wrong API key (Authorization: Bearer KEY or "
+                                       "X-API-Key: KEY)"}, 401, headers={"www-authenticate": "Bearer"})(
+                scope, receive, send)
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             return await JSONResponse({"error": f"request body over {self.limit} bytes"}, 413)(scope, receive, send)
@@ -208,18 +235,21 @@ class BodyLimit:
             await JSONResponse({"error": str(exc)}, exc.status)(scope, receive, send)
 
 
-def create_app(bundle_dir: str | Path, max_batch: int = 64, max_wait_ms: float = 8.0, runtime: str = "auto",
-               index: str = "none", nprobe: int = 16, threads: int = 0) -> FastAPI:
-    bundle = Bundle(bundle_dir, runtime, threads)
+def create_app(bundle_dir: str | Path, settings: ServerConfig | None = None, **changes) -> RequestGuard:
+    """The ASGI app serving `bundle_dir`; `changes` override fields of `settings` (ServerConfig)."""
+    settings = dataclasses.replace(settings or ServerConfig(), **changes)
+    bundle = Bundle(bundle_dir, settings.runtime, settings.threads, trust=settings.trust_bundle)
+    api_key = read_api_key(settings.api_key_file) if settings.api_key_file else None
+    index, max_batch = settings.index, settings.max_batch
     item_index = None
     if index != "none":
         if bundle.item_vectors is None:
             raise RecscaleError(f"--index {index}: {bundle.manifest['model']}'s score is not an inner product of "
                                 f"user and item vectors (its tower mixes them): serve it without an index")
         from recscale.serving.index import ItemIndex
-        item_index = ItemIndex(bundle.item_vectors, index, nprobe=nprobe, threads=threads)
+        item_index = ItemIndex(bundle.item_vectors, index, nprobe=settings.nprobe, threads=settings.threads)
     service = Service(bundle, item_index)
-    batcher = MicroBatcher(service.score, max_batch, max_wait_ms)
+    batcher = MicroBatcher(service.score, max_batch, settings.max_wait_ms)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -232,7 +262,8 @@ def create_app(bundle_dir: str | Path, max_batch: int = 64, max_wait_ms: float =
         yield
         await batcher.stop()
 
-    app = FastAPI(title="recscale", lifespan=lifespan)
+    docs = {} if settings.docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="recscale", lifespan=lifespan, **docs)
     app.state.bundle, app.state.batcher = bundle, batcher
     started = time.time()
 
@@ -302,15 +333,14 @@ def create_app(bundle_dir: str | Path, max_batch: int = 64, max_wait_ms: float =
                 "runtime": bundle.scores.runtime if bundle.scores else None,
                 "max_batch": batcher.max_batch, "max_wait_ms": batcher.max_wait * 1000,
                 "batches": batcher.batches, "requests_scored": batcher.jobs, "limits": {
-                    "k": MAX_K, "items": MAX_ITEMS, "body_bytes": MAX_BODY_BYTES}}
+                    "k": MAX_K, "items": MAX_ITEMS, "body_bytes": settings.max_body_bytes,
+                    "request_line_bytes": settings.max_request_line, "header_bytes": settings.max_header_bytes,
+                    "read_timeout_s": settings.read_timeout_s, "connections": settings.max_connections},
+                "api_key": api_key is not None}
 
-    return BodyLimit(app, MAX_BODY_BYTES)
+    return RequestGuard(app, settings.max_body_bytes, api_key)
 
 
 def app_from_env():
     """For `uvicorn --factory` with several workers: the settings come in RECSCALE_SERVE_* variables."""
-    env = os.environ
-    return create_app(env["RECSCALE_SERVE_BUNDLE"], int(env.get("RECSCALE_SERVE_MAX_BATCH", 64)),
-                      float(env.get("RECSCALE_SERVE_MAX_WAIT_MS", 8.0)), env.get("RECSCALE_SERVE_RUNTIME", "auto"),
-                      env.get("RECSCALE_SERVE_INDEX", "none"), int(env.get("RECSCALE_SERVE_NPROBE", 16)),
-                      int(env.get("RECSCALE_SERVE_THREADS", 0)))
+    return create_app(os.environ["RECSCALE_SERVE_BUNDLE"], ServerConfig.from_json(os.environ["RECSCALE_SERVE_SETTINGS"]))

@@ -1,12 +1,12 @@
 """A bundle opened for serving: id maps, seen items, popularity, and the graphs run by ONNX Runtime
-(or torch.export's program). It reads the bundle directory only, never a run or raw files.
+(or, for a trusted bundle, torch.export's program). It reads the bundle directory only, never a run or
+raw files, and only after every file was verified against the manifest (format.py).
 
 Scores of a known user are the same as `recscale recommend`'s: the same history rows, seen items,
 popularity fallback and tie rule (equal scores: the lower item id first)."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -17,77 +17,125 @@ import torch
 
 from recscale.errors import RecscaleError
 from recscale.evaluation.metrics import top_k
+from recscale.serving.format import MANIFEST, open_bundle_files
+from recscale.serving.runtime import RUNTIMES, Graph
 
-BUNDLE_VERSIONS = (1,)
 PAIRS_PER_CALL = 1 << 18  # pairs scored per graph call: bounds the activations of pairwise models
 
 
-def _csr(path: Path) -> sp.csr_matrix:
-    data = np.load(path)
-    indptr, indices, shape = data["indptr"], data["indices"], tuple(data["shape"])
+def _refuse(path: Path, problem: str) -> RecscaleError:
+    return RecscaleError(f"--bundle: {path}: {problem}")
+
+
+def _array(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise _refuse(path, f"not a NumPy array: {str(exc).splitlines()[0]}") from None
+
+
+def _csr(path: Path, shape: tuple[int, int]) -> sp.csr_matrix:
+    """A CSR matrix of ones from the bundle, checked to be well formed with `shape`."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            indptr, indices, stored = data["indptr"], data["indices"], tuple(data["shape"].tolist())
+    except (OSError, ValueError, KeyError) as exc:
+        raise _refuse(path, f"not a CSR matrix (indptr, indices, shape): {str(exc).splitlines()[0]}") from None
+    if stored != shape:
+        raise _refuse(path, f"shape {stored}, the manifest says {shape}")
+    well_formed = (indptr.ndim == indices.ndim == 1 and indptr.size == shape[0] + 1 and indptr[0] == 0
+                   and indptr[-1] == indices.size and bool(np.all(np.diff(indptr) >= 0))
+                   and (indices.size == 0 or (indices.min() >= 0 and indices.max() < shape[1])))
+    if not well_formed:
+        raise _refuse(path, "malformed CSR (pointers out of order or item ids out of range)")
     return sp.csr_matrix((np.ones(indices.size, dtype=np.float32), indices, indptr), shape=shape)
 
 
-class Graph:
-    """One exported graph, run by ONNX Runtime (model.onnx) or torch.export's program (model.pt2)."""
-
-    def __init__(self, root: Path, spec: dict, runtime: str, threads: int):
-        files = spec["files"]
-        self.inputs = list(spec["inputs"])
-        self.output = next(iter(spec["outputs"]))
-        onnx = next((f for f in files if f.endswith(".onnx")), None)
-        pt2 = next((f for f in files if f.endswith(".pt2")), None)
-        if runtime == "auto":
-            runtime = "onnx" if onnx else "torch"
-        if runtime == "onnx":
-            if not onnx:
-                raise RecscaleError(f"--runtime onnx: {root} has no ONNX graph (export it with --format onnx)")
-            from recscale.export import onnx_session
-            self.session, self.runtime = onnx_session(root / onnx, threads), "onnx"
-        else:
-            if not pt2:
-                raise RecscaleError(f"--runtime torch: {root} has no torch.export graph (export it with --format torch)")
-            self.program, self.runtime = torch.export.load(root / pt2).module(), "torch"
-
-    def __call__(self, *arrays: np.ndarray) -> np.ndarray:
-        if self.runtime == "onnx":
-            return self.session.run([self.output], dict(zip(self.inputs, arrays)))[0]
-        with torch.no_grad():
-            return self.program(*(torch.from_numpy(a) for a in arrays)).numpy()
+def _id_map(path: Path, rows: int) -> pl.DataFrame:
+    try:
+        frame = pl.read_parquet(path)
+    except Exception as exc:  # Polars' own errors: not a Parquet file
+        raise _refuse(path, f"not a Parquet table: {str(exc).splitlines()[0]}") from None
+    if "original_id" not in frame.columns:
+        raise _refuse(path, "no original_id column")
+    if frame.height != rows:
+        raise _refuse(path, f"{frame.height} rows, the manifest says {rows}")
+    if frame["original_id"].cast(pl.Utf8).n_unique() != rows:
+        raise _refuse(path, "original ids are not unique")
+    return frame
 
 
 class Bundle:
-    def __init__(self, root: str | Path, runtime: str = "auto", threads: int = 0):
+    """A verified bundle: every file checked against the manifest and every shape against the
+    manifest's counts before anything is served. `trust` allows torch.export programs (which
+    unpickle when loaded); without it only ONNX graphs run."""
+
+    def __init__(self, root: str | Path, runtime: str = "auto", threads: int = 0, trust: bool = False):
         self.root = Path(root)
-        try:
-            self.manifest = json.loads((self.root / "manifest.json").read_text())
-        except FileNotFoundError:
-            raise RecscaleError(f"--bundle: {self.root} is not a bundle (no manifest.json; run `recscale export`)") from None
-        except (OSError, ValueError) as exc:
-            raise RecscaleError(f"--bundle: {self.root / 'manifest.json'}: unreadable: {exc}") from None
-        if self.manifest.get("bundle_version") not in BUNDLE_VERSIONS:
-            raise RecscaleError(f"--bundle: {self.root}: bundle version {self.manifest.get('bundle_version')}, "
-                                f"this recscale reads {BUNDLE_VERSIONS}")
-        if runtime not in ("auto", "onnx", "torch"):
-            raise RecscaleError(f"--runtime: auto, onnx or torch, got {runtime!r}")
+        if runtime not in RUNTIMES:
+            raise RecscaleError(f"--runtime: {', '.join(RUNTIMES)}, got {runtime!r}")
+        self.manifest = open_bundle_files(self.root)
+        listed = self.manifest["files"]
+        for name in ("users.parquet", "items.parquet", "seen.npz", "history.npz", "popularity.npy"):
+            if name not in listed:
+                raise _refuse(self.root / MANIFEST, f"files: {name} is missing from the list")
         self.kind = self.manifest["kind"]
         self.n_users, self.n_items = self.manifest["n_users"], self.manifest["n_items"]
-        threads = threads or len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else threads
-        graphs = self.manifest["graphs"]
-        self.scores = Graph(self.root, graphs["scores"], runtime, threads) if "scores" in graphs else None
-        self.user_vectors = Graph(self.root, graphs["user_vectors"], runtime, threads) if "user_vectors" in graphs else None
-        self.item_vectors = np.load(self.root / graphs["user_vectors"]["item_vectors"]) if self.user_vectors else None
-        users = pl.read_parquet(self.root / "users.parquet")
-        items = pl.read_parquet(self.root / "items.parquet")
+        if not threads and hasattr(os, "sched_getaffinity"):
+            threads = len(os.sched_getaffinity(0))
+        graphs = {k: v for k, v in self.manifest["graphs"].items() if v is not None}
+        if (self.kind is None) != ("scores" not in graphs):
+            raise _refuse(self.root / MANIFEST, f"kind {self.kind!r} does not match its graphs ({', '.join(graphs) or 'none'})")
+        users = _id_map(self.root / "users.parquet", self.n_users)
+        items = _id_map(self.root / "items.parquet", self.n_items)
         self.user_ids = users["original_id"].to_numpy()
         self.item_ids = items["original_id"].to_numpy()
         self.titles = items["title"].to_list() if "title" in items.columns else None
         self.user_index = {str(u): i for i, u in enumerate(self.user_ids.tolist())}
         self.item_index = {str(i): n for n, i in enumerate(self.item_ids.tolist())}
-        self.seen = _csr(self.root / "seen.npz")
-        self.history = _csr(self.root / "history.npz")
+        self.seen = _csr(self.root / "seen.npz", (self.n_users, self.n_items))
+        self.history = _csr(self.root / "history.npz", (self.n_users, self.n_items))
         self.history_size = np.diff(self.history.indptr)
-        self.popularity = np.load(self.root / "popularity.npy").astype(np.float32)
+        popularity = _array(self.root / "popularity.npy")
+        if popularity.shape != (self.n_items,) or not np.all(np.isfinite(popularity.astype(np.float64))):
+            raise _refuse(self.root / "popularity.npy", f"shape {popularity.shape} (finite values expected, the "
+                          f"manifest says ({self.n_items},))")
+        self.popularity = popularity.astype(np.float32)
+        self.scores = Graph(self.root, graphs["scores"], listed, runtime, threads, trust) if "scores" in graphs else None
+        self.user_vectors = self.item_vectors = None
+        if "user_vectors" in graphs:
+            spec = graphs["user_vectors"]
+            self.user_vectors = Graph(self.root, spec, listed, runtime, threads, trust)
+            vectors = _array(self.root / spec["item_vectors"]) if spec.get("item_vectors") else None
+            if vectors is None or vectors.shape != (self.n_items, spec.get("dim")) or vectors.dtype != np.float32:
+                raise _refuse(self.root / str(spec.get("item_vectors")), f"item vectors of shape "
+                              f"{None if vectors is None else vectors.shape}, the manifest says "
+                              f"({self.n_items}, {spec.get('dim')}) float32")
+            self.item_vectors = vectors
+        self._probe()
+
+    def _probe(self) -> None:
+        """Run each graph once on one input: a graph whose output does not fit the manifest is
+        refused now, not answered with a 500 (or an empty 200) at request time."""
+        checks = []
+        if self.scores is not None:
+            expected = (1, self.n_items) if self.kind == "rows" else (1,)
+            checks.append((self.scores, expected))
+        if self.user_vectors is not None:
+            checks.append((self.user_vectors, (1, self.item_vectors.shape[1])))
+        for graph, expected in checks:
+            if self.kind == "rows":
+                inputs = (np.zeros((1, self.n_items), dtype=np.float32),)
+            else:
+                inputs = tuple(np.zeros(1, dtype=np.int64) for _ in graph.inputs)
+            try:
+                got = np.asarray(graph(*inputs))
+            except Exception as exc:  # the runtime's own errors: the graph does not take the manifest's inputs
+                raise _refuse(self.root, f"its {graph.runtime} graph fails on the manifest's inputs: "
+                              f"{str(exc).splitlines()[0]}") from None
+            if got.shape != expected:
+                raise _refuse(self.root, f"its {graph.runtime} graph answers shape {got.shape}, the manifest "
+                              f"says {expected}")
 
     # ------------------------------------------------------------------ ids
 

@@ -29,7 +29,7 @@ from recscale.config import (RECORD_SECTION, Layer, RunConfig, build_run_config,
 from recscale.data.prepared import PreparedDataset
 from recscale.errors import RecscaleError, RunInterrupted
 from recscale.evaluation.protocols import evaluate, validation_split
-from recscale.fsutil import atomic_file
+from recscale.fsutil import atomic_file, refuse_if_input, signal_handlers
 from recscale.optim.factory import check_optimizer
 from recscale.training.build import (build_model, build_trainer, model_class, open_data, pick_device, place,
                                      resolve_data_loading, seeded)
@@ -127,12 +127,8 @@ def graceful_stop(trainer: Trainer):
         timer.daemon = True
         timer.start()
 
-    previous = {sig: signal.signal(sig, ask) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with signal_handlers(ask, (signal.SIGINT, signal.SIGTERM)):
         yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _train(trainer: Trainer, final: Path) -> dict:
@@ -180,7 +176,7 @@ def start_run(cfg: RunConfig, model_params: Layer | dict, out: str | Path, overw
     device = distributed.device_for(info, pick_device(cfg.system.device))
     run = None
     if info.rank == 0:
-        run, note = RunDirectory.create(out, overwrite)
+        run, note = RunDirectory.create(out, overwrite, inputs=(cfg.data,))
         if note:
             print(f"recscale train: {note}", file=sys.stderr)
     try:
@@ -193,6 +189,8 @@ def start_run(cfg: RunConfig, model_params: Layer | dict, out: str | Path, overw
             if pretrained and cfg.system.embeddings == "sharded":
                 raise RecscaleError("--pretrained-gmf/--pretrained-mlp: not with --embeddings sharded (the tables "
                                     "are initialized shard by shard); train replicated, or without them")
+            if run is not None:
+                refuse_if_input(run.final, pretrained.values())
             if pretrained:
                 model.init_from_pretrained({role: load_run(path, "cpu").model for role, path in pretrained.items()})
             place(model, device)

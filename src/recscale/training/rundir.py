@@ -1,7 +1,7 @@
 """The life of a run directory: one writer at a time, built aside, published whole.
 
 - **Lock.** A writer (train, resume) holds an exclusive `flock` on `.NAME.lock` beside the run
-  directory for as long as it runs. A second writer is refused with one line naming the holder
+  directory, resolved (symlinks, `..`), for as long as it runs. A second writer is refused with one line naming the holder
   (pid, host, start time, command); the kernel drops the lock when the holder dies.
 - **Built aside.** A new run (also one that replaces an existing run with --overwrite) is written
   into `.NAME.new-PID` beside its final place and renamed into place when its first checkpoint
@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 from recscale.errors import RecscaleError
-from recscale.fsutil import fsync_dir
+from recscale.fsutil import fsync_dir, refuse_if_input
 
 CONFIG = "config.toml"
 LAST = Path("checkpoints") / "last.pt"
@@ -102,10 +102,12 @@ class RunDirectory:
         return self.path == self.final
 
     @classmethod
-    def create(cls, final: str | Path, overwrite: bool) -> tuple["RunDirectory", str]:
+    def create(cls, final: str | Path, overwrite: bool, inputs=()) -> tuple["RunDirectory", str]:
         """Lock `final` and make a fresh aside directory to build the run in. Returns it with a
-        note for the user when an unfinished run is restarted ('' otherwise)."""
-        final = Path(final).absolute()
+        note for the user when an unfinished run is restarted ('' otherwise). A `final` that is or
+        contains one of `inputs` (the prepared data) is refused before anything is touched."""
+        final = Path(final).resolve()  # one lock and one directory for every path that reaches it
+        refuse_if_input(final, inputs)
         note = ""
         if final.exists() and not final.is_dir():
             raise RecscaleError(f"{final}: exists and is not a directory")
@@ -135,7 +137,7 @@ class RunDirectory:
     @classmethod
     def existing(cls, final: str | Path) -> "RunDirectory":
         """Lock a published run to continue writing it (resume)."""
-        run = cls(Path(final).absolute())
+        run = cls(Path(final).resolve())
         run.lock.acquire()
         return run
 

@@ -10,6 +10,12 @@ The study lives in OUT/study.db (SQLite), so a killed `tune` resumes where it st
 finished (complete or pruned) stay, a trial that was running when the process died is marked failed
 and its parameters are tried again first. One `tune` at a time per OUT (a lock file).
 
+A study remembers what it searched (model, the dataset's meta.json digest, protocol, space):
+resuming it with anything else is refused in one line (another `--study NAME` in the same OUT, or
+`--overwrite` to start that study afresh, which deletes only that study's trials and outputs).
+Studies other than the default one keep their trials in OUT/trials/NAME/ and write
+trials-NAME.tsv and best-NAME.toml.
+
 `--jobs J` runs J worker processes on the same study, each with 1/J of the CPUs' threads; each
 worker's sampler has its own seed, so results with J > 1 depend on timing (J = 1 is repeatable).
 """
@@ -20,8 +26,11 @@ import contextlib
 import csv
 import dataclasses
 import fcntl
+import hashlib
+import json
 import multiprocessing
 import os
+import re
 import shutil
 import sys
 import time
@@ -29,11 +38,14 @@ from pathlib import Path
 
 from recscale.config import Layer
 from recscale.errors import RecscaleError
-from recscale.fsutil import atomic_file
+from recscale.fsutil import atomic_file, refuse_if_input
 from recscale.tuning.space import Param
 
 STUDY_NAME = "recscale"
+STUDY_NAMES = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")  # never a trial number: no clash in OUT/trials
 FINISHED = ("COMPLETE", "PRUNED")
+FINGERPRINT = "recscale_fingerprint"  # the study's user attribute: what it searched
+OUTPUTS = ("trials.tsv", "best.toml", "history.png", "importance.png")
 
 
 @dataclasses.dataclass
@@ -49,7 +61,41 @@ class TuneJob:
     timeout: float | None
     seed: int
     threads: int
+    study: str = STUDY_NAME
+    fingerprint: dict = dataclasses.field(default_factory=dict)
+    overwrite: bool = False
 
+    def trials_dir(self) -> Path:
+        return self.out / "trials" if self.study == STUDY_NAME else self.out / "trials" / self.study
+
+    def output(self, name: str) -> Path:
+        """OUT/trials.tsv for the default study, OUT/trials-NAME.tsv for another."""
+        if self.study == STUDY_NAME:
+            return self.out / name
+        stem, dot, suffix = name.partition(".")
+        return self.out / f"{stem}-{self.study}{dot}{suffix}"
+
+
+def fingerprint(model: str, data: str | Path, protocol: str, space: list[Param]) -> dict:
+    """What a study searches; a study is only ever resumed with the same."""
+    meta = Path(data) / "meta.json"
+    return {"model": model, "dataset_sha256": hashlib.sha256(meta.read_bytes()).hexdigest(), "protocol": protocol,
+            "space": json.loads(json.dumps([dataclasses.asdict(p) for p in space]))}
+
+
+def check_study_name(name: str) -> str:
+    if not STUDY_NAMES.fullmatch(name):
+        raise RecscaleError(f"--study: a letter, then letters, digits, '-' or '_' (64 at most), got {name!r}")
+    return name
+
+
+def check_out(out: Path, inputs) -> None:
+    """OUT is a tune directory (study.db), an empty or new directory, and holds none of the inputs."""
+    refuse_if_input(out, inputs)
+    if out.exists() and not out.is_dir():
+        raise RecscaleError(f"--out: {out} is a file, expected a study directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / "study.db").is_file():
+        raise RecscaleError(f"--out: {out} is a directory that is not a tune study (no study.db); choose another --out")
 
 def _optuna():
     try:
@@ -66,23 +112,53 @@ def storage_url(out: Path) -> str:
 
 def open_study(job: TuneJob, worker: int = 0):
     optuna = _optuna()
-    finished = _count_finished(job.out)
+    finished = _count_finished(job)
     # another seed for each worker and for each resumption: no trial repeats an earlier draw
     sampler = optuna.samplers.TPESampler(seed=job.seed + 1000 * worker + finished, n_startup_trials=5)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
-    return optuna.create_study(study_name=STUDY_NAME, storage=storage_url(job.out), direction="maximize",
+    return optuna.create_study(study_name=job.study, storage=storage_url(job.out), direction="maximize",
                                sampler=sampler, pruner=pruner, load_if_exists=True)
 
 
-def _count_finished(out: Path) -> int:
-    if not (out / "study.db").exists():
-        return 0
+def _existing(job: TuneJob):
+    if not (job.out / "study.db").exists():
+        return None
     optuna = _optuna()
     try:
-        study = optuna.load_study(study_name=STUDY_NAME, storage=storage_url(out))
+        return optuna.load_study(study_name=job.study, storage=storage_url(job.out))
     except KeyError:
-        return 0
-    return sum(t.state.name in FINISHED for t in study.get_trials(deepcopy=False))
+        return None
+
+
+def _count_finished(job: TuneJob) -> int:
+    study = _existing(job)
+    return 0 if study is None else sum(t.state.name in FINISHED for t in study.get_trials(deepcopy=False))
+
+
+def _claim_study(job: TuneJob) -> None:
+    """Refuse to resume a study that searched something else; with `overwrite` delete the study
+    (its trials, and its outputs) first. A new study records what it searches."""
+    study = _existing(job)
+    if study is not None and job.overwrite:
+        _optuna().delete_study(study_name=job.study, storage=storage_url(job.out))
+        if job.trials_dir().is_dir():
+            for trial in job.trials_dir().iterdir():
+                if re.fullmatch(r"\d{4,}", trial.name):  # only the trial runs we made
+                    shutil.rmtree(trial)
+        for name in OUTPUTS:
+            job.output(name).unlink(missing_ok=True)
+        study = None
+    if study is not None:
+        recorded = study.user_attrs.get(FINGERPRINT)
+        if recorded is None:  # a study opened without tune() (or by a recscale before fingerprints): adopt it
+            study.set_user_attr(FINGERPRINT, job.fingerprint)
+        elif recorded != job.fingerprint:
+            differ = [k for k in job.fingerprint if (recorded or {}).get(k) != job.fingerprint[k]]
+            raise RecscaleError(f"--out: {job.out}: study {job.study!r} was made for another "
+                                f"{', '.join(differ) or 'search'}; pick a new --study NAME, or --overwrite to "
+                                f"start it afresh")
+        return
+    open_study(job).set_user_attr(FINGERPRINT, job.fingerprint)
 
 
 def _objective(job: TuneJob):
@@ -107,9 +183,9 @@ def _objective(job: TuneJob):
                 raise optuna.TrialPruned()
 
         started = time.perf_counter()
-        trial.set_user_attr("run", str(job.out / "trials" / f"{trial.number:04d}"))
+        trial.set_user_attr("run", str(job.trials_dir() / f"{trial.number:04d}"))
         try:
-            best = start_run(cfg, params, job.out / "trials" / f"{trial.number:04d}", overwrite=True,
+            best = start_run(cfg, params, job.trials_dir() / f"{trial.number:04d}", overwrite=True,
                              on_epoch=report)
         finally:
             trial.set_user_attr("seconds", time.perf_counter() - started)
@@ -130,7 +206,7 @@ def _worker(job: TuneJob, worker: int) -> None:
     study = open_study(job, worker)
     stop = optuna.study.MaxTrialsCallback(job.trials, states=(optuna.trial.TrialState.COMPLETE,
                                                               optuna.trial.TrialState.PRUNED))
-    remaining = job.trials - _count_finished(job.out)
+    remaining = job.trials - _count_finished(job)
     if remaining > 0:
         study.optimize(_objective(job), n_trials=remaining, timeout=job.timeout, callbacks=[stop],
                        catch=(RecscaleError,))
@@ -138,6 +214,7 @@ def _worker(job: TuneJob, worker: int) -> None:
 
 @contextlib.contextmanager
 def _locked(out: Path):
+    out = out.resolve()  # the lock of the directory, whatever path reaches it
     out.mkdir(parents=True, exist_ok=True)
     with open(out / ".tune.lock", "w") as handle:
         try:
@@ -159,12 +236,34 @@ def _retry_interrupted(job: TuneJob) -> int:
 
 
 def tune(job: TuneJob, jobs: int = 1, log=sys.stderr) -> dict:
-    """Run (or resume) the study; write trials.tsv, best.toml and the plots; return a summary."""
+    """Run (or resume) the study; write trials.tsv, best.toml and the plots; return a summary.
+    A study storage that cannot be written (full disk, read-only folder) is one line; a study
+    directory this call created is removed again when it fails."""
+    created = not job.out.exists()
+    try:
+        return _tune(job, jobs, log)
+    except BaseException as exc:
+        if created:
+            shutil.rmtree(job.out, ignore_errors=True)
+        if _is_storage_error(exc):
+            first = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+            raise RecscaleError(f"--out: {job.out / 'study.db'}: cannot write the study: {first}") from None
+        raise
+
+
+def _is_storage_error(exc: BaseException) -> bool:
+    """SQLAlchemy's errors (what SQLite reports of a full disk) and Optuna's own storage errors."""
+    names = {cls.__module__.split(".")[0] for cls in type(exc).__mro__}
+    return "sqlalchemy" in names or type(exc).__name__ == "StorageInternalError"
+
+
+def _tune(job: TuneJob, jobs: int, log) -> dict:
     with _locked(job.out):
+        _claim_study(job)
         retried = _retry_interrupted(job)
         if retried:
             print(f"tune: {retried} trial(s) interrupted by a stop are tried again", file=log)
-        done = _count_finished(job.out)
+        done = _count_finished(job)
         if done:
             print(f"tune: resuming {job.out}: {done} of {job.trials} trials already finished", file=log)
         if jobs == 1:
@@ -191,7 +290,7 @@ def summarize(job: TuneJob) -> dict:
     optuna = _optuna()
     study = open_study(job)
     trials = study.get_trials(deepcopy=False)
-    with atomic_file(job.out / "trials.tsv") as tmp:
+    with atomic_file(job.output("trials.tsv")) as tmp:
         with open(tmp, "w", newline="") as handle:
             writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
             writer.writerow(["trial", "state", "value", "epochs", "seconds", *[p.name for p in job.space]])
@@ -201,19 +300,19 @@ def summarize(job: TuneJob) -> dict:
                                  *[t.params.get(p.name, "") for p in job.space]])
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
-        raise RecscaleError(f"tune: no trial completed (see {job.out / 'trials.tsv'})")
+        raise RecscaleError(f"tune: no trial completed (see {job.output('trials.tsv')})")
     best = max(complete, key=lambda t: t.value)
     run = Path(best.user_attrs["run"])
-    with atomic_file(job.out / "best.toml") as tmp:
+    with atomic_file(job.output("best.toml")) as tmp:
         shutil.copyfile(run / "config.toml", tmp)
-    plots = _plots(study, job.out)
+    plots = _plots(study, job)
     return {"trials": len(trials), "complete": len(complete),
             "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in trials),
             "best_trial": best.number, "best_value": best.value, "best_params": best.params, "best_run": str(run),
             "plots": plots}
 
 
-def _plots(study, out: Path) -> list[str]:
+def _plots(study, job: TuneJob) -> list[str]:
     """Optimisation history and parameter importances (with matplotlib; importances need two or
     more complete trials that differ)."""
     try:
@@ -227,7 +326,7 @@ def _plots(study, out: Path) -> list[str]:
     for name, draw in (("history.png", plots.plot_optimization_history), ("importance.png", plots.plot_param_importances)):
         try:
             axes = draw(study)
-            with atomic_file(out / name) as tmp:
+            with atomic_file(job.output(name)) as tmp:
                 axes.figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
             plt.close(axes.figure)
             written.append(name)
