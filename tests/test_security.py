@@ -1,7 +1,8 @@
 """Trust (issue 27): a bundle is data and is verified whole, --overwrite replaces only what recscale
 made and never an input, locks hold whatever path reaches a directory, a tune study is resumed
-only with what it searched, and the streaming engine refuses what the in-memory one refuses.
-The server's limits and the signals of streamed prepare are in test_server_limits.py."""
+only with what it searched, the streaming engine refuses what the in-memory one refuses and
+leaves nothing behind when stopped. The server's limits are in test_server_limits.py; full disks
+in test_hardening.py."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import json
 import os
 import re
 import shutil
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -360,3 +363,54 @@ def test_scratch_of_a_dead_process_is_removed_by_the_next_run_and_a_live_ones_ke
     assert sorted(p.name for p in remove_stale_scratch(out)) == [".data.scratch-999999999-abc",
                                                                  ".data.tmp-999999999-def"]
     assert live.is_dir() and other.is_dir() and not dead.exists()
+
+
+# ----------------------------------------------------------------------------- 5. streamed prepare and signals
+
+@pytest.fixture(scope="module")
+def large_csv(tmp_path_factory):
+    """A log that takes the streaming engine several seconds on 2 cores."""
+    rng = np.random.default_rng(0)
+    n = 2_000_000
+    path = tmp_path_factory.mktemp("large") / "ratings.csv"
+    pl.DataFrame({"userId": rng.integers(0, 40_000, n), "movieId": rng.integers(0, 5_000, n),
+                  "rating": np.full(n, 4.0), "timestamp": np.arange(n)}).write_csv(path)
+    return path
+
+
+def _start_stream_prepare(csv: Path, out: Path):
+    import subprocess
+    import sys
+    process = subprocess.Popen([sys.executable, "-m", "recscale", *PREPARE, "--ratings", str(csv), "--engine", "stream",
+                                "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(out.parent.glob(f".{out.name}.scratch-*")):  # it is working on the scratch
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+    return process
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_stop_signal_ends_streamed_prepare_quickly_and_leaves_nothing(large_csv, tmp_path, signum, code):
+    out = tmp_path / "data"
+    process = _start_stream_prepare(large_csv, out)
+    time.sleep(0.3)
+    sent = time.monotonic()
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == code, err
+    assert time.monotonic() - sent < 5 and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []  # no scratch, no partial output
+
+
+@pytest.mark.slow
+def test_the_scratch_of_a_killed_streamed_prepare_is_removed_by_the_next_run(large_csv, tmp_path):
+    out = tmp_path / "data"
+    process = _start_stream_prepare(large_csv, out)
+    process.kill()
+    process.wait(30)
+    left = list(tmp_path.glob(".data.scratch-*"))
+    assert left and not out.exists()
+    prepare(synthetic_raw(n_users=30, n_items=25, per_user=8), PrepareConfig(protocol="ncf", test_negatives=3), out)
+    assert [p.name for p in tmp_path.iterdir()] == ["data"]

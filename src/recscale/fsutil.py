@@ -12,6 +12,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -79,6 +80,20 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def remove_scratch(path: Path, tries: int = 30) -> None:
+    """Remove a scratch directory on the way out of an error or an interrupt, and finish even when
+    interrupted again meanwhile (Polars raises the KeyboardInterrupt of one SIGINT a second time)
+    or when the streaming engine's threads are still finishing a file in it."""
+    for _ in range(tries):
+        try:
+            shutil.rmtree(path, ignore_errors=True)
+            if not path.exists():
+                return
+            time.sleep(0.1)
+        except (KeyboardInterrupt, RunInterrupted):
+            continue
+
+
 def remove_stale_scratch(target: Path) -> list[Path]:
     """Remove the scratch that dead processes left beside `target` (a live one's stays); returns
     what was removed."""
@@ -97,18 +112,25 @@ def remove_stale_scratch(target: Path) -> list[Path]:
 
 @contextlib.contextmanager
 def stop_signals_clean_up(what: str) -> Iterator[None]:
-    """While inside, SIGTERM and SIGHUP raise RunInterrupted in the main thread (SIGINT already
-    raises KeyboardInterrupt), so that every `finally` and atomic directory removes its scratch
-    and the process exits with 128 + the signal, leaving no partial output. Elsewhere (another
-    thread) a no-op: only the main thread may set handlers."""
+    """While inside, the first SIGINT raises KeyboardInterrupt and the first SIGTERM or SIGHUP
+    RunInterrupted in the main thread, so that every `finally` and atomic directory removes its
+    scratch and the process exits with 128 + the signal, leaving no partial output. Later signals
+    are ignored so that the clean-up itself is not cut short (Polars delivers one SIGINT twice).
+    Elsewhere (another thread) a no-op: only the main thread may set handlers."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    stopped = []
 
     def stop(signum, frame):
+        if stopped:
+            return
+        stopped.append(signum)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
         raise RunInterrupted(f"{what}: stopped by {signal.Signals(signum).name}; nothing was written", signum)
 
-    with signal_handlers(stop, (signal.SIGTERM, signal.SIGHUP)):
+    with signal_handlers(stop, (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)):
         yield
 
 
@@ -151,7 +173,7 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iter
             os.rename(tmp, target)
         fsync_dir(target.parent)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_scratch(tmp)
         raise
 
 

@@ -44,7 +44,7 @@ from recscale.data.readers import CONTROL, INTERACTION_KINDS, column_names, firs
 from recscale.data.sampling import NEGATIVE_CHUNK_USERS, distinct_negatives_chunk
 from recscale.data.splits import fold_in_split, leave_last_out, random_split, vae_groups, with_order
 from recscale.errors import RecscaleError
-from recscale.fsutil import atomic_directory, remove_stale_scratch, scratch_prefix, stop_signals_clean_up
+from recscale.fsutil import atomic_directory, remove_scratch, remove_stale_scratch, scratch_prefix, stop_signals_clean_up
 
 ROWS_PER_BUCKET = 2_000_000
 ROW_GROUP_ROWS = 1 << 20
@@ -288,7 +288,7 @@ def prepare_stream(source: ScanSource, cfg: PrepareConfig, out: str | Path, over
     except OSError as exc:
         raise RecscaleError(f"{out}: cannot write: {exc.strerror or exc}") from exc
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        remove_scratch(scratch)
 
 
 def _prepare_stream(source: ScanSource, cfg: PrepareConfig, out: Path, overwrite: bool, rows_per_bucket: int,

@@ -200,7 +200,6 @@ class RequestGuard:
 
     def __init__(self, app, limit: int, api_key: bytes | None = None):
         self.app, self.limit, self.api_key = app, limit, api_key
-        self.state = app.state
 
     def _authorized(self, scope) -> bool:
         if self.api_key is None or scope["path"] in OPEN_PATHS:
@@ -219,20 +218,25 @@ class RequestGuard:
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             return await JSONResponse({"error": f"request body over {self.limit} bytes"}, 413)(scope, receive, send)
-        seen = 0
+        seen, refused = 0, False
 
         async def counted():
-            nonlocal seen
+            # Past the limit: answer 413 here and tell the app the client left (an exception would
+            # reach FastAPI's body parser, which turns any error into its own 400)
+            nonlocal seen, refused
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise HTTPProblem(413, f"request body over {self.limit} bytes")
+            if seen > self.limit and not refused:
+                refused = True
+                await JSONResponse({"error": f"request body over {self.limit} bytes"}, 413)(scope, receive, send)
+                return {"type": "http.disconnect"}
             return message
 
-        try:
-            await self.app(scope, counted, send)
-        except HTTPProblem as exc:
-            await JSONResponse({"error": str(exc)}, exc.status)(scope, receive, send)
+        async def unless_refused(message):
+            if not refused:
+                await send(message)
+
+        await self.app(scope, counted, unless_refused)
 
 
 def create_app(bundle_dir: str | Path, settings: ServerConfig | None = None, **changes) -> RequestGuard:

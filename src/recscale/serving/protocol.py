@@ -49,9 +49,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.deadline = None
         if self.transport.is_closing():
             return
-        if self.cycle is None or self.cycle.response_complete or not self.cycle.response_started:
+        if self.cycle is None or not self.cycle.response_started:
             self._send(408, f"request not received within {self.read_timeout:g} s")
-        else:
+        else:  # answered already (a 503 or 413 before the body arrived), or answering: just close
             self.transport.close()
 
     def connection_made(self, transport) -> None:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 from pathlib import Path
 
 from recscale.errors import RecscaleError
+from recscale.fsutil import signal_handlers
 from recscale.serving.settings import ServerConfig
 
 
@@ -60,11 +62,14 @@ def serve(bundle: str | Path, settings: ServerConfig) -> None:
     if settings.workers == 1:
         print(f"serving {bundle} on {scheme}://{settings.host}:{settings.port} (POST /recommend, /score; GET "
               f"/health, /metadata)", flush=True)
-        uvicorn.Server(uvicorn_config(app, settings)).run()
+        # uvicorn drains on SIGTERM, then raises the signal again under the handler it found: a
+        # handler that ignores it makes a drained server exit 0 instead of dying of the signal
+        with signal_handlers(lambda *_: None, (signal.SIGTERM,)):
+            uvicorn.Server(uvicorn_config(app, settings)).run()
         return
     os.environ.update(RECSCALE_SERVE_BUNDLE=str(bundle), RECSCALE_SERVE_SETTINGS=settings.to_json())
     print(f"serving {bundle} on {scheme}://{settings.host}:{settings.port} with {settings.workers} workers", flush=True)
     config = uvicorn_config("recscale.serving.app:app_from_env", settings, factory=True, workers=settings.workers)
     sock = config.bind_socket()
     from uvicorn.supervisors import Multiprocess
-    Multiprocess(config, target=uvicorn.Server(config).run, sockets=[sock]).run()
+    Multiprocess(config, sockets=[sock]).run()
