@@ -63,7 +63,7 @@ def child(kind: str, run: str, out: str) -> None:
             users_file = Path(out).with_suffix(".users.txt")
             users_file.write_text("\n".join(map(str, data.original_user_ids()[:n_users])) + "\n")
         start = time.perf_counter()
-        rows = loaded.write_recommendations(out, read_user_file(users_file, data) if users_file else None, 100)
+        rows = loaded.write_recommendations(out, read_user_file(users_file, data) if users_file else None, 100, overwrite=True)
         seconds = time.perf_counter() - start
         print(json.dumps({"users": n_users, "rows": rows, "seconds": seconds,
                           "rss_before": base, "rss_peak": peak_rss_mib()}))
