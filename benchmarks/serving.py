@@ -117,10 +117,29 @@ def scoring_ms(bundle: Path) -> float:
     return 1000 * statistics.median(times)
 
 
-def serve(bundle: Path, port: int, max_batch: int) -> subprocess.Popen:
+# The same server with uvicorn's own httptools protocol instead of recscale's guarded one (request
+# head limits and read deadline, serving/protocol.py): what the guard costs, measured side by side
+PLAIN_SERVER = """
+import sys
+import uvicorn
+from recscale.resources import limit_threads
+from recscale.serving.app import create_app
+from recscale.serving.server import uvicorn_config
+from recscale.serving.settings import ServerConfig
+limit_threads()  # as the command line does
+settings = ServerConfig(port=int(sys.argv[2]), max_batch=int(sys.argv[3]), threads=2)
+config = uvicorn_config(create_app(sys.argv[1], settings), settings)
+config.http = "httptools"
+uvicorn.Server(config).run()
+"""
+
+
+def serve(bundle: Path, port: int, max_batch: int, protocol: str = "guarded") -> subprocess.Popen:
     import httpx
-    server = subprocess.Popen([sys.executable, "-m", "recscale", "serve", "--bundle", str(bundle), "--port", str(port),
-                               "--max-batch", str(max_batch)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    command = ([sys.executable, "-m", "recscale", "serve", "--bundle", str(bundle), "--port", str(port),
+                "--max-batch", str(max_batch)] if protocol == "guarded" else
+               [sys.executable, "-c", PLAIN_SERVER, str(bundle), str(port), str(max_batch)])
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
@@ -163,6 +182,7 @@ def plot(results: list[dict], path: Path) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of the guarded-vs-plain protocol comparison")
     parser.add_argument("--loadgen", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--base", help=argparse.SUPPRESS)
     parser.add_argument("--users-file", help=argparse.SUPPRESS)
@@ -178,6 +198,13 @@ def main() -> None:
     bundles = build(work)
     print(f"trained and exported in {time.perf_counter() - started:.0f}s", flush=True)
     results, own = [], {}
+
+    def load(port: int, concurrency: int, total: int) -> dict:
+        out = subprocess.run([sys.executable, __file__, "--loadgen", "--base", f"http://127.0.0.1:{port}",
+                              "--users-file", str(work / "users.json"), "--concurrency", str(concurrency),
+                              "--total", str(total)], capture_output=True, text=True, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
     for model, bundle in bundles.items():
         own[model] = scoring_ms(bundle)
         users = [u.item() for u in Bundle(bundle).user_ids[:5000]]
@@ -187,15 +214,33 @@ def main() -> None:
             server = serve(bundle, port, max_batch)
             try:
                 for concurrency, total in LOADS[model].items():
-                    out = subprocess.run([sys.executable, __file__, "--loadgen", "--base", f"http://127.0.0.1:{port}",
-                                          "--users-file", str(work / "users.json"), "--concurrency", str(concurrency),
-                                          "--total", str(total)], capture_output=True, text=True, check=True)
-                    r = json.loads(out.stdout.strip().splitlines()[-1])
-                    results.append({"model": model, "max_batch": max_batch, "concurrency": concurrency, **r})
+                    results.append({"model": model, "max_batch": max_batch, "concurrency": concurrency,
+                                    **load(port, concurrency, total)})
                     print(results[-1], flush=True)
             finally:
                 server.terminate()
                 server.wait(30)
+    # the guarded protocol against uvicorn's plain one: Mult-VAE, max-batch 64, rounds alternating
+    guard: dict[tuple[str, int], list[dict]] = {}
+    users = [u.item() for u in Bundle(bundles["multvae"]).user_ids[:5000]]
+    (work / "users.json").write_text(json.dumps(users))
+    for round_ in range(args.rounds):
+        for protocol in (("guarded", "plain") if round_ % 2 == 0 else ("plain", "guarded")):
+            port = free_port()
+            server = serve(bundles["multvae"], port, 64, protocol)
+            try:
+                for concurrency in (1, 64):
+                    guard.setdefault((protocol, concurrency), []).append(
+                        load(port, concurrency, LOADS["multvae"][concurrency]))
+            finally:
+                server.terminate()
+                server.wait(30)
+    median = {key: {m: statistics.median(r[m] for r in runs) for m in ("rps", "p50_ms", "p99_ms")}
+              for key, runs in guard.items()}
+    guard_rows = [[protocol, str(c), f"{median[(protocol, c)]['rps']:,.0f}", f"{median[(protocol, c)]['p50_ms']:.1f}",
+                   f"{median[(protocol, c)]['p99_ms']:.1f}",
+                   f"{median[(protocol, c)]['rps'] / median[('plain', c)]['rps']:.2f}x"]
+                  for c in (1, 64) for protocol in ("guarded", "plain")]
     rows = [[r["model"], str(r["max_batch"]), str(r["concurrency"]), f"{r['requests']:,}", f"{r['rps']:,.0f}",
              f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", str(r["errors"])] for r in results]
     summary = []
@@ -224,6 +269,13 @@ request at a time. The two processes share the machine's 2 cores.
 NeuMF must run its MLP tower for every one of the 26,744 items to rank them for a user (about 5.7
 GFLOP per user at the default 256-256-128-64 tower), which no index can shortcut; Mult-VAE's
 decoder ranks every item with one (600 x 26,744) matrix product.
+
+What the connection guard costs (`serve`'s protocol with request-head limits and a read deadline
+per request, against uvicorn's plain httptools protocol, everything else equal): Mult-VAE,
+max-batch 64, medians of {args.rounds} rounds, the two servers alternating (which starts a round
+alternates too).
+
+{table(["protocol", "concurrency", "requests/s", "p50 ms", "p99 ms", "requests/s against plain"], guard_rows)}
 """
     print(body)
     if not args.no_write:
