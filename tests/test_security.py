@@ -250,7 +250,7 @@ def test_train_export_recommend_and_tune_never_replace_an_input_or_a_stranger(tr
     export = ["export", "--run", run, "--overwrite", "--out"]
     assert "is the input" in _cli([*export, run], capsys)[1]
     assert "contains the input" in _cli([*export, run.parent], capsys)[1]
-    assert "is a directory that is not a bundle recscale wrote" in _cli([*export, data], capsys)[1]
+    assert "is the input" in _cli([*export, data], capsys)[1]  # the run's prepared data is read too
     assert "not a bundle recscale wrote" in _cli([*export, stranger], capsys)[1]
     known = [str(u) for u in Bundle(bundle).user_ids[:2].tolist()]
     users = tmp_path / "users.txt"

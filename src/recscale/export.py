@@ -174,8 +174,7 @@ def export_run(run: str | Path, out: str | Path, formats=FORMATS, checkpoint: st
     if "onnx" in formats:
         _require_onnx()
     out = Path(out)
-    check_output(out, "bundle", is_bundle, overwrite, (run,))
-    loaded = load_run(run, "cpu", checkpoint)
+    loaded = load_run(run, "cpu", checkpoint)  # reads only: the output is checked before anything is written
     model, data, cfg = loaded.model.eval(), loaded.data, loaded.config
     check_output(out, "bundle", is_bundle, overwrite, (run, data.root))
     kind = model.scoring_kind

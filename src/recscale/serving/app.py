@@ -201,21 +201,21 @@ class RequestGuard:
     def __init__(self, app, limit: int, api_key: bytes | None = None):
         self.app, self.limit, self.api_key = app, limit, api_key
 
-    def _authorized(self, scope) -> bool:
-        if self.api_key is None or scope["path"] in OPEN_PATHS:
+    def _authorized(self, path: str, headers: dict) -> bool:
+        if self.api_key is None or path in OPEN_PATHS:
             return True
-        headers = dict(scope.get("headers", []))
         given = headers.get(b"x-api-key") or headers.get(b"authorization", b"").removeprefix(b"Bearer ").strip()
         return hmac.compare_digest(given, self.api_key)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        if not self._authorized(scope):
+        headers = dict(scope.get("headers", []))
+        if not self._authorized(scope["path"], headers):
             return await JSONResponse({"error": "missing or wrong API key (Authorization: Bearer KEY or "
                                        "X-API-Key: KEY)"}, 401, headers={"www-authenticate": "Bearer"})(
                 scope, receive, send)
-        declared = dict(scope.get("headers", [])).get(b"content-length")
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             return await JSONResponse({"error": f"request body over {self.limit} bytes"}, 413)(scope, receive, send)
         seen, refused = 0, False
