@@ -29,11 +29,14 @@ install-torchrec: $(TORCHREC_STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/recscale demo --out runs/demo
 
+# Lint and import order first (ruff, configured in pyproject.toml), then the whole suite.
 test: $(STAMP) $(TORCHREC_STAMP)
+	$(PY) -m ruff check .
 	$(PY) -m pytest
 
 # The fast part of the suite while working (about a minute): no subprocess-heavy tests.
 test-fast: $(STAMP) $(TORCHREC_STAMP)
+	$(PY) -m ruff check .
 	$(PY) -m pytest -m "not slow"
 
 bench: $(STAMP)

@@ -80,10 +80,10 @@ def main() -> None:
     if args.child:
         return child(*args.child)
 
-    from recscale.config import PrepareConfig
-    from recscale.data.prepare import prepare
-    from recscale.data.raw import RawDataset
     import recscale
+    from recscale.config import PrepareConfig
+    from recscale.data.ingest.raw import RawDataset
+    from recscale.data.prepare.memory import prepare
 
     work = Path(tempfile.mkdtemp())
     frame = synthetic(args.users, args.items)

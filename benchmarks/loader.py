@@ -30,11 +30,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, median_time, peak_rss_mib, table, write_section  # noqa: E402
-
-from recscale.data.batch import PairBatch  # noqa: E402
-from recscale.data.loaders import PairLoader, Prefetcher, TensorLoader, UserRowLoader  # noqa: E402
-from recscale.data.csr import CSRFile, write_csr  # noqa: E402
-from recscale.data.stream_loaders import StreamPairLoader  # noqa: E402
+from recscale.data.dataset.csr import CSRFile, write_csr  # noqa: E402
+from recscale.data.loading.batch import PairBatch  # noqa: E402
+from recscale.data.loading.memory import PairLoader, TensorLoader, UserRowLoader
+from recscale.data.loading.prefetch import Prefetcher  # noqa: E402
+from recscale.data.loading.stream import StreamPairLoader  # noqa: E402
 
 N_USERS, N_ITEMS = 138_493, 26_744
 

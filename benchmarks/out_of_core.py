@@ -93,7 +93,7 @@ import torch
 from common import peak_rss_mib
 from recscale.training.build import (build_model, build_trainer, open_data, pick_device, resolve_data_loading,
                                      resolve_run_config, seeded)
-from recscale.data.prepared import PreparedDataset
+from recscale.data.dataset.prepared import PreparedDataset
 settings = dict(data={data!r}, model={model!r}, data_loading={mode!r}, memory_budget={budget!r},
                 batch_size={batch}, negatives=4, epochs=1, progress=False)
 cfg = resolve_run_config(settings)

@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    from recscale.data.synth import SynthSpec, synthesize, write_movielens_layout
+    from recscale.data.ingest.synth import SynthSpec, synthesize, write_movielens_layout
 
     work = Path(tempfile.mkdtemp(prefix="recscale-prepare-"))
     start = time.perf_counter()

@@ -34,12 +34,11 @@ from pathlib import Path
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, table, write_section  # noqa: E402
-
 import recscale  # noqa: E402
+from common import machine, table, write_section  # noqa: E402
 from recscale.config import PrepareConfig  # noqa: E402
-from recscale.data.prepare import prepare  # noqa: E402
-from recscale.data.sources import load_dataset  # noqa: E402
+from recscale.data.ingest.sources import load_dataset  # noqa: E402
+from recscale.data.prepare.memory import prepare  # noqa: E402
 
 PLAN = {
     "ncf": (["popularity", "neumf"], ["hr@10", "ndcg@10"]),
@@ -104,7 +103,7 @@ def main() -> None:
             by_item = work / "ncf-item"
             prepare(raw, PrepareConfig(protocol="ncf", seed=seeds[0], tie_break="item"), by_item)
             old, _ = run_one(by_item, "popularity", seeds[0], work / "ncf-item-popularity")
-            from recscale.data.prepared import PreparedDataset
+            from recscale.data.dataset.prepared import PreparedDataset
             tests = [PreparedDataset(d).table("test").select("user", "item") for d in (by_item, work / f"ncf-{seeds[0]}")]
             differ = tests[0].join(tests[1], on="user", suffix="_file").filter(pl.col("item") != pl.col("item_file")).height
             extra["item_rule"] = (old, results["popularity"][0], differ)

@@ -31,9 +31,9 @@ def export_split(out: Path, data_dir: Path | None = None, name: str = "mls") -> 
     (by default: the embedded data's `ncf` split of seed 0, prepared into `out/ncf`); returns the
     prepared dataset's directory."""
     from recscale.config import PrepareConfig
-    from recscale.data.prepare import prepare
-    from recscale.data.prepared import PreparedDataset
-    from recscale.data.sources import load_dataset
+    from recscale.data.dataset.prepared import PreparedDataset
+    from recscale.data.ingest.sources import load_dataset
+    from recscale.data.prepare.memory import prepare
 
     if data_dir is None:
         data_dir = out / "ncf"
@@ -149,7 +149,7 @@ def run_recbole_side(python: str, side: str, root: Path, *extra: str):
 def time_recscale(data_dir: Path, batch: int, epochs: int) -> list[float]:
     import torch
 
-    from recscale.data.prepared import PreparedDataset
+    from recscale.data.dataset.prepared import PreparedDataset
     from recscale.training.build import build_model, build_trainer, resolve_run_config, seeded
 
     cfg = resolve_run_config({"data": str(data_dir), "model": "neumf", "batch_size": batch, "device": "cpu",

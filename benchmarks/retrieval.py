@@ -24,7 +24,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, table, write_section  # noqa: E402
-
 from recscale.serving.index import ItemIndex, default_nlist  # noqa: E402
 
 

@@ -32,8 +32,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from recscale.config import PrepareConfig
-    from recscale.data.prepare import prepare
-    from recscale.data.sources import load_dataset
+    from recscale.data.ingest.sources import load_dataset
+    from recscale.data.prepare.memory import prepare
 
     work = Path(tempfile.mkdtemp())
     prepare(load_dataset("ml-latest-small"), PrepareConfig(protocol="ncf"), work / "data")

@@ -88,8 +88,8 @@ def free_port() -> int:
 def build(work: Path) -> dict[str, Path]:
     import recscale
     from recscale.config import PrepareConfig
-    from recscale.data.prepare import prepare
-    from recscale.data.synth import SynthSpec, synthesize
+    from recscale.data.ingest.synth import SynthSpec, synthesize
+    from recscale.data.prepare.memory import prepare
     from recscale.export import export_run
     raw = synthesize(SynthSpec(20_000, 26_744, 1_000_000, seed=0)).raw
     prepare(raw, PrepareConfig(protocol="ncf", seed=0, test_negatives=100), work / "ncf")
@@ -106,6 +106,7 @@ def build(work: Path) -> dict[str, Path]:
 def scoring_ms(bundle: Path) -> float:
     """The model's own time for one known user: scores of every item and the top 10 (in-process)."""
     import numpy as np
+
     from recscale.serving.bundle import Bundle
     opened = Bundle(bundle)
     times = []

@@ -50,10 +50,10 @@ def worker(args) -> None:
 
     from recscale import distributed, sharding
     from recscale.config import build_run_config
-    from recscale.data.batch import PairBatch
+    from recscale.data.loading.batch import PairBatch
+    from recscale.models.base import DataShape
     from recscale.models.ncf import NeuMF
     from recscale.models.tables import deferred_tables
-    from recscale.models.base import DataShape
     from recscale.optim.factory import make_optimizers
 
     info, device = distributed.from_env(), torch.device("cpu")
@@ -100,7 +100,7 @@ def worker(args) -> None:
         print(json.dumps({"samples_per_second": args.batch * args.steps / float(seconds),
                           "peak_mib": [float(t[0]) for t in gathered], "table_mib": [float(t[1]) for t in gathered],
                           "build_seconds": build_seconds}))
-    del net, fused, optimizers, model  # before the process group ends (see distributed.destroy)
+    net = fused = optimizers = model = None  # released before the process group ends (see distributed.destroy)
     distributed.destroy()
 
 

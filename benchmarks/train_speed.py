@@ -29,12 +29,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, table, write_section  # noqa: E402
-
 from recscale.bench import benchmark  # noqa: E402
 from recscale.config import PrepareConfig  # noqa: E402
-from recscale.data.batch import PairBatch  # noqa: E402
-from recscale.data.prepare import prepare  # noqa: E402
-from recscale.data.sources import load_dataset  # noqa: E402
+from recscale.data.ingest.sources import load_dataset  # noqa: E402
+from recscale.data.loading.batch import PairBatch  # noqa: E402
+from recscale.data.prepare.memory import prepare  # noqa: E402
 from recscale.models.base import DataShape  # noqa: E402
 from recscale.models.ncf import NCFConfig, NeuMF  # noqa: E402
 from recscale.optim.factory import make_optimizers  # noqa: E402
@@ -74,7 +73,7 @@ VAE_SHAPE = {"users": 136_677, "items": 20_108, "interactions": 10_000_000}  # m
 
 def vae_input_rates(data_dir: Path, steps: int, repeats: int) -> dict[bool, float]:
     """users/s of Mult-VAE training steps with sparse and dense input, alternating."""
-    from recscale.data.prepared import PreparedDataset
+    from recscale.data.dataset.prepared import PreparedDataset
     from recscale.training.build import build_model, build_trainer, seeded
 
     data = PreparedDataset(data_dir)
@@ -107,7 +106,7 @@ def vae_input_rates(data_dir: Path, steps: int, repeats: int) -> dict[bool, floa
 
 
 def vae_input_section(steps: int, repeats: int) -> str:
-    from recscale.data.synth import SynthSpec, synthesize
+    from recscale.data.ingest.synth import SynthSpec, synthesize
     work = Path(tempfile.mkdtemp())
     started = time.perf_counter()
     raw = synthesize(SynthSpec(VAE_SHAPE["users"], VAE_SHAPE["items"], VAE_SHAPE["interactions"], seed=0)).raw

@@ -27,10 +27,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, table, write_section  # noqa: E402
-
 import recscale  # noqa: E402
-from recscale.data.synth import SynthSpec, synthesize  # noqa: E402
+from common import machine, table, write_section  # noqa: E402
+from recscale.data.ingest.synth import SynthSpec, synthesize  # noqa: E402
 from recscale.training.trainer import selection_metric  # noqa: E402
 
 # name -> synthetic log (None: the embedded MovieLens ml-latest-small, 100,836 ratings)

@@ -7,10 +7,10 @@ import polars as pl
 import pytest
 
 from recscale.config import PrepareConfig
-from recscale.data.prepare import prepare
-from recscale.data.prepared import PreparedDataset
-from recscale.data.raw import RawDataset
-from recscale.data.sources import load_dataset
+from recscale.data.dataset.prepared import PreparedDataset
+from recscale.data.ingest.raw import RawDataset
+from recscale.data.ingest.sources import load_dataset
+from recscale.data.prepare.memory import prepare
 
 
 @pytest.fixture(scope="session")

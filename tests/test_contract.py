@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import os
 import re
 from pathlib import Path
 
@@ -13,8 +12,8 @@ import pytest
 import scipy.sparse
 import torch
 
-from recscale.data.batch import UserBatch
-from recscale.data.loaders import csr_rows_dense, csr_rows_sparse
+from recscale.data.loading.batch import UserBatch
+from recscale.data.loading.memory import csr_rows_dense, csr_rows_sparse
 from recscale.models.base import DataShape
 from recscale.models.registry import MODELS
 

@@ -15,8 +15,8 @@ import zipfile
 import pytest
 
 from recscale.cli import main
-from recscale.data import sources
-from recscale.data.download import Remote, ensure_dataset
+from recscale.data.ingest import sources
+from recscale.data.ingest.download import Remote, ensure_dataset
 from recscale.errors import RecscaleError
 
 U_DATA = "".join(f"{u}\t{i}\t{(u + i) % 5 + 1}\t{1000 + u * 40 + i}\n" for u in range(1, 21) for i in range(1, 31)

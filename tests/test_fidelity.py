@@ -14,10 +14,10 @@ import torch
 
 from recscale.cli import main
 from recscale.config import PrepareConfig
-from recscale.data.prepare import prepare
-from recscale.data.prepared import PreparedDataset
-from recscale.data.raw import RawDataset
-from recscale.data.readers import read_interactions
+from recscale.data.dataset.prepared import PreparedDataset
+from recscale.data.ingest.raw import RawDataset
+from recscale.data.ingest.readers import read_interactions
+from recscale.data.prepare.memory import prepare
 from recscale.evaluation.metrics import interval_half_width, per_user_metrics
 from recscale.evaluation.protocols import evaluate
 from recscale.models.base import DataShape
@@ -161,6 +161,7 @@ def test_early_stopping_waits_until_the_kl_weight_reaches_its_cap(tmp_path):
                                         "timestamp": np.arange(480)}), None, ())
     prepare(raw, PrepareConfig(protocol="vae", heldout_users=6), tmp_path / "v")
     import recscale
+
     # validation never improves after the first epoch (a constant metric), patience 1: without
     # the wait the run would stop after epoch 2; the KL weight settles only in epoch 8
     from recscale.training import trainer as trainer_module

@@ -8,9 +8,9 @@ import pytest
 
 from recscale.cli import main
 from recscale.config import PrepareConfig
-from recscale.data.formats import read_format
-from recscale.data.prepare import filter_interactions
-from recscale.data.readers import read_interactions
+from recscale.data.ingest.formats import read_format
+from recscale.data.ingest.readers import read_interactions
+from recscale.data.prepare.filters import filter_interactions
 from recscale.errors import RecscaleError
 
 

@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 
 from recscale.cli import main
 from recscale.config import PrepareConfig
-from recscale.data.prepare import prepare
-from recscale.data.prepared import PreparedDataset
+from recscale.data.dataset.prepared import PreparedDataset
+from recscale.data.prepare.memory import prepare
 from recscale.errors import RecscaleError
 from recscale.fsutil import sha256_file
 from recscale.training.rundir import RunLock
@@ -151,7 +151,7 @@ def test_ids_round_trip_exactly_through_prepare_train_and_recommend(tmp_path_fac
 
 
 def test_non_integral_float_ids_and_non_finite_ratings_are_refused(tmp_path):
-    from recscale.data.readers import read_interactions
+    from recscale.data.ingest.readers import read_interactions
     pl.DataFrame({"userId": [1.0, 1.5], "movieId": [1, 2], "rating": [4.0, 5.0], "timestamp": [1, 2]}).write_parquet(
         tmp_path / "f.parquet")
     with pytest.raises(RecscaleError, match=r"f.parquet: row 2: userId is not an integer id: 1.5"):
@@ -169,7 +169,7 @@ def test_non_integral_float_ids_and_non_finite_ratings_are_refused(tmp_path):
 
 
 def test_encoding_problems_are_located_and_a_bom_is_accepted(tmp_path):
-    from recscale.data.readers import read_interactions
+    from recscale.data.ingest.readers import read_interactions
     (tmp_path / "bad.csv").write_bytes(b"userId,movieId,rating,timestamp\n1,2,3,4\n1,\xff,3,4\n")
     with pytest.raises(RecscaleError, match=r"bad.csv:3: not UTF-8 text"):
         read_interactions(tmp_path / "bad.csv")

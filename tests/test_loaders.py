@@ -5,11 +5,10 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from recscale.data.batch import PairBatch
-from recscale.data.batch import multi_hot_batch
-from recscale.data.loaders import PairLoader, Prefetcher, TabularLoader, TensorLoader, UserRowLoader, csr_rows_dense
-from recscale.data.sampling import is_positive
-
+from recscale.data.dataset.keys import is_positive
+from recscale.data.loading.batch import PairBatch, multi_hot_batch
+from recscale.data.loading.memory import PairLoader, TabularLoader, TensorLoader, UserRowLoader, csr_rows_dense
+from recscale.data.loading.prefetch import Prefetcher
 
 
 def _pair_loader(n, batch, rank, world, drop_last, seed=0):

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from recscale.config import PrepareConfig, build_run_config
-from recscale.data.batch import UserBatch
-from recscale.data.prepare import prepare
-from recscale.data.prepared import PreparedDataset
-from recscale.data.raw import RawDataset
+from recscale.data.dataset.prepared import PreparedDataset
+from recscale.data.ingest.raw import RawDataset
+from recscale.data.loading.batch import UserBatch
+from recscale.data.prepare.memory import prepare
 from recscale.evaluation.protocols import evaluate
 from recscale.models.base import DataShape
 from recscale.models.ncf import GMF, MLP, NeuMF
@@ -36,9 +36,11 @@ def clustered_raw(seed=0, dislikes=1) -> RawDataset:
             order = rng.permutation(own)
             t = 0
             for other in rng.choice(np.setdiff1d(np.arange(N_ITEMS), own), dislikes, replace=False):
-                rows.append((user, int(other), 1.0, t)); t += 1
+                rows.append((user, int(other), 1.0, t))
+                t += 1
             for item in order:
-                rows.append((user, int(item), 5.0, t)); t += 1
+                rows.append((user, int(item), 5.0, t))
+                t += 1
             user += 1
     frame = pl.DataFrame(rows, schema={"user": pl.Int64, "item": pl.Int64, "rating": pl.Float32,
                                        "timestamp": pl.Int64}, orient="row")

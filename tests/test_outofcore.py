@@ -13,14 +13,15 @@ import pytest
 import torch
 
 from recscale.config import PrepareConfig
-from recscale.data.csr import CSRFile
-from recscale.data.outofcore import prepare_stream, ratings_source
-from recscale.data.prepare import prepare
-from recscale.data.prepared import PreparedDataset
-from recscale.data.raw import RawDataset
-from recscale.data.readers import read_interactions
-from recscale.data.stream_loaders import StreamPairLoader, StreamRowLoader, StreamTabularLoader
-from recscale.data.training_loaders import LoaderOptions, pair_loader, row_loader, tabular_loader
+from recscale.data.dataset.csr import CSRFile
+from recscale.data.dataset.prepared import PreparedDataset
+from recscale.data.ingest.raw import RawDataset
+from recscale.data.ingest.readers import read_interactions
+from recscale.data.ingest.scan import ratings_source
+from recscale.data.loading.factory import LoaderOptions, pair_loader, row_loader, tabular_loader
+from recscale.data.loading.stream import StreamPairLoader, StreamRowLoader, StreamTabularLoader
+from recscale.data.prepare.memory import prepare
+from recscale.data.prepare.stream import prepare_stream
 from recscale.errors import RecscaleError
 from tests.test_reliability import _kill_mid_epoch, _train
 
@@ -209,7 +210,7 @@ def test_a_window_loader_resumed_mid_epoch_yields_the_rest_of_the_epoch(ncf_stre
 
 
 def test_a_user_with_every_item_is_left_out_in_both_modes(tmp_path):
-    from recscale.data.presplit import import_split
+    from recscale.data.prepare.presplit import import_split
     frame = lambda rows: pl.DataFrame(rows, schema=["user", "item", "rating", "timestamp"], orient="row")  # noqa: E731
     train = frame([(1, i, 5.0, i) for i in range(1, 6)] + [(2, 1, 4.0, 1), (2, 2, 4.0, 2), (3, 3, 4.0, 1)])
     test = frame([(2, 4, 4.0, 9), (3, 5, 4.0, 9)])
@@ -266,9 +267,9 @@ import sys
 
 def hwm():  # VmHWM is this process's own peak; ru_maxrss would carry the forking parent's across exec
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
-from recscale.data.prepared import PreparedDataset
-from recscale.data.training_loaders import LoaderOptions, pair_loader
-from recscale.data.stream_loaders import window_positives
+from recscale.data.dataset.prepared import PreparedDataset
+from recscale.data.loading.factory import LoaderOptions, pair_loader
+from recscale.data.loading.stream import window_positives
 stream = sys.argv[2] == "stream"
 data = PreparedDataset(sys.argv[1], streaming=stream)
 before = hwm()
@@ -281,7 +282,7 @@ print(n, (hwm() - before) * 1024)
 
 @pytest.mark.slow
 def test_streaming_training_stays_within_its_budget_where_the_in_memory_loader_does_not(tmp_path):
-    from recscale.data.synth import SynthSpec, synthesize
+    from recscale.data.ingest.synth import SynthSpec, synthesize
     raw = synthesize(SynthSpec(users=20_000, items=5_000, interactions=2_000_000, seed=1)).raw
     path = tmp_path / "log.parquet"
     raw.interactions.write_parquet(path)

@@ -7,9 +7,10 @@ import polars as pl
 import pytest
 
 from recscale.config import PrepareConfig
-from recscale.data import prepare as prepare_module
-from recscale.data.prepare import embedding_size, prepare
-from recscale.data.prepared import PreparedDataset
+from recscale.data.dataset.prepared import PreparedDataset
+from recscale.data.prepare import filters
+from recscale.data.prepare.memory import prepare
+from recscale.data.prepare.output import embedding_size
 from recscale.errors import RecscaleError
 from tests.conftest import synthetic_raw
 
@@ -159,7 +160,7 @@ def test_duplicate_pairs_keep_the_latest(tmp_path):
     raw = synthetic_raw()
     dup = raw.interactions.head(1).with_columns(pl.col("timestamp") + 10_000, pl.lit(5.0, pl.Float32).alias("rating"))
     raw = type(raw)(raw.name, pl.concat([raw.interactions, dup]), None, ())
-    frame = prepare_module.filter_interactions(raw.interactions, PrepareConfig(protocol="random"))
+    frame = filters.filter_interactions(raw.interactions, PrepareConfig(protocol="random"))
     row = frame.filter((pl.col("user") == dup["user"][0]) & (pl.col("item") == dup["item"][0]))
     assert row.height == 1 and row["rating"][0] == 5.0
 

@@ -8,7 +8,7 @@ import json
 import numpy as np
 
 from recscale.cli import main
-from recscale.data.prepared import PreparedDataset
+from recscale.data.dataset.prepared import PreparedDataset
 from recscale.evaluation.protocols import evaluate
 from recscale.models.popularity import Popularity
 from recscale.training.build import data_shape

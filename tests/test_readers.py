@@ -1,7 +1,7 @@
 import polars as pl
 import pytest
 
-from recscale.data.readers import read_movies_csv, read_ratings_csv
+from recscale.data.ingest.readers import read_movies_csv, read_ratings_csv
 from recscale.errors import RecscaleError
 from tests.conftest import write_ratings
 

@@ -5,9 +5,9 @@ import polars as pl
 
 from recscale.cli import main
 from recscale.config import PrepareConfig, build_run_config
-from recscale.data.prepare import prepare
-from recscale.data.prepared import PreparedDataset
-from recscale.data.raw import RawDataset
+from recscale.data.dataset.prepared import PreparedDataset
+from recscale.data.ingest.raw import RawDataset
+from recscale.data.prepare.memory import prepare
 from recscale.training.run import start_run
 
 

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from recscale.config import PrepareConfig
-from recscale.data.prepare import prepare
-from recscale.data.readers import read_ratings_csv
+from recscale.data.ingest.readers import read_ratings_csv
+from recscale.data.prepare.memory import prepare
 from recscale.errors import RecscaleError
 from recscale.fsutil import sha256_file
 from recscale.training.checkpoint import load_checkpoint, save_checkpoint
@@ -145,6 +145,7 @@ def test_unwritable_output_is_a_clear_error_and_leaves_nothing(tmp_path, monkeyp
         prepare(synthetic_raw(), PrepareConfig(protocol="random"), tmp_path / "file" / "out")
 
     import errno
+
     import polars as pl
 
     def full(*args, **kwargs):

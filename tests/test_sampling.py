@@ -1,6 +1,8 @@
 import torch
 
-from recscale.data.sampling import NegativeSampler, is_positive, positive_keys, sample_distinct_negatives
+from recscale.data.dataset.keys import is_positive, positive_keys
+from recscale.data.loading.sampling import NegativeSampler
+from recscale.data.prepare.negatives import sample_distinct_negatives
 
 
 def _setup(n_users=50, n_items=40, seed=0):

@@ -21,7 +21,7 @@ import pytest
 import recscale
 from recscale.cli import main
 from recscale.config import PrepareConfig
-from recscale.data.prepare import prepare
+from recscale.data.prepare.memory import prepare
 from recscale.errors import RecscaleError
 from recscale.export import export_run
 from recscale.fsutil import sha256_file

@@ -16,7 +16,7 @@ import pytest
 
 import recscale
 from recscale.config import PrepareConfig
-from recscale.data.prepare import prepare
+from recscale.data.prepare.memory import prepare
 from recscale.export import export_run
 from recscale.serving.bundle import Bundle
 from tests.conftest import synthetic_raw
@@ -173,6 +173,7 @@ def test_the_api_key_guards_everything_but_health(server):
 
 def test_docs_can_be_switched_off(bundle):
     from fastapi.testclient import TestClient
+
     from recscale.serving.app import create_app
     with TestClient(create_app(bundle)) as client:
         assert client.get("/docs").status_code == 200 and client.get("/openapi.json").status_code == 200

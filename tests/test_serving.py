@@ -18,7 +18,7 @@ import torch
 
 import recscale
 from recscale.config import PrepareConfig
-from recscale.data.prepare import prepare
+from recscale.data.prepare.memory import prepare
 from recscale.export import INPUT_NAMES, example_inputs, export_run, onnx_session
 from recscale.serving.app import create_app
 from recscale.serving.bundle import Bundle
@@ -39,8 +39,9 @@ TRAIN = {  # model -> (protocol, settings)
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     raw = synthetic_raw(n_users=80, n_items=60, per_user=20)
-    from recscale.data.raw import RawDataset
     import polars as pl
+
+    from recscale.data.ingest.raw import RawDataset
     items = pl.DataFrame({"item": np.arange(1000, 1060), "title": [f"film {i}" for i in range(60)],
                           "genres": [[f"g{i % 4}", f"g{i % 7}"] for i in range(60)]})
     raw = RawDataset("synthetic", raw.interactions, items, ())

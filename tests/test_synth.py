@@ -7,7 +7,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from recscale.data.synth import SynthSpec, synthesize
+from recscale.data.ingest.synth import SynthSpec, synthesize
 from recscale.errors import RecscaleError
 
 SPEC = SynthSpec(users=2_000, items=1_000, interactions=40_000, seed=3, clusters=8)
@@ -73,7 +73,7 @@ def test_impossible_sizes_are_refused():
 
 def test_datasets_synth_writes_the_movielens_layout(tmp_path, capsys):
     from recscale.cli import main
-    from recscale.data.formats import read_format
+    from recscale.data.ingest.formats import read_format
 
     code = main(["datasets", "synth", "--users", "300", "--items", "200", "--interactions", "6000", "--seed", "5",
                  "--out", str(tmp_path / "raw")])

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from recscale.config import Layer, PrepareConfig
-from recscale.data.prepare import prepare
+from recscale.data.prepare.memory import prepare
 from recscale.errors import RecscaleError
 from recscale.models.ncf import NCFConfig
 from recscale.tuning.space import parse_space, read_space
@@ -40,8 +40,9 @@ def test_a_bad_space_is_one_line_naming_the_key(tmp_path, text, message):
 
 
 def test_every_default_space_is_valid():
-    from recscale.models.registry import MODELS
     import dataclasses
+
+    from recscale.models.registry import MODELS
     for name, cls in MODELS.items():
         if cls.tune_space:
             space = parse_space(name, cls.tune_space, {f.name for f in dataclasses.fields(cls.Config)})
@@ -102,6 +103,7 @@ def test_tune_runs_trials_and_best_toml_reproduces_the_best_trial(tiny, tmp_path
 @pytest.mark.slow
 def test_a_trial_below_the_median_is_pruned(prepared, tmp_path):
     import optuna
+
     from recscale.training.build import resolve_run_config
     from recscale.tuning.study import TuneJob, open_study, tune
     space = parse_space("test", {"lr": {"type": "log", "low": 1e-7, "high": 1e-1}}, NCF_FIELDS)

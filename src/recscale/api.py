@@ -23,19 +23,21 @@ import numpy as np
 import polars as pl
 
 from recscale.config import Layer, PrepareConfig, RunConfig, build, read_config_file, run_field_owner, run_layers
-from recscale.data.formats import read_format
-from recscale.data.outofcore import ScanSource, embedded_source, format_source, prepare_input, ratings_source
-from recscale.data.prepared import PreparedDataset
-from recscale.data.raw import RawDataset
-from recscale.data.readers import frame_interactions, read_interactions
-from recscale.data.sources import load_dataset
+from recscale.data.dataset.prepared import PreparedDataset
+from recscale.data.ingest.formats import read_format
+from recscale.data.ingest.raw import RawDataset
+from recscale.data.ingest.readers import frame_interactions, read_interactions
+from recscale.data.ingest.scan import ScanSource, embedded_source, format_source, ratings_source
+from recscale.data.ingest.sources import load_dataset
+from recscale.data.prepare.engine import prepare_input
 from recscale.errors import RecscaleError
 from recscale.evaluation.protocols import evaluate as evaluate_split
 from recscale.fsutil import atomic_file
 from recscale.recommend import recommend as write_recommendations
 from recscale.recommend import recommend_frame
 from recscale.training.build import resolve_run_config
-from recscale.training.run import LoadedRun, load_run as load_trained, read_run_config, resume_run, start_run
+from recscale.training.run import LoadedRun, read_run_config, resume_run, start_run
+from recscale.training.run import load_run as load_trained
 from recscale.training.trainer import selection_metric
 
 

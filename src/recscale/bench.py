@@ -11,7 +11,7 @@ import statistics
 import torch
 
 from recscale.config import Layer, RunConfig
-from recscale.data.prepared import PreparedDataset
+from recscale.data.dataset.prepared import PreparedDataset
 from recscale.errors import RecscaleError
 from recscale.fsutil import atomic_file
 from recscale.training.build import build_model, build_trainer, open_data, pick_device, resolve_data_loading, seeded

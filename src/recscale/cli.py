@@ -15,20 +15,34 @@ from pathlib import Path
 
 from recscale import __version__, api
 from recscale.bench import benchmark, format_benchmark, write_json
-from recscale.config import (MAX_K, EvalConfig, Layer, PrepareConfig, add_arguments, add_run_arguments, build, flags, from_namespace,
-                             read_config_file, run_flags, run_layers, tomllib)
-from recscale.data.download import cache_root, dataset_dir, ensure_dataset, parse_checksums
-from recscale.data.formats import FORMATS, read_format
-from recscale.data.outofcore import ScanSource, embedded_source, format_source, prepare_input, ratings_source
-from recscale.data.prepare import dataset_notes
-from recscale.data.presplit import import_split, read_ncf_paper
-from recscale.data.raw import RawDataset
-from recscale.data.readers import read_interactions, read_movies_csv
-from recscale.data.sources import REMOTES, load_dataset
-from recscale.data.synth import SynthSpec, synthesize, write_movielens_layout
+from recscale.config import (
+    MAX_K,
+    EvalConfig,
+    Layer,
+    PrepareConfig,
+    add_arguments,
+    add_run_arguments,
+    build,
+    flags,
+    from_namespace,
+    read_config_file,
+    run_flags,
+    run_layers,
+    tomllib,
+)
+from recscale.data.dataset.schema import dataset_notes
+from recscale.data.ingest.download import cache_root, dataset_dir, ensure_dataset, parse_checksums
+from recscale.data.ingest.formats import FORMATS, read_format
+from recscale.data.ingest.raw import RawDataset
+from recscale.data.ingest.readers import read_interactions, read_movies_csv
+from recscale.data.ingest.scan import ScanSource, embedded_source, format_source, ratings_source
+from recscale.data.ingest.sources import REMOTES, load_dataset
+from recscale.data.ingest.synth import SynthSpec, synthesize, write_movielens_layout
+from recscale.data.prepare.engine import prepare_input
+from recscale.data.prepare.presplit import import_split, read_ncf_paper
 from recscale.errors import RecscaleError
-from recscale.fsutil import stop_signals_clean_up
 from recscale.evaluation.report import format_table
+from recscale.fsutil import stop_signals_clean_up
 from recscale.models.registry import MODELS
 from recscale.recommend import read_user_file
 from recscale.resources import limit_threads

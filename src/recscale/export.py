@@ -31,7 +31,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 import scipy.sparse as sp
 import torch
 

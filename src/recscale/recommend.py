@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from recscale.data.prepared import PreparedDataset
+from recscale.data.dataset.prepared import PreparedDataset
 from recscale.errors import RecscaleError
 from recscale.evaluation.metrics import top_k
 from recscale.evaluation.protocols import dense_rows

@@ -15,7 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from recscale.data.prepared import PreparedDataset
+from recscale.data.dataset.prepared import PreparedDataset
 from recscale.evaluation.metrics import exact_sum, interval_half_width, metric_names, per_user_metrics, top_k
 from recscale.models.base import Recommender
 

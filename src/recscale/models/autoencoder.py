@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from recscale.config import WIDTH, Checked, each, option, positive
-from recscale.data.batch import UserBatch
+from recscale.data.loading.batch import UserBatch
 from recscale.models.base import DataShape, Output, gather_candidates
 from recscale.models.vae import RowModel, SparseInputLinear, item_stack
 

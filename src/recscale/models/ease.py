@@ -8,8 +8,8 @@ import warnings
 
 import torch
 
-from recscale.errors import RecscaleError
 from recscale.config import Checked, option, positive
+from recscale.errors import RecscaleError
 from recscale.models.base import DataShape, Output, Recommender, Retrieval, gather_candidates
 
 MAX_EASE_RETRIEVAL_ITEMS = 20_000  # item vectors of dimension I: I^2 floats in the index

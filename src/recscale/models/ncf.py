@@ -23,11 +23,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from recscale.config import WIDTH, Checked, ConfigError, each, in_range, option
-from recscale.data.batch import PairBatch
-from recscale.data.training_loaders import pair_loader
+from recscale.data.loading.batch import PairBatch
+from recscale.data.loading.factory import pair_loader
 from recscale.errors import RecscaleError
-from recscale.models.base import (DataShape, FitContext, Output, PairScores, Recommender, Retrieval,
-                                  score_pairs_in_chunks)
+from recscale.models.base import (
+    DataShape,
+    FitContext,
+    Output,
+    PairScores,
+    Recommender,
+    Retrieval,
+    score_pairs_in_chunks,
+)
 from recscale.models.tables import EmbeddingTables, TableSpec, rename_legacy_keys
 
 BRANCHES = ("neumf", "gmf", "mlp")

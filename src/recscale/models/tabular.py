@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from recscale.config import MAX_WIDTH, WIDTH, Checked, each, in_range, option
-from recscale.data.batch import TabularBatch, multi_hot_batch
-from recscale.data.training_loaders import tabular_loader
+from recscale.data.loading.batch import TabularBatch, multi_hot_batch
+from recscale.data.loading.factory import tabular_loader
 from recscale.models.base import DataShape, Output, Recommender, score_pairs_in_chunks
 from recscale.models.tables import EmbeddingTables, TableSpec, rename_legacy_keys
 

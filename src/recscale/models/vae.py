@@ -26,10 +26,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from recscale.config import WIDTH, Checked, each, in_range, non_negative, option
-from recscale.data.batch import UserBatch
-from recscale.data.training_loaders import row_loader
-from recscale.models.base import (DataShape, LastLayerUsers, Output, Recommender, Retrieval, StepSchedule,
-                                  gather_candidates, last_layer_items)
+from recscale.data.loading.batch import UserBatch
+from recscale.data.loading.factory import row_loader
+from recscale.models.base import (
+    DataShape,
+    LastLayerUsers,
+    Output,
+    Recommender,
+    Retrieval,
+    StepSchedule,
+    gather_candidates,
+    last_layer_items,
+)
 
 
 def kl_beta(step: int, total_anneal_steps: int, anneal_cap: float) -> float:

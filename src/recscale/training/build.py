@@ -12,13 +12,12 @@ import torch
 
 from recscale import distributed
 from recscale.config import Layer, RunConfig, build, build_run_config
-from recscale.data.prepared import PreparedDataset
-from recscale.data.stream_loaders import in_memory_bytes
+from recscale.data.dataset.prepared import PreparedDataset
+from recscale.data.loading.stream import in_memory_bytes
 from recscale.errors import RecscaleError
 from recscale.models.base import DataShape, FitContext, Recommender
 from recscale.models.registry import MODELS
 from recscale.models.tables import deferred_tables
-from recscale.optim.schedules import scaled_lr
 from recscale.resources import memory_budget
 from recscale.training.trainer import Trainer
 

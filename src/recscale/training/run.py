@@ -24,15 +24,22 @@ import numpy as np
 import torch
 
 from recscale import distributed
-from recscale.config import (RECORD_SECTION, Layer, RunConfig, build_run_config, read_config_file, run_layers,
-                             to_toml)
-from recscale.data.prepared import PreparedDataset
+from recscale.config import RECORD_SECTION, Layer, RunConfig, build_run_config, read_config_file, run_layers, to_toml
+from recscale.data.dataset.prepared import PreparedDataset
 from recscale.errors import RecscaleError, RunInterrupted
 from recscale.evaluation.protocols import evaluate, validation_split
 from recscale.fsutil import atomic_file, refuse_if_input, signal_handlers
 from recscale.optim.factory import check_optimizer
-from recscale.training.build import (build_model, build_trainer, model_class, open_data, pick_device, place,
-                                     resolve_data_loading, seeded)
+from recscale.training.build import (
+    build_model,
+    build_trainer,
+    model_class,
+    open_data,
+    pick_device,
+    place,
+    resolve_data_loading,
+    seeded,
+)
 from recscale.training.checkpoint import gather_sharded, load_checkpoint, save_checkpoint
 from recscale.training.rundir import CONFIG, LAST, RunDirectory, has_checkpoint, is_run
 from recscale.training.trainer import StopRequested, Trainer, load_model_state, selection_metric, validation_ks

@@ -22,10 +22,10 @@ import time
 import torch
 
 from recscale.config import RunConfig
-from recscale.data.loaders import Prefetcher
-from recscale.data.stream_loaders import window_positives
-from recscale.data.training_loaders import LoaderOptions
-from recscale.data.prepared import PreparedDataset
+from recscale.data.dataset.prepared import PreparedDataset
+from recscale.data.loading.factory import LoaderOptions
+from recscale.data.loading.prefetch import Prefetcher
+from recscale.data.loading.stream import window_positives
 from recscale.distributed import all_reduce_sum, barrier, broadcast_object
 from recscale.errors import RecscaleError
 from recscale.evaluation.protocols import evaluate, validation_split
@@ -33,8 +33,14 @@ from recscale.models.base import Recommender
 from recscale.optim.factory import make_optimizers
 from recscale.optim.schedules import learning_rate, scaled_lr
 from recscale.resources import memory_budget, native_bf16
-from recscale.training.checkpoint import (fill_sharded, read_local_shards, remove_stale_shards, save_checkpoint,
-                                          save_local_shards, split_local_shards)
+from recscale.training.checkpoint import (
+    fill_sharded,
+    read_local_shards,
+    remove_stale_shards,
+    save_checkpoint,
+    save_local_shards,
+    split_local_shards,
+)
 from recscale.training.logging import RunLogger
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}

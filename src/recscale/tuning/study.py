@@ -163,10 +163,10 @@ def _claim_study(job: TuneJob) -> None:
 
 def _objective(job: TuneJob):
     optuna = _optuna()
+    from recscale.data.dataset.prepared import PreparedDataset
     from recscale.training.build import resolve_run_config
     from recscale.training.run import start_run
     from recscale.training.trainer import selection_metric
-    from recscale.data.prepared import PreparedDataset
 
     def objective(trial) -> float:
         values = {p.name: p.suggest(trial) for p in job.space}

@@ -21,9 +21,15 @@ from typing import Callable
 
 import polars as pl
 
-from recscale.data.readers import (INTERACTION_KINDS, canonical_interactions, first_bad_line,
-                                   read_delimited, read_movies_csv, read_ratings_csv)
-from recscale.data.raw import RawDataset
+from recscale.data.ingest.raw import RawDataset
+from recscale.data.ingest.readers import (
+    INTERACTION_KINDS,
+    canonical_interactions,
+    first_bad_line,
+    read_delimited,
+    read_movies_csv,
+    read_ratings_csv,
+)
 from recscale.errors import RecscaleError
 
 ML100K_GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
@@ -107,8 +113,6 @@ def read_movielens_csv(root: Path) -> RawDataset:
     return RawDataset(root.name, read_ratings_csv(data), read_movies_csv(movies), (data, movies))
 
 
-# ----------------------------------------------------------------------------- Netflix Prize
-
 def _netflix_bad_line(path: Path) -> str:
     movie_seen = False
     for number, text in _lines(path, "utf-8"):
@@ -180,8 +184,6 @@ def read_netflix(root: Path) -> RawDataset:
     items = read_movie_titles(titles) if titles.is_file() else None
     return RawDataset(root.name, ratings, items, tuple(files) + ((titles,) if items is not None else ()))
 
-
-# ----------------------------------------------------------------------------- Last.fm 360K
 
 LASTFM_FILE = "usersha1-artmbid-artname-plays.tsv"
 

@@ -9,7 +9,7 @@ larger than memory, with Polars' streaming engine and partitioned passes.
 3. Filter, per bucket (all of a user's rows are in one bucket): validation, minimum rating, one
    row per (user, item) by the tie rule, minimum interactions per user; the survivors' users and
    items are collected (small), which fixes the final ids and, under `vae`, the user groups.
-4. Split, per bucket in user order: the protocol's own functions (data/splits.py) on the bucket's
+4. Split, per bucket in user order: the protocol's own functions (data/prepare/protocols.py) on the bucket's
    users. Every random draw a protocol makes over the whole data in (user, item) order is taken
    at the bucket's offset in that order (`seeded_stream`: PCG64 advanced), so a bucket gets the
    very numbers the in-memory path gives its rows.
@@ -25,9 +25,7 @@ tests/test_outofcore.py checks that both engines write the same content.
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -38,107 +36,36 @@ import pyarrow.parquet as pq
 import torch
 
 from recscale.config import PrepareConfig
-from recscale.data.prepare import (_heldout_users, _item_table, dataset_meta, finish_prepared, latest_per_pair,
-                                   refuse_existing)
-from recscale.data.readers import CONTROL, INTERACTION_KINDS, column_names, first_bad_line, require_columns, table_problem
-from recscale.data.sampling import NEGATIVE_CHUNK_USERS, distinct_negatives_chunk
-from recscale.data.splits import fold_in_split, leave_last_out, random_split, vae_groups, with_order
+from recscale.data.ingest.readers import (
+    CONTROL,
+)
+from recscale.data.ingest.scan import ScanSource
+from recscale.data.prepare.filters import latest_per_pair
+from recscale.data.prepare.negatives import NEGATIVE_CHUNK_USERS, distinct_negatives_chunk
+from recscale.data.prepare.output import dataset_meta, finish_prepared, item_table, refuse_existing
+from recscale.data.prepare.protocols import (
+    fold_in_split,
+    heldout_users,
+    leave_last_out,
+    random_split,
+    vae_groups,
+    with_order,
+)
 from recscale.errors import RecscaleError
-from recscale.fsutil import atomic_directory, remove_scratch, remove_stale_scratch, scratch_prefix, stop_signals_clean_up
+from recscale.fsutil import (
+    atomic_directory,
+    remove_scratch,
+    remove_stale_scratch,
+    scratch_prefix,
+)
 
 ROWS_PER_BUCKET = 2_000_000
+
+
 ROW_GROUP_ROWS = 1 << 20
+
+
 INTERACTION_SCHEMA = {"user": pl.Int32, "item": pl.Int32, "rating": pl.Float32, "timestamp": pl.Int64}
-
-
-@dataclasses.dataclass
-class ScanSource:
-    """A raw interactions input that can be scanned lazily.
-
-    `lazy(text_ids)` gives columns user, item (Int64, or Utf8 when `text_ids` names the column),
-    rating (Float64), timestamp (Int64) and `_line` (the row's place in the input, blank lines
-    counted); `diagnose()` walks the input and names the first bad line ('' when none)."""
-
-    name: str
-    files: tuple[Path, ...]
-    lazy: Callable[[frozenset], pl.LazyFrame]
-    diagnose: Callable[[], str]
-    items: pl.DataFrame | None = None
-    text_ids: frozenset = frozenset()  # columns known to hold text ids (formats with text keys)
-
-    @property
-    def size(self) -> int:
-        return sum(p.stat().st_size for p in self.files if p.exists())
-
-
-def scan_delimited(path: Path, sep: str, names: dict[str, str] | None, kinds: dict[str, str],
-                   items: pl.DataFrame | None = None, name: str | None = None) -> ScanSource:
-    """A delimited file: with `names` (canonical -> header name) it has a header, without them its
-    leading columns are `kinds` in order. A doubled separator ('::') is read as ':' with every other
-    column, as the in-memory reader does."""
-    path = Path(path)
-    wide = len(sep) == 2 and sep[0] == sep[1]
-    checks = {}
-
-    def lazy(text_ids: frozenset) -> pl.LazyFrame:
-        options = {"separator": sep[0], "has_header": names is not None,
-                   "quote_char": '"' if sep == "," else None, "infer_schema": False}
-        frame = pl.scan_csv(path, **options).with_row_index("_line")
-        columns = []
-        for position, (column, kind) in enumerate(kinds.items()):
-            source = pl.col(names[column]) if names is not None else pl.nth(1 + position * (2 if wide else 1))
-            dtype = pl.Utf8 if column in text_ids else {"int": pl.Int64, "id": pl.Int64, "float": pl.Float64}[kind]
-            columns.append(source.str.strip_chars("\r").cast(dtype).alias(column))
-        frame = frame.select("_line", *columns)
-        frame = frame.filter(~pl.all_horizontal(pl.exclude("_line").is_null()))  # blank lines
-        return _canonical(frame, kinds)
-
-    def diagnose() -> str:
-        if names is not None:
-            header = pl.read_csv(path, n_rows=0, separator=sep[0]).columns
-            checks.update({names[c]: (header.index(names[c]), kind) for c, kind in kinds.items()})
-        else:
-            checks.update({c: (i * (2 if wide else 1), kind) for i, (c, kind) in enumerate(kinds.items())})
-        return first_bad_line(path, sep, checks, names is not None)
-
-    return ScanSource(name or path.stem, (path,), lazy, diagnose, items)
-
-
-def scan_parquet(path: Path, names: dict[str, str], items: pl.DataFrame | None = None) -> ScanSource:
-    path = Path(path)
-
-    def lazy(text_ids: frozenset) -> pl.LazyFrame:
-        frame = pl.scan_parquet(path).with_row_index("_line")
-        schema = frame.collect_schema()
-        columns = []
-        for column, source in names.items():
-            expr = pl.col(source)
-            if column in ("user", "item"):
-                expr = expr.cast(pl.Utf8 if column in text_ids or schema[source] == pl.Utf8 else pl.Int64)
-            columns.append(expr.alias(column))
-        return _canonical(frame.select("_line", *columns), {c: "float" if c == "rating" else "int" for c in names})
-
-    schema = pl.read_parquet_schema(path)
-    require_columns(path, list(schema), list(names.values()))
-    # the in-memory reader's checks, in one streamed pass: both engines take and refuse the same tables
-    problem = table_problem(pl.scan_parquet(path).select(pl.col(s).alias(c) for c, s in names.items()), names,
-                            str(path))
-    if problem:
-        raise RecscaleError(problem)
-    text = frozenset(c for c, source in names.items() if c in ("user", "item") and schema.get(source) == pl.Utf8)
-    return ScanSource(path.stem, (path,), lazy, lambda: "", items, text)
-
-
-def _canonical(frame: pl.LazyFrame, kinds: dict[str, str]) -> pl.LazyFrame:
-    if "rating" not in kinds:
-        frame = frame.with_columns(pl.lit(1.0).alias("rating"))
-    if "timestamp" not in kinds:
-        frame = frame.with_columns(pl.lit(0, dtype=pl.Int64).alias("timestamp"))
-    return frame.select("_line", "user", "item", pl.col("rating").cast(pl.Float64),
-                        pl.col("timestamp").cast(pl.Int64))
-
-
-# ----------------------------------------------------------------------------- the passes
 
 
 def _per_user_rows(source: ScanSource) -> tuple[pl.DataFrame, frozenset]:
@@ -202,7 +129,7 @@ def _validate(frame: pl.DataFrame, source: ScanSource) -> None:
         raise RecscaleError(source.diagnose() or f"{source.name}: {where}: a missing, non-finite or malformed value")
 
 
-def _encode(frame: pl.DataFrame, user_ids: np.ndarray, item_ids: np.ndarray) -> pl.DataFrame:
+def encode_final_ids(frame: pl.DataFrame, user_ids: np.ndarray, item_ids: np.ndarray) -> pl.DataFrame:
     """Pre-ids -> final contiguous ids (positions in the sorted final id arrays), sorted (user, item)."""
     return frame.with_columns(
         pl.lit(pl.Series(user_ids)).search_sorted(pl.col("user")).cast(pl.Int32).alias("user"),
@@ -339,7 +266,7 @@ def _prepare_stream(source: ScanSource, cfg: PrepareConfig, out: Path, overwrite
     final_users = user_ids
     group_of = None
     if cfg.protocol == "vae":
-        n_heldout = _heldout_users(cfg, user_ids.size)
+        n_heldout = heldout_users(cfg, user_ids.size)
         groups = vae_groups(user_ids, n_heldout, cfg.seed)
         order = np.concatenate([np.sort(groups[g]) for g in ("train", "valid", "test")])
         group_of = np.repeat(["train", "valid", "test"], [groups[g].size for g in ("train", "valid", "test")])
@@ -362,7 +289,7 @@ def _prepare_stream(source: ScanSource, cfg: PrepareConfig, out: Path, overwrite
                     held, cfg.holdout_fraction, cfg.seed + (1 if name == "valid" else 2), offsets[name])
                 offsets[name] += held.height
             for name, part in parts.items():
-                encoded = _encode(part.filter(pl.col("item").is_in(item_ids)), sorted_order, item_ids)
+                encoded = encode_final_ids(part.filter(pl.col("item").is_in(item_ids)), sorted_order, item_ids)
                 encoded = encoded.with_columns(
                     pl.lit(pl.Series(rank)).gather(pl.col("user")).cast(pl.Int32).alias("user")).sort("user", "item")
                 writer.write(name, encoded)
@@ -379,7 +306,7 @@ def _prepare_stream(source: ScanSource, cfg: PrepareConfig, out: Path, overwrite
                      else random_split(frame, cfg.ratios, cfg.seed, offset))
             offset += frame.height
             for name in (("train", "valid", "test") if cfg.protocol != "ncf" or cfg.valid else ("train", "test")):
-                writer.write(name, _encode(parts[name], user_ids, item_ids))
+                writer.write(name, encode_final_ids(parts[name], user_ids, item_ids))
     writer.close()
     names = list(writer.counts)
     if writer.counts.get("train", 0) == 0:
@@ -408,7 +335,7 @@ def _prepare_stream(source: ScanSource, cfg: PrepareConfig, out: Path, overwrite
     item_originals = item_ids
     items = pl.DataFrame({"item": np.arange(item_ids.size, dtype=np.int32), "_key": item_ids,
                           "original_id": item_originals})
-    item_table, vocab = _item_table(items, source.items)
+    table, vocab = item_table(items, source.items)
     groups_count = ({g: int((group_of == g).sum()) for g in ("train", "valid", "test")} if group_of is not None
                     else None)
     part_counts = {name: writer.counts[name] for name in names}
@@ -419,7 +346,7 @@ def _prepare_stream(source: ScanSource, cfg: PrepareConfig, out: Path, overwrite
         for name in names:
             os.replace(scratch / f"{name}.parquet", tmp / f"{name}.parquet")
         users_table.write_parquet(tmp / "users.parquet")
-        item_table.write_parquet(tmp / "items.parquet")
+        table.write_parquet(tmp / "items.parquet")
         finish_prepared(tmp, meta)
     return meta
 
@@ -439,99 +366,3 @@ def _user_ranges(root: Path, names: list[str], n_users: int, rows: int = ROWS_PE
     bounds.append(n_users)
     bounds = sorted(set(bounds))
     return list(zip(bounds[:-1], bounds[1:]))
-
-
-# ----------------------------------------------------------------------------- which inputs, which engine
-
-MOVIELENS_COLUMNS = {"user": "userId", "item": "movieId", "rating": "rating", "timestamp": "timestamp"}
-# in-memory peak of `prepare` per byte of input, measured with benchmarks/out_of_core.py (text is
-# compact per row; Parquet is compressed, about 2.5x smaller for the same rows)
-MEMORY_PER_INPUT_BYTE = {"text": 6, "parquet": 15}
-
-
-def ratings_source(path: str | Path, sep: str = ",", user_col: str = "userId", item_col: str = "movieId",
-                   rating_col: str | None = "rating", time_col: str | None = "timestamp",
-                   items: pl.DataFrame | None = None) -> ScanSource:
-    """`--ratings FILE` (CSV/TSV with a header, or Parquet) with the same column flags as the
-    in-memory reader."""
-    path = Path(path)
-    if not path.is_file():
-        raise RecscaleError(f"{path}: file not found")
-    names = column_names(user_col, item_col, rating_col, time_col)
-    if path.suffix == ".parquet":
-        present = set(pl.read_parquet_schema(path))
-        missing = [c for c in names.values() if c not in present]
-        if missing:
-            raise RecscaleError(f"{path}: missing column(s) {', '.join(missing)}")
-        return scan_parquet(path, names, items)
-    header = pl.read_csv(path, n_rows=0, separator=sep[0]).columns
-    missing = [c for c in names.values() if c not in header]
-    if missing:
-        raise RecscaleError(f"{path}: missing column(s) {', '.join(missing)} (header: {', '.join(header)})")
-    return scan_delimited(path, sep, names, {c: INTERACTION_KINDS[c] for c in names}, items)
-
-
-def format_source(name: str, root: str | Path) -> ScanSource | None:
-    """The scannable source of a published format's ratings (None: the format is read in memory
-    only). Item tables are small and read as the in-memory path reads them."""
-    from recscale.data.formats import read_movies_dat, read_u_item
-    from recscale.data.readers import read_movies_csv
-    root = Path(root)
-    layouts = {"movielens-csv": ("ratings.csv", "movies.csv", read_movies_csv),
-               "movielens-dat": ("ratings.dat", "movies.dat", read_movies_dat),
-               "movielens-100k": ("u.data", "u.item", read_u_item)}
-    if name not in layouts:
-        return None
-    data_name, items_name, read_items = layouts[name]
-    data, items_path = root / data_name, root / items_name
-    if not data.is_file() or not items_path.is_file():
-        return None  # the in-memory reader names what is missing
-    items = read_items(items_path)
-    if name == "movielens-csv":
-        source = scan_delimited(data, ",", MOVIELENS_COLUMNS, INTERACTION_KINDS, items, root.name)
-    else:
-        source = scan_delimited(data, "::" if name == "movielens-dat" else "\t", None, INTERACTION_KINDS, items,
-                                root.name)
-    source.files = (data, items_path)
-    return source
-
-
-def embedded_source() -> ScanSource:
-    from recscale.data.readers import canonical_movies
-    from recscale.data.sources import EMBEDDED_DIR
-    root = EMBEDDED_DIR / "ml-latest-small"
-    source = scan_parquet(root / "ratings.parquet", MOVIELENS_COLUMNS,
-                          canonical_movies(pl.read_parquet(root / "movies.parquet")))
-    source.name, source.files = "ml-latest-small", (root / "ratings.parquet", root / "movies.parquet")
-    return source
-
-
-def in_memory_estimate(source: ScanSource) -> int:
-    """Bytes the in-memory `prepare` would take for this input (peak RSS, measured)."""
-    return sum(p.stat().st_size * MEMORY_PER_INPUT_BYTE["parquet" if p.suffix == ".parquet" else "text"]
-               for p in source.files[:1])
-
-
-def choose_engine(engine: str, source: ScanSource | None, budget: int, what: str) -> str:
-    """'memory' or 'stream' for `--engine` (auto: stream when the in-memory path would pass the budget)."""
-    if engine == "stream" and source is None:
-        raise RecscaleError(f"--engine stream: {what} is read in memory only (the streaming engine reads CSV/TSV "
-                            f"and Parquet files and the MovieLens formats); convert it to CSV or Parquet first")
-    if engine == "auto":
-        return "stream" if source is not None and in_memory_estimate(source) > budget else "memory"
-    return engine
-
-
-def prepare_input(read_raw: Callable, scan: Callable[[], ScanSource | None], cfg: PrepareConfig, out: str | Path,
-                  overwrite: bool = False, what: str = "this input") -> tuple[dict, str]:
-    """`prepare` with the engine `cfg.engine` asks for: (meta.json's content, the engine used).
-    `read_raw()` reads the input in memory, `scan()` gives its scannable source (or None)."""
-    from recscale.data.prepare import prepare
-    from recscale.resources import memory_budget
-    with stop_signals_clean_up("prepare"):
-        if cfg.engine != "memory":
-            source = scan()
-            engine = choose_engine(cfg.engine, source, memory_budget(cfg.memory_budget), what)
-            if engine == "stream":
-                return prepare_stream(source, cfg, out, overwrite), engine
-        return prepare(read_raw(), cfg, out, overwrite), "memory"

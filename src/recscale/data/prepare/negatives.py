@@ -1,63 +1,16 @@
-"""Vectorized negative sampling with an explicit torch.Generator (never the global seed).
-
-A user's positives are kept as one sorted int64 tensor of keys `user * n_items + item`; whether a
-candidate is a positive is then one `searchsorted` over the whole batch, with no per-example Python.
+"""The NCF evaluation negatives: for each evaluated user, `n` distinct items that are none of its
+positives, drawn with an explicit torch.Generator in fixed chunks of users (the streaming engine
+draws the same chunks).
 """
 
 from __future__ import annotations
 
+import numpy as np
+import polars as pl
 import torch
 
+from recscale.data.dataset.keys import is_positive, positive_keys
 from recscale.errors import RecscaleError
-
-
-def positive_keys(users: torch.Tensor, items: torch.Tensor, n_items: int) -> torch.Tensor:
-    """Sorted, unique keys of the (user, item) positives."""
-    keys = users.to(torch.int64) * n_items + items.to(torch.int64)
-    return torch.unique(keys)  # sorted
-
-
-def is_positive(keys: torch.Tensor, users: torch.Tensor, items: torch.Tensor, n_items: int) -> torch.Tensor:
-    """Boolean mask: is (users[i], items[i]) among the positives whose sorted keys are `keys`?"""
-    query = users.to(torch.int64) * n_items + items.to(torch.int64)
-    if keys.numel() == 0:
-        return torch.zeros_like(query, dtype=torch.bool)
-    pos = torch.searchsorted(keys, query).clamp_(max=keys.numel() - 1)
-    return keys[pos] == query
-
-
-class NegativeSampler:
-    """Uniform negatives for (user, item) positives, drawn exactly and without a rejection loop.
-
-    With the positive keys sorted, `keys[j] - j` is non-decreasing, and for a user whose positives
-    occupy keys[lo:hi] the number of its positives below item x is found by one `searchsorted` of
-    that sequence. So the k-th item that is not a positive of the user (k uniform in [0, free)) is
-    computed directly: the work per draw is fixed, however few items a user has left. Users with no
-    item left (`free == 0`) cannot be sampled for; callers leave them out (PairLoader does)."""
-
-    def __init__(self, users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int):
-        self.n_items = n_items
-        self.keys = positive_keys(users, items, n_items)  # sorted, unique
-        device = self.keys.device
-        self.adjusted = self.keys - torch.arange(self.keys.numel(), device=device)
-        counts = torch.bincount(self.keys // n_items, minlength=n_users)
-        self.starts = torch.cumsum(counts, 0) - counts  # (U,) first key of each user
-        self.free = n_items - counts                     # (U,) items that are not positives
-
-    def sample(self, users: torch.Tensor, generator: torch.Generator, chunk: int = 1 << 20) -> torch.Tensor:
-        """One uniform non-positive item per entry of `users` (independent draws), `chunk` draws at a
-        time: the temporaries stay small, and the draws are those of one call (the generator's
-        stream is consumed in order)."""
-        users = users.to(torch.int64)
-        out = torch.empty_like(users)
-        for start in range(0, users.numel(), chunk):
-            part = users[start:start + chunk]
-            free = self.free[part]
-            u = torch.rand(part.shape, generator=generator, device=part.device, dtype=torch.float64)
-            k = torch.minimum((u * free).to(torch.int64), free - 1)  # rank among the user's free items
-            lo = self.starts[part]
-            out[start:start + chunk] = k + torch.searchsorted(self.adjusted, part * self.n_items - lo + k, right=True) - lo
-        return out
 
 
 def _first_occurrence(rows: torch.Tensor) -> torch.Tensor:
@@ -120,4 +73,23 @@ def distinct_negatives_chunk(keys: torch.Tensor, users: torch.Tensor, n_items: i
             out[pending[rows]] = torch.gather(cand[rows], 1, take)
         pending = pending[~done]
         width *= 2
+    return out
+
+
+def sample_eval_negatives(parts: dict[str, pl.DataFrame], n_items: int, n: int, seed: int) -> dict[str, pl.DataFrame]:
+    """For each NCF evaluation split, `n` distinct items per user that are none of its positives
+    in any split, drawn with a generator seeded by `seed` (validation and test draw in turn)."""
+    everything = pl.concat([p.select("user", "item") for p in parts.values()])
+    keys = positive_keys(torch.from_numpy(everything["user"].to_numpy(writable=True)),
+                         torch.from_numpy(everything["item"].to_numpy(writable=True)), n_items)
+    generator = torch.Generator().manual_seed(seed)
+    out = {}
+    for name in ("valid", "test"):
+        if name not in parts:
+            continue
+        users = torch.from_numpy(parts[name]["user"].to_numpy().astype(np.int64))
+        negatives = sample_distinct_negatives(keys, users, n_items, n, generator)
+        out[f"{name}_negatives"] = pl.DataFrame({
+            "user": users.repeat_interleave(n).numpy().astype(np.int32),
+            "item": negatives.reshape(-1).numpy().astype(np.int32)})
     return out

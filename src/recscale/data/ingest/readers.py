@@ -57,6 +57,8 @@ def require_columns(path: Path, header: list[str], required: list[str]) -> None:
 
 
 KINDS = {"int": pl.Int64, "float": pl.Float64, "str": pl.Utf8}
+
+
 INTERACTION_KINDS = {"user": "int", "item": "int", "rating": "float", "timestamp": "int"}  # in file order
 
 

@@ -1,4 +1,4 @@
-"""Training loaders that read the training split from its CSR files (data/csr.py) as they go, for
+"""Training loaders that read the training split from its CSR files (data/dataset/csr.py) as they go, for
 `--data-loading stream`: memory follows the shuffle window, not the data.
 
 Pairs and tabular rows. An epoch's order of a rank is a function of (seed, epoch, rank) only:
@@ -33,12 +33,14 @@ from typing import Callable
 import numpy as np
 import torch
 
-from recscale.data.batch import PairBatch, TabularBatch, UserBatch, multi_hot_batch
-from recscale.data.csr import CSRFile
-from recscale.data.loaders import _EpochLoader, epoch_generator, shard_bounds
-from recscale.data.sampling import NegativeSampler
+from recscale.data.dataset.csr import CSRFile
+from recscale.data.loading.batch import PairBatch, TabularBatch, UserBatch, multi_hot_batch
+from recscale.data.loading.epochs import EpochLoader, epoch_generator, shard_bounds
+from recscale.data.loading.sampling import NegativeSampler
 
 BYTES_PER_EXAMPLE = 72
+
+
 BLOCKS_PER_WINDOW = 64  # a window mixes this many blocks from all over the split
 
 
@@ -96,7 +98,7 @@ class PositionPlan:
         return epoch_generator(self.seed, epoch, 1 + self.rank + self.world_size * w, device)
 
 
-class _WindowLoader(_EpochLoader):
+class _WindowLoader(EpochLoader):
     """Batches cut from a rank's windows in order, a partial batch carried into the next window."""
 
     def __init__(self, plan: PositionPlan, batch_size: int, per_positive: int, seed: int, rank: int, world_size: int):
@@ -208,7 +210,7 @@ class StreamTabularLoader(_WindowLoader):
         return TabularBatch(columns["users"], columns["items"], values, offsets, columns["labels"])
 
 
-class StreamRowLoader(_EpochLoader):
+class StreamRowLoader(EpochLoader):
     """Mult-VAE / Mult-DAE / autoencoder training: the in-memory UserRowLoader's users and batches,
     each batch's rows read from the CSR files."""
 
@@ -231,4 +233,3 @@ class StreamRowLoader(_EpochLoader):
             dense = torch.zeros((u.numel(), self.csr.n_items))
             dense[torch.repeat_interleave(torch.arange(u.numel()), lengths), indices] = values
             yield UserBatch(u, dense)
-

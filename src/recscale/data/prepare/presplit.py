@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from recscale.data.prepare import (_encode, _id_map, check_finite, encode_text_ids, latest_per_pair, refuse_existing,
-                                   sorted_id_maps, write_prepared)
-from recscale.data.readers import INTERACTION_KINDS, canonical_interactions, read_delimited
-from recscale.data.raw import RawDataset
+from recscale.data.ingest.raw import RawDataset
+from recscale.data.ingest.readers import INTERACTION_KINDS, canonical_interactions, read_delimited
+from recscale.data.prepare.filters import check_finite, latest_per_pair
+from recscale.data.prepare.ids import encode_ids, encode_text_ids, id_map, sorted_id_maps
+from recscale.data.prepare.output import refuse_existing, write_prepared
 from recscale.errors import RecscaleError
 
 PARTS = {"ncf": (("train", "test"), ("valid",)), "random": (("train", "test"), ("valid",)),
@@ -53,13 +54,13 @@ def import_split(name: str, parts: dict[str, pl.DataFrame], protocol: str, out: 
         overlap = np.intersect1d(ids["train"], np.concatenate([ids["valid"], ids["test"]]))
         if overlap.size or np.intersect1d(ids["valid"], ids["test"]).size:
             raise RecscaleError("--protocol vae: training, validation and test users must be disjoint")
-        users = _id_map(np.concatenate([ids[g] for g in groups]), "user", names).with_columns(
+        users = id_map(np.concatenate([ids[g] for g in groups]), "user", names).with_columns(
             pl.Series("group", np.repeat(list(groups), [ids[g].size for g in groups])))
-        items = _id_map(np.sort(parts["train"]["item"].unique().to_numpy()), "item", names)
+        items = id_map(np.sort(parts["train"]["item"].unique().to_numpy()), "item", names)
     else:
         users, items = sorted_id_maps(pl.concat([p.select("user", "item") for p in parts.values()]
                                                 + [n.select("user", "item") for n in negatives.values()]), names)
-    encoded = {k: _encode(v, users, items) for k, v in parts.items()}
+    encoded = {k: encode_ids(v, users, items) for k, v in parts.items()}
     params: dict = {"imported": True, "seed": seed, "tie_break": "file"}
     if protocol == "ncf":
         for split_name, split in encoded.items():

@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 import torch
 
-from recscale.data.csr import CSRFile, DiskRows
-from recscale.data.prepare import READABLE_SCHEMAS
+from recscale.data.dataset.csr import CSRFile, DiskRows
+from recscale.data.dataset.schema import READABLE_SCHEMAS
 from recscale.errors import RecscaleError
 
 PROTOCOL_FILES = {"ncf": ("train", "test", "test_negatives"), "random": ("train", "test"),

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from recscale.config import PrepareConfig
+from recscale.errors import RecscaleError
 
 ORDER_COLUMNS = ("_line", "_tie")  # helper columns: the row's place in the raw input, the tie key
 
@@ -137,3 +139,15 @@ def random_split(frame: pl.DataFrame, ratios: tuple[float, float, float], seed: 
     return {"train": ranked.filter(~is_test & ~is_valid).drop(*drop),
             "valid": ranked.filter(is_valid).drop(*drop),
             "test": ranked.filter(is_test).drop(*drop)}
+
+
+PAPER_HELDOUT_USERS = 10_000
+
+
+def heldout_users(cfg: PrepareConfig, n_users: int) -> int:
+    if cfg.heldout_users is None:
+        return max(1, min(PAPER_HELDOUT_USERS, n_users // 10))
+    if 2 * cfg.heldout_users >= n_users:
+        raise RecscaleError(f"--heldout-users: {cfg.heldout_users} validation + {cfg.heldout_users} test "
+                            f"users leave no training users out of {n_users}")
+    return cfg.heldout_users

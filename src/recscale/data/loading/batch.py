@@ -1,4 +1,5 @@
-"""Typed batches. Every field is a tensor (or None); `.to()` and `.pin_memory()` move them all."""
+"""Typed batches. Every field is a tensor (or None); `.to()` and `.pin_memory()` move them all.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """The training loader a model asks for (models/base.py: `training_loader`), built from a prepared
-dataset: the split in memory (data/loaders.py) or streamed from its CSR files (data/stream_loaders.py)
-when `LoaderOptions.window` is set. Both give the same batches when one window holds the split."""
+dataset: the split in memory (data/loading/memory.py) or streamed from its CSR files (data/loading/stream.py)
+when `LoaderOptions.window` is set. Both give the same batches when one window holds the split.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from typing import Callable
 
 import torch
 
-from recscale.data.loaders import PairLoader, TabularLoader, UserRowLoader
-from recscale.data.stream_loaders import StreamPairLoader, StreamRowLoader, StreamTabularLoader
+from recscale.data.loading.memory import PairLoader, TabularLoader, UserRowLoader
+from recscale.data.loading.stream import StreamPairLoader, StreamRowLoader, StreamTabularLoader
 from recscale.errors import RecscaleError
 
 

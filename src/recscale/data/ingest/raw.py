@@ -1,4 +1,5 @@
-"""`RawDataset`: what every reader returns and `prepare` takes."""
+"""`RawDataset`: what every reader returns and `prepare` takes.
+"""
 
 from __future__ import annotations
 

@@ -1,11 +1,12 @@
 """The datasets recscale knows by name: the embedded MovieLens ml-latest-small, which ships inside
 the package (Parquet, with its README.txt and license) so that it works offline, and the public
-datasets `recscale datasets download` fetches (data/download.py) and data/formats.py reads.
+datasets `recscale datasets download` fetches (ingest/download.py) and ingest/formats.py reads.
 
 Checksums are the publishers' own: GroupLens publishes an MD5 beside each MovieLens archive. The
 unversioned ml-latest changes over time and Last.fm publishes none: those are verified against the
 SHA-256 recorded at their first download. The Netflix Prize data is no longer distributed by
-Netflix; it is read from files put in place by hand (--raw-dir)."""
+Netflix; it is read from files put in place by hand (--raw-dir).
+"""
 
 from __future__ import annotations
 
@@ -13,13 +14,13 @@ from pathlib import Path
 
 import polars as pl
 
-from recscale.data.readers import canonical_movies, canonical_ratings
-from recscale.data.download import Remote, ensure_dataset
-from recscale.data.formats import read_format
-from recscale.data.raw import RawDataset
+from recscale.data.ingest.download import Remote, ensure_dataset
+from recscale.data.ingest.formats import read_format
+from recscale.data.ingest.raw import RawDataset
+from recscale.data.ingest.readers import canonical_movies, canonical_ratings
 from recscale.errors import RecscaleError
 
-EMBEDDED_DIR = Path(__file__).parent / "embedded"
+EMBEDDED_DIR = Path(__file__).parents[1] / "embedded"
 
 
 def _load_embedded_ml_latest_small() -> RawDataset:
@@ -36,6 +37,7 @@ def _movielens(name: str, md5: str | None, subdir: str, fmt: str) -> Remote:
 
 _NCF = "https://raw.githubusercontent.com/hexiangnan/neural_collaborative_filtering/master/Data/"
 
+
 REMOTES: dict[str, Remote] = {r.name: r for r in [
     _movielens("ml-100k", "0e33842e24a9c977be4e0107933c0723", "ml-100k", "movielens-100k"),
     _movielens("ml-1m", "c4d9eecfca2ab87c1945afe126590906", "ml-1m", "movielens-dat"),
@@ -50,6 +52,7 @@ REMOTES: dict[str, Remote] = {r.name: r for r in [
              {}, note="the NCF paper's split, imported as a ready `ncf` dataset")
       for n in ("ml-1m", "pinterest-20")],
 ]}
+
 
 DATASETS = ["ml-latest-small", *REMOTES]
 

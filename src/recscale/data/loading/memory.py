@@ -15,80 +15,17 @@ batch on every rank is dropped (each example at most once per epoch).
 
 from __future__ import annotations
 
-import math
-import queue
-import threading
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
 
-from recscale.data.batch import PairBatch, TabularBatch, UserBatch, multi_hot_batch
-from recscale.data.sampling import NegativeSampler
+from recscale.data.loading.batch import PairBatch, TabularBatch, UserBatch, multi_hot_batch
+from recscale.data.loading.epochs import EpochLoader, epoch_generator, shard_bounds, shard_permutation
+from recscale.data.loading.sampling import NegativeSampler
 
 
-def epoch_generator(seed: int, epoch: int, rank: int = 0, device: torch.device | str = "cpu") -> torch.Generator:
-    """A generator whose stream depends on (seed, epoch, rank) only, well mixed by SeedSequence.
-    On a GPU the stream differs from the CPU's, but is as reproducible."""
-    state = np.random.SeedSequence([seed, epoch, rank]).generate_state(2, dtype=np.uint32)
-    return torch.Generator(device=device).manual_seed(int(state[0]) << 31 | int(state[1] >> 1))
-
-
-def shard_bounds(n: int, world_size: int, drop_last: bool) -> int:
-    """Examples per rank under the padding/dropping policy."""
-    return n // world_size if drop_last else math.ceil(n / world_size)
-
-
-def shard_permutation(n: int, seed: int, epoch: int, rank: int, world_size: int, drop_last: bool,
-                      shuffle: bool = True) -> torch.Tensor:
-    """This rank's indices for the epoch: one permutation shared by all ranks, cut in equal parts."""
-    order = torch.randperm(n, generator=epoch_generator(seed, epoch)) if shuffle else torch.arange(n)
-    per_rank = shard_bounds(n, world_size, drop_last)
-    if per_rank * world_size > n:  # pad by wrapping around
-        order = torch.cat([order, order[: per_rank * world_size - n]])
-    return order[rank * per_rank:(rank + 1) * per_rank]
-
-
-def n_batches(n: int, batch_size: int, drop_last: bool) -> int:
-    return n // batch_size if drop_last else math.ceil(n / batch_size)
-
-
-class _EpochLoader:
-    """Shared mechanics: epoch counter, rank/world, batch count from the per-rank example count."""
-
-    dropped_users = 0  # users whose examples the loader had to leave out (PairLoader says why)
-
-    def __init__(self, n_examples: int, batch_size: int, seed: int, shuffle: bool, drop_last: bool,
-                 rank: int, world_size: int):
-        if batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} outside world of size {world_size}")
-        self.n_examples, self.batch_size, self.seed = n_examples, batch_size, seed
-        self.shuffle, self.drop_last, self.rank, self.world_size = shuffle, drop_last, rank, world_size
-        self.epoch, self.start_batch = 0, 0
-        self.device = torch.device("cpu")  # where batches are built; loaders that build on a GPU say so
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch, self.start_batch = epoch, start_batch
-
-    @property
-    def per_rank(self) -> int:
-        return shard_bounds(self.n_examples, self.world_size, self.drop_last)
-
-    def __len__(self) -> int:
-        return n_batches(self.per_rank, self.batch_size, self.drop_last)
-
-    def _indices(self) -> torch.Tensor:
-        return shard_permutation(self.n_examples, self.seed, self.epoch, self.rank, self.world_size,
-                                 self.drop_last, self.shuffle)
-
-    def _slices(self) -> Iterator[slice]:
-        for b in range(self.start_batch, len(self)):
-            yield slice(b * self.batch_size, (b + 1) * self.batch_size)
-
-
-class TensorLoader(_EpochLoader):
+class TensorLoader(EpochLoader):
     """Batches of equally long column tensors: per epoch one gather into shuffled order, then each
     batch is a zero-copy slice. `make_batch(**columns)` builds the typed batch."""
 
@@ -107,7 +44,7 @@ class TensorLoader(_EpochLoader):
             yield self.make_batch(**{name: t[s] for name, t in epoch.items()})
 
 
-class PairLoader(_EpochLoader):
+class PairLoader(EpochLoader):
     """NCF training: each epoch, this rank's share of the positives plus `negatives` uniformly
     sampled non-positive items per positive (label 0), shuffled together and cut into batches.
 
@@ -178,7 +115,7 @@ def csr_rows_dense(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Te
     return out
 
 
-class UserRowLoader(_EpochLoader):
+class UserRowLoader(EpochLoader):
     """Mult-VAE / Mult-DAE / autoencoder training: shuffled users, each batch the rows of the CSR
     user-item matrix for those users only: dense (never the whole matrix densified) or, with
     `sparse=True`, the CSR slice itself (its cost follows the interactions, not the catalog). With a
@@ -228,53 +165,3 @@ class TabularLoader(TensorLoader):
 
         super().__init__({"users": users.to(torch.int64), "items": items.to(torch.int64),
                           "labels": labels.to(torch.float32)}, make, batch_size, **kwargs)
-
-
-class Prefetcher:
-    """Prepares the next batch in a background thread and moves it to `device`; on CUDA it pins
-    host memory and copies with non_blocking=True so the copy overlaps compute.
-
-    Worth it where building a batch costs as much as a step (see benchmarks/loader.py)."""
-
-    _DONE = object()
-
-    def __init__(self, loader, device: torch.device | str, depth: int = 2):
-        self.loader, self.device, self.depth = loader, torch.device(device), depth
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.loader.set_epoch(epoch, start_batch)
-
-    def __iter__(self):
-        slots: queue.Queue = queue.Queue(self.depth)
-        cuda = self.device.type == "cuda"
-        stop = threading.Event()
-
-        def work():
-            try:
-                for batch in self.loader:
-                    if stop.is_set():
-                        return
-                    if cuda:
-                        batch = batch.pin_memory().to(self.device, non_blocking=True)
-                    slots.put(batch)
-                slots.put(self._DONE)
-            except BaseException as exc:  # surface loader errors in the consumer
-                slots.put(exc)
-
-        thread = threading.Thread(target=work, daemon=True)
-        thread.start()
-        try:
-            while (item := slots.get()) is not self._DONE:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item if cuda else item.to(self.device)
-        finally:
-            stop.set()
-            while thread.is_alive():  # unblock a producer waiting on a full queue
-                try:
-                    slots.get_nowait()
-                except queue.Empty:
-                    thread.join(0.01)

@@ -16,15 +16,19 @@ import numpy as np
 import polars as pl
 
 from recscale.config import SEED_RANGE, Checked, ConfigError, in_range, option
-from recscale.data.raw import RawDataset
+from recscale.data.ingest.raw import RawDataset
 from recscale.errors import RecscaleError
 from recscale.fsutil import atomic_file
 
 FIRST_TIMESTAMP = 946_684_800   # 2000-01-01
+
+
 LAST_TIMESTAMP = 1_577_836_800  # 2020-01-01
 
 
 MAX_IN_MEMORY = 250_000_000  # interactions synthesized at once (about 40 bytes each while drawing)
+
+
 MAX_IDS = 100_000_000         # users or items (per-id arrays of several floats each)
 
 
