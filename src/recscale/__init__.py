@@ -3,7 +3,7 @@
 The Python API (see api.py): `recscale.prepare`, `recscale.train`, `recscale.load_run`,
 `recscale.resume`, `recscale.open_dataset`, and the `Run` they return."""
 
-__version__ = "0.2.0"
+from recscale._version import __version__
 
 API = ("prepare", "train", "load_run", "resume", "open_dataset", "run_training", "Run")
 __all__ = ["__version__", *API]

@@ -13,7 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from recscale import __version__, api
+from recscale import api
+from recscale._version import __version__
 from recscale.bench import benchmark, format_benchmark, write_json
 from recscale.config import (
     MAX_K,

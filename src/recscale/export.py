@@ -34,7 +34,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from recscale import __version__
+from recscale._version import __version__
 from recscale.errors import RecscaleError
 from recscale.fsutil import atomic_directory, check_output, json_marker
 from recscale.recommend import model_inputs

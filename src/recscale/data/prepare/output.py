@@ -9,7 +9,7 @@ from pathlib import Path
 
 import polars as pl
 
-from recscale import __version__
+from recscale._version import __version__
 from recscale.data.dataset.schema import SCHEMA_VERSION, interaction_parts, is_prepared
 from recscale.data.ingest.raw import RawDataset
 from recscale.data.prepare.negatives import sample_eval_negatives
