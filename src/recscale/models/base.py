@@ -9,7 +9,8 @@ What a model declares about itself (the trainer never tests a model's name or ty
     train_defaults          its sensible run settings (the papers' values); `default_train_settings`
                             scales them to the dataset's counts
     resolve_config(cfg, c)  settings left to 'auto', decided against the data and the run (FitContext)
-    training_loader(d, o)   the loader that feeds its batches (pairs, user rows, tabular rows)
+    batch_kind              what its training batches are (data/loading/batch.py: Pairs, UserRows,
+                            TabularRows); the trainer asks the loading factory for them. None: no steps
     step_schedule(n)        keyword arguments of forward at each step (KL annealing) and the step
                             from which the objective is settled (early stopping counts from there)
     pretrained_runs(cfg)    run directories to initialize from; `init_from_pretrained` uses them
@@ -38,6 +39,7 @@ from typing import Any, Callable, ClassVar, NamedTuple
 import torch
 from torch import nn
 
+from recscale.data.loading.batch import BatchKind
 from recscale.errors import RecscaleError
 
 
@@ -101,9 +103,7 @@ class Recommender(nn.Module):
         """`cfg` with every 'auto' setting decided (config.toml records what was used)."""
         return cfg
 
-    def training_loader(self, data, options):
-        """The loader of this model's training batches (data.loaders.LoaderOptions)."""
-        raise RecscaleError(f"{type(self).__name__} is fitted in closed form; it has no training batches")
+    batch_kind: BatchKind | None = None  # closed-form models have no training batches
 
     def step_schedule(self, total_steps: int) -> StepSchedule:
         return StepSchedule()

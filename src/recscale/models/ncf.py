@@ -23,8 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recscale.config import WIDTH, Checked, ConfigError, each, in_range, option
-from recscale.data.loading.batch import PairBatch
-from recscale.data.loading.factory import pair_loader
+from recscale.data.loading.batch import PairBatch, Pairs
 from recscale.errors import RecscaleError
 from recscale.models.base import (
     DataShape,
@@ -85,8 +84,7 @@ class NeuMF(Recommender):
         sparse = 2 * context.local_batch_size < context.n_users + context.n_items
         return dataclasses.replace(cfg, embedding_gradients="sparse" if sparse else "dense")
 
-    def training_loader(self, data, options):
-        return pair_loader(data, options)
+    batch_kind = Pairs()
 
     @classmethod
     def pretrained_runs(cls, cfg: NCFConfig) -> dict[str, str]:

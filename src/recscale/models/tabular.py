@@ -12,8 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recscale.config import MAX_WIDTH, WIDTH, Checked, each, in_range, option
-from recscale.data.loading.batch import TabularBatch, multi_hot_batch
-from recscale.data.loading.factory import tabular_loader
+from recscale.data.loading.batch import TabularBatch, TabularRows, multi_hot_batch
 from recscale.models.base import DataShape, Output, Recommender, score_pairs_in_chunks
 from recscale.models.tables import EmbeddingTables, TableSpec, rename_legacy_keys
 
@@ -36,8 +35,9 @@ class EmbeddingMLP(Recommender):
         "batch_size": {"type": "categorical", "choices": [1024, 4096, 16384]},
     }
 
-    def training_loader(self, data, options):
-        return tabular_loader(data, options, labels=lambda ratings: ratings > self.cfg.like_threshold)
+    @property
+    def batch_kind(self) -> TabularRows:
+        return TabularRows(labels=lambda ratings: ratings > self.cfg.like_threshold)
 
     def __init__(self, shape: DataShape, cfg: EmbeddingMLPConfig | None = None):
         super().__init__()

@@ -26,8 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recscale.config import WIDTH, Checked, each, in_range, non_negative, option
-from recscale.data.loading.batch import UserBatch
-from recscale.data.loading.factory import row_loader
+from recscale.data.loading.batch import UserBatch, UserRows
 from recscale.models.base import (
     DataShape,
     LastLayerUsers,
@@ -189,8 +188,9 @@ class RowModel(Recommender):
         users = counts.get("train_users", counts["users"])
         return {**cls.train_defaults, "batch_size": int(min(500, max(32, users // 8)))}
 
-    def training_loader(self, data, options):
-        return row_loader(data, options, binary=self.binary_rows, sparse=self.cfg.sparse_input)
+    @property
+    def batch_kind(self) -> UserRows:
+        return UserRows(binary=self.binary_rows, sparse=self.cfg.sparse_input)
 
     def _first(self) -> SparseInputLinear:
         raise NotImplementedError

@@ -13,12 +13,11 @@ import torch
 from recscale import distributed
 from recscale.config import Layer, RunConfig, build, build_run_config
 from recscale.data.dataset.prepared import PreparedDataset
-from recscale.data.loading.stream import in_memory_bytes
+from recscale.data.loading.factory import decide_loading, local_batch_size, open_training_data
 from recscale.errors import RecscaleError
 from recscale.models.base import DataShape, FitContext, Recommender
 from recscale.models.registry import MODELS
 from recscale.models.tables import deferred_tables
-from recscale.resources import memory_budget
 from recscale.training.trainer import Trainer
 
 
@@ -85,7 +84,7 @@ def build_model(cfg: RunConfig, params: Layer | Mapping[str, Any], data: Prepare
     (build_trainer shards them; no worker ever holds them whole)."""
     cls = model_class(cfg.model)
     context = FitContext(n_users=data.n_users, n_items=data.n_items, world_size=world_size,
-                         local_batch_size=max(1, cfg.loader.batch_size // world_size),
+                         local_batch_size=local_batch_size(cfg.loader.batch_size, world_size),
                          optimizer=cfg.optim.optimizer)
     model_cfg = cls.resolve_config(model_config(cfg.model, params), context)
     deferred = for_training and cfg.system.embeddings == "sharded"
@@ -122,19 +121,12 @@ def place(model: Recommender, device: torch.device) -> Recommender:
 
 
 def resolve_data_loading(cfg: RunConfig, data: PreparedDataset) -> RunConfig:
-    """`--data-loading auto` and `--memory-budget auto` made concrete, so that config.toml records
-    what was used and a resumed run shuffles in the same windows."""
-    budget = memory_budget(cfg.loader.memory_budget)
-    mode = cfg.loader.data_loading
-    if mode == "auto":
-        need = in_memory_bytes(data.meta["counts"]["train"], cfg.loader.negatives)
-        mode = "stream" if data.has_index and need > budget else "memory"
-    if mode == "stream" and not data.has_index:
-        raise RecscaleError(f"--data-loading stream: {data.root} was prepared without the per-user index "
-                            f"that streaming reads; prepare it again with this recscale")
-    return cfg.replace(data_loading=mode, memory_budget=str(budget))
+    """The loading factory's decision recorded in the run's settings (config.toml keeps what was
+    used, so that a resumed run shuffles in the same windows)."""
+    loader = decide_loading(cfg.loader, data)
+    return cfg.replace(data_loading=loader.data_loading, memory_budget=loader.memory_budget)
 
 
 def open_data(cfg: RunConfig) -> PreparedDataset:
-    """The run's prepared dataset, streamed or in memory as the run's config says."""
-    return PreparedDataset(cfg.data, streaming=cfg.loader.data_loading == "stream")
+    """The run's prepared dataset, read as the loading factory decided."""
+    return open_training_data(cfg.data, cfg.loader)

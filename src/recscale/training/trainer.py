@@ -23,16 +23,15 @@ import torch
 
 from recscale.config import RunConfig
 from recscale.data.dataset.prepared import PreparedDataset
-from recscale.data.loading.factory import LoaderOptions
+from recscale.data.loading.factory import training_loader
 from recscale.data.loading.prefetch import Prefetcher
-from recscale.data.loading.stream import window_positives
 from recscale.distributed import all_reduce_sum, barrier, broadcast_object
 from recscale.errors import RecscaleError
 from recscale.evaluation.protocols import evaluate, validation_split
 from recscale.models.base import Recommender
 from recscale.optim.factory import make_optimizers
 from recscale.optim.schedules import learning_rate, scaled_lr
-from recscale.resources import memory_budget, native_bf16
+from recscale.resources import native_bf16
 from recscale.training.checkpoint import (
     fill_sharded,
     read_local_shards,
@@ -93,12 +92,9 @@ class Trainer:
         self.run, self.rank, self.world_size = run, rank, world_size
         self.net = ddp_model or model  # what runs the forward (DDP/DMP wrapper or the module itself)
         self.sharded = fused is not None
-        window = (window_positives(memory_budget(cfg.loader.memory_budget), cfg.loader.negatives)
-                  if cfg.loader.data_loading == "stream" else None)
-        options = LoaderOptions(batch_size=max(1, cfg.loader.batch_size // world_size), seed=cfg.system.seed,
-                                rank=rank, world_size=world_size, device=device, negatives=cfg.loader.negatives,
-                                window=window)
-        self.loader = model.training_loader(data, options)
+        if model.batch_kind is None:
+            raise RecscaleError(f"{type(model).__name__} is fitted in closed form; it has no training batches")
+        self.loader = training_loader(model.batch_kind, data, cfg.loader, cfg.system.seed, rank, world_size, device)
         on_host = self.loader.device.type != device.type
         self.batches = Prefetcher(self.loader, device) if on_host and device.type == "cuda" else self.loader
         optim = cfg.optim

@@ -1,9 +1,11 @@
-"""Typed batches. Every field is a tensor (or None); `.to()` and `.pin_memory()` move them all.
-"""
+"""Typed batches, and the batch kinds a model declares it eats (`Recommender.batch_kind`): the
+loading factory (factory.py) builds the loader of a kind. Every batch field is a tensor (or None);
+`.to()` and `.pin_memory()` move them all."""
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import torch
 
@@ -75,3 +77,31 @@ def multi_hot_batch(values: torch.Tensor, offsets: torch.Tensor, lengths: torch.
     starts = torch.repeat_interleave(offsets[items], counts)
     within = torch.arange(int(counts.sum())) - torch.repeat_interleave(batch_offsets, counts)
     return values[starts + within], batch_offsets
+
+
+# ----------------------------------------------------------------------------- batch kinds
+
+
+@dataclasses.dataclass(frozen=True)
+class Pairs:
+    """PairBatch: the training split's positives, each with `--negatives` sampled negatives."""
+
+
+@dataclasses.dataclass(frozen=True)
+class UserRows:
+    """UserBatch: training users' rows of the user-item matrix, 1/0 (`binary`) or the ratings;
+    `sparse`: as sparse tensors."""
+
+    binary: bool = True
+    sparse: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class TabularRows:
+    """TabularBatch: (user, item, genres) rows of the training split; `labels` turns a (B,) tensor of
+    ratings into targets."""
+
+    labels: Callable[[torch.Tensor], torch.Tensor]
+
+
+BatchKind = Pairs | UserRows | TabularRows

@@ -1,18 +1,29 @@
-"""The training loader a model asks for (models/base.py: `training_loader`), built from a prepared
-dataset: the split in memory (data/loading/memory.py) or streamed from its CSR files (data/loading/stream.py)
-when `LoaderOptions.window` is set. Both give the same batches when one window holds the split.
-"""
+"""The one owner of how training batches are read: `decide_loading` chooses memory or stream
+(recorded in config.toml, so a resumed run reads as the first did), `open_training_data` opens the
+dataset that way, and `training_loader` builds the loader of a model's batch kind (batch.py) for
+one process: the split in memory (memory.py) or streamed from its CSR files in shuffle windows that
+fit the budget (stream.py). Both give the same batches when one window holds the split."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from pathlib import Path
 
 import torch
 
+from recscale.config import LoaderConfig
+from recscale.data.dataset.prepared import PreparedDataset
+from recscale.data.loading.batch import BatchKind, Pairs, TabularRows, UserRows
 from recscale.data.loading.memory import PairLoader, TabularLoader, UserRowLoader
-from recscale.data.loading.stream import StreamPairLoader, StreamRowLoader, StreamTabularLoader
+from recscale.data.loading.stream import (
+    StreamPairLoader,
+    StreamRowLoader,
+    StreamTabularLoader,
+    in_memory_bytes,
+    window_positives,
+)
 from recscale.errors import RecscaleError
+from recscale.resources import memory_budget
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +39,48 @@ class LoaderOptions:
     window: int | None = None  # streaming: positives per shuffle window (None: the split in memory)
 
 
-def pair_loader(data, options: LoaderOptions) -> PairLoader:
+def local_batch_size(global_batch: int, world_size: int) -> int:
+    """Examples (or users) per step and process: `--batch-size` is the global batch."""
+    return max(1, global_batch // world_size)
+
+
+def decide_loading(loader: LoaderConfig, data: PreparedDataset) -> LoaderConfig:
+    """`--data-loading auto` and `--memory-budget auto` made concrete: stream when the in-memory
+    loaders would take more than the budget (and the dataset has the per-user index streaming reads)."""
+    budget = memory_budget(loader.memory_budget)
+    mode = loader.data_loading
+    if mode == "auto":
+        need = in_memory_bytes(data.meta["counts"]["train"], loader.negatives)
+        mode = "stream" if data.has_index and need > budget else "memory"
+    if mode == "stream" and not data.has_index:
+        raise RecscaleError(f"--data-loading stream: {data.root} was prepared without the per-user index "
+                            f"that streaming reads; prepare it again with this recscale")
+    return dataclasses.replace(loader, data_loading=mode, memory_budget=str(budget))
+
+
+def open_training_data(path: str | Path, loader: LoaderConfig) -> PreparedDataset:
+    """The run's dataset, read as `decide_loading` chose: rows from the CSR files as asked when
+    streaming, whole splits in memory otherwise."""
+    return PreparedDataset(path, streaming=loader.data_loading == "stream")
+
+
+def training_loader(kind: BatchKind, data: PreparedDataset, loader: LoaderConfig, seed: int = 0, rank: int = 0,
+                    world_size: int = 1, device: torch.device | str = "cpu"):
+    """The loader of `kind`'s batches for process `rank` of `world_size` (`loader` as decided)."""
+    window = (window_positives(memory_budget(loader.memory_budget), loader.negatives)
+              if loader.data_loading == "stream" else None)
+    options = LoaderOptions(batch_size=local_batch_size(loader.batch_size, world_size), seed=seed, rank=rank,
+                            world_size=world_size, device=device, negatives=loader.negatives, window=window)
+    if isinstance(kind, Pairs):
+        return pair_loader(data, options)
+    if isinstance(kind, UserRows):
+        return row_loader(data, options, kind.binary, kind.sparse)
+    if isinstance(kind, TabularRows):
+        return tabular_loader(data, options, kind.labels)
+    raise RecscaleError(f"no training batches of kind {kind!r}")
+
+
+def pair_loader(data: PreparedDataset, options: LoaderOptions) -> PairLoader:
     """Positives of the training split with sampled negatives (NCF models)."""
     if options.negatives >= data.n_items:
         raise RecscaleError(f"--negatives: {options.negatives} is not below the {data.n_items} items of {data.root}")
@@ -40,7 +92,8 @@ def pair_loader(data, options: LoaderOptions) -> PairLoader:
                       seed=options.seed, rank=options.rank, world_size=options.world_size, device=options.device)
 
 
-def row_loader(data, options: LoaderOptions, binary: bool = True, sparse: bool = False) -> UserRowLoader:
+def row_loader(data: PreparedDataset, options: LoaderOptions, binary: bool = True,
+               sparse: bool = False) -> UserRowLoader:
     """Training users' rows of the user-item matrix: 1/0 (`binary`) or the ratings."""
     if options.window is not None:
         return StreamRowLoader(data.csr("train"), data.training_users(), options.batch_size, binary, sparse,
@@ -50,7 +103,7 @@ def row_loader(data, options: LoaderOptions, binary: bool = True, sparse: bool =
                          device=options.device, sparse=sparse)
 
 
-def tabular_loader(data, options: LoaderOptions, labels: Callable[[torch.Tensor], torch.Tensor]) -> TabularLoader:
+def tabular_loader(data: PreparedDataset, options: LoaderOptions, labels) -> TabularLoader:
     """(user, item, genres) rows of the training split; `labels` turns ratings into targets."""
     genres = data.item_genres()
     if genres is None:

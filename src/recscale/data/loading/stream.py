@@ -39,8 +39,6 @@ from recscale.data.loading.epochs import EpochLoader, epoch_generator, shard_bou
 from recscale.data.loading.sampling import NegativeSampler
 
 BYTES_PER_EXAMPLE = 72
-
-
 BLOCKS_PER_WINDOW = 64  # a window mixes this many blocks from all over the split
 
 
