@@ -10,12 +10,12 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from recscale import distributed
 from recscale.config import PrepareConfig, build_run_config
 from recscale.data.dataset.prepared import PreparedDataset
 from recscale.data.loading.batch import PairBatch, UserBatch
 from recscale.data.prepare.memory import prepare
 from recscale.models.base import StepSchedule
+from recscale.parallel import distributed
 from recscale.training.build import build_model, build_trainer
 from tests.conftest import kill_a_worker_mid_second_epoch, synthetic_raw
 

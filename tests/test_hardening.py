@@ -299,7 +299,7 @@ def test_checkpoints_of_another_model_or_without_keys_are_one_line_errors(small,
     assert _run(_train_args(small, tmp_path / "gmf"), capsys)[0] == 0
     assert _run(["train", "--data", small, "--model", "mlp", "--epochs", "1", "--device", "cpu",
                  "--out", tmp_path / "mlp"], capsys)[0] == 0
-    from recscale.training.checkpoint import load_checkpoint, save_checkpoint
+    from recscale.tensorfiles import load_checkpoint, save_checkpoint
     state = load_checkpoint(tmp_path / "gmf" / "checkpoints" / "best.pt")
     save_checkpoint(tmp_path / "mlp" / "checkpoints" / "best.pt", state)  # valid checksum, wrong model
     code, _, err = _run(["evaluate", "--run", tmp_path / "mlp"], capsys)

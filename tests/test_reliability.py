@@ -17,7 +17,7 @@ from recscale.data.ingest.readers import read_ratings_csv
 from recscale.data.prepare.memory import prepare
 from recscale.errors import RecscaleError
 from recscale.fsutil import sha256_file
-from recscale.training.checkpoint import load_checkpoint, save_checkpoint
+from recscale.tensorfiles import load_checkpoint, save_checkpoint
 from tests.conftest import synthetic_raw
 
 TRAIN = ["--model", "neumf", "--epochs", "3", "--batch-size", "512", "--checkpoint-every", "5",

@@ -11,13 +11,13 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from recscale import distributed, sharding
 from recscale.config import PrepareConfig, build_run_config
 from recscale.data.dataset.prepared import PreparedDataset
 from recscale.data.loading.batch import PairBatch
 from recscale.data.prepare.memory import prepare
 from recscale.errors import RecscaleError
 from recscale.models.tables import TableSpec, init_rows
+from recscale.parallel import distributed, sharding
 from recscale.training.build import build_model, build_trainer, place
 from recscale.training.run import load_run
 from tests.conftest import kill_a_worker_mid_second_epoch, synthetic_raw

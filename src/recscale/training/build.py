@@ -10,7 +10,6 @@ from typing import Any, Mapping
 
 import torch
 
-from recscale import distributed
 from recscale.config import Layer, RunConfig, build, build_run_config
 from recscale.data.dataset.prepared import PreparedDataset
 from recscale.data.loading.factory import decide_loading, local_batch_size, open_training_data
@@ -18,6 +17,7 @@ from recscale.errors import RecscaleError
 from recscale.models.base import DataShape, FitContext, Recommender
 from recscale.models.registry import MODELS
 from recscale.models.tables import deferred_tables
+from recscale.parallel import distributed
 from recscale.training.trainer import Trainer
 
 
@@ -108,7 +108,7 @@ def build_trainer(cfg: RunConfig, model: Recommender, data: PreparedDataset, dev
     Under torchrun the model is wrapped in DDP for the forward, or with --embeddings sharded its
     tables are sharded by TorchRec (sharding.py); `model` stays the module that is checkpointed."""
     if cfg.system.embeddings == "sharded":
-        from recscale import sharding
+        from recscale.parallel import sharding
         net, fused = sharding.shard(model, cfg, device, info.world_size)
         return Trainer(model, data, cfg, device, run, info.rank, info.world_size, net, fused)
     return Trainer(model, data, cfg, device, run, info.rank, info.world_size, distributed.wrap(model, info, device))

@@ -23,13 +23,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from recscale import distributed
 from recscale.config import RECORD_SECTION, Layer, RunConfig, build_run_config, read_config_file, run_layers, to_toml
 from recscale.data.dataset.prepared import PreparedDataset
 from recscale.errors import RecscaleError, RunInterrupted
 from recscale.evaluation.protocols import evaluate, validation_split
 from recscale.fsutil import atomic_file, refuse_if_input, signal_handlers
 from recscale.optim.factory import check_optimizer
+from recscale.parallel import distributed
+from recscale.parallel.checkpoints import gather_sharded
+from recscale.tensorfiles import load_checkpoint, save_checkpoint
 from recscale.training.build import (
     build_model,
     build_trainer,
@@ -40,7 +42,6 @@ from recscale.training.build import (
     resolve_data_loading,
     seeded,
 )
-from recscale.training.checkpoint import gather_sharded, load_checkpoint, save_checkpoint
 from recscale.training.rundir import CONFIG, LAST, RunDirectory, has_checkpoint, is_run
 from recscale.training.trainer import StopRequested, Trainer, load_model_state, selection_metric, validation_ks
 

@@ -25,21 +25,15 @@ from recscale.config import RunConfig
 from recscale.data.dataset.prepared import PreparedDataset
 from recscale.data.loading.factory import training_loader
 from recscale.data.loading.prefetch import Prefetcher
-from recscale.distributed import all_reduce_sum, barrier, broadcast_object
 from recscale.errors import RecscaleError
 from recscale.evaluation.protocols import evaluate, validation_split
 from recscale.models.base import Recommender
 from recscale.optim.factory import make_optimizers
 from recscale.optim.schedules import learning_rate, scaled_lr
+from recscale.parallel.checkpoints import restore_sharded, save_sharded
+from recscale.parallel.distributed import all_reduce_sum
 from recscale.resources import native_bf16
-from recscale.training.checkpoint import (
-    fill_sharded,
-    read_local_shards,
-    remove_stale_shards,
-    save_checkpoint,
-    save_local_shards,
-    split_local_shards,
-)
+from recscale.tensorfiles import save_checkpoint
 from recscale.training.logging import RunLogger
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -226,28 +220,17 @@ class Trainer:
         return state
 
     def _save_sharded(self, name: str, weights_only: bool) -> None:
-        """Every worker writes its shards, then worker 0 the file that points at them (checkpoint.py)."""
-        folder = [self.run.path / "checkpoints" if self.run is not None else None]
-        broadcast_object(folder)  # the run is built aside by worker 0: the others learn where
-        if folder[0] is None:
-            return
-        path = folder[0] / f"{name}.pt"
-        state, shards = split_local_shards(self._state(weights_only))
-        step = self.state.step
-        if self.rank == 0:
-            path.parent.mkdir(exist_ok=True)
-        barrier()
-        own = {"optimizer": state["optimizer"]} if "optimizer" in state else {}
-        save_local_shards(path, shards, step, self.rank, self.world_size, **own)
-        barrier()
-        if self.rank == 0:
-            save_checkpoint(path, {**state, "sharding": {"step": step, "world_size": self.world_size}})
+        """Shards from every worker, then the file that points at them (parallel/checkpoints.py)."""
+        def commit(path, state):
+            save_checkpoint(path, state)
             if name == "last":
                 self.run.publish()
-        barrier()
-        final = [self.run.path / "checkpoints" if self.run is not None else None]
-        broadcast_object(final)  # publishing may have moved the folder
-        remove_stale_shards(final[0] / f"{name}.pt", step, self.rank, self.world_size)
+
+        def folder():
+            return self.run.path / "checkpoints" if self.run is not None else None
+
+        save_sharded(folder(), name, self._state(weights_only), self.state.step, self.rank, self.world_size,
+                     commit, folder)
 
     def restore(self, state: dict, path=None) -> None:
         """Continue from a `last` checkpoint's state (`path`: where it was read, for sharded runs)."""
@@ -259,12 +242,9 @@ class Trainer:
             raise RecscaleError("checkpoint: written by a run with other --embeddings; resume with the run's own settings")
         optimizer_state = state["optimizer"]
         if self.sharded:
-            if state["sharding"]["world_size"] != self.world_size:
-                raise RecscaleError(f"--resume: the run's tables are sharded over {state['sharding']['world_size']} "
-                                    f"workers; resume it with as many (this group has {self.world_size})")
-            own = read_local_shards(path, state, self.rank)
-            state = {**state, "model": fill_sharded(state["model"], self.model.state_dict(), own["shards"])}
-            optimizer_state = fill_sharded(own["optimizer"], self.optimizers.state_dict(), own["shards"])
+            model_state, optimizer_state = restore_sharded(path, state, self.rank, self.world_size,
+                                                           self.model.state_dict(), self.optimizers.state_dict())
+            state = {**state, "model": model_state}
         load_model_state(self.model, state["model"])
         try:
             self.optimizers.load_state_dict(optimizer_state)

@@ -22,7 +22,7 @@ What differs from a replicated run, and why:
 - fp16 is refused (a fused update cannot be skipped when the loss scaler finds an overflow); bf16
   autocast covers the dense layers;
 - gradient clipping covers the dense gradients only (the tables are updated inside backward);
-- checkpoints hold each worker's shards in its own file (training/checkpoint.py), so a resume
+- checkpoints hold each worker's shards in its own file (parallel/checkpoints.py), so a resume
   needs the same number of workers; evaluate, recommend and export gather the tables into one
   process's CPU memory, one shard file at a time.
 """

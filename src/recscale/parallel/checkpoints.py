@@ -1,97 +1,21 @@
-"""Checkpoints: written atomically with a SHA-256 sidecar; read back without running any code.
+"""The checkpoint of a run with sharded embedding tables (sharding.py), and the protocol that writes it.
 
-The checkpoint and its sidecar are two files, hence two renames. The sidecar goes first and lists
-the checksum of the new checkpoint and of the one it replaces, so a crash between the renames
-leaves the old checkpoint with a sidecar that still vouches for it; after the second rename the new
-one matches. Corruption or truncation matches neither and is refused."""
+A run with sharded embedding tables (sharding.py) checkpoints in 1 + W files: each worker writes
+NAME.stepS.shardRofW.pt with its local shards, then worker 0 writes NAME.pt, whose placeholders
+name the shards and whose `sharding` entry names the step S. NAME.pt is the commit point: until it
+is replaced, it points at shard files that are still there (older steps are deleted only after).
+"""
 
 from __future__ import annotations
 
-import io
-import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from recscale.errors import RecscaleError
-from recscale.fsutil import atomic_file, sha256_file
-
-
-class _WriteErrors(io.RawIOBase):
-    """A file that remembers the OSError of a failed write, so that it can be reported as it was."""
-
-    def __init__(self, handle):
-        super().__init__()
-        self.handle, self.error = handle, None
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data) -> int:
-        try:
-            return self.handle.write(data)
-        except OSError as exc:
-            self.error = exc
-            raise
-
-    def flush(self) -> None:
-        self.handle.flush()
-
-
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    path = Path(path)
-    sidecar = path.with_name(path.name + ".sha256")
-    with atomic_file(path) as tmp:
-        with open(tmp, "wb") as handle:
-            recorder = _WriteErrors(handle)
-            try:
-                torch.save(state, recorder)
-            except RuntimeError as exc:
-                # torch's writer turns a failed write (a full disk) into an opaque RuntimeError
-                raise recorder.error or OSError(f"cannot save checkpoint: {str(exc).splitlines()[0]}") from exc
-        lines = [f"{sha256_file(tmp)}  {path.name}"]
-        if path.exists():
-            lines.append(f"{sha256_file(path)}  {path.name} (being replaced)")
-        with atomic_file(sidecar) as side:
-            side.write_text("\n".join(lines) + "\n")
-    if len(lines) > 1:  # the replacement is done: vouch for the new file only
-        with atomic_file(sidecar) as side:
-            side.write_text(lines[0] + "\n")
-
-
-def load_checkpoint(path: str | Path, map_location="cpu", required: tuple[str, ...] = ("model",)) -> dict[str, Any]:
-    """Verify the checksum, then load with `weights_only=True`, which refuses to unpickle anything
-    but tensors and plain containers (so a crafted file cannot execute code). The entries in
-    `required` must be present."""
-    path = Path(path)
-    sidecar = path.with_name(path.name + ".sha256")
-    if not path.exists():
-        raise RecscaleError(f"{path}: checkpoint not found")
-    if not sidecar.exists():
-        raise RecscaleError(f"{sidecar}: checksum file missing; refusing to load an unverified checkpoint")
-    try:
-        accepted = {line.split()[0] for line in sidecar.read_text().splitlines() if line.split()}
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RecscaleError(f"{sidecar}: unreadable checksum file: {exc}") from None
-    if sha256_file(path) not in accepted:
-        raise RecscaleError(f"{path}: checksum mismatch (truncated or corrupted checkpoint)")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
-        raise RecscaleError(f"{path}: refused to load: {str(exc).splitlines()[0]}") from None
-    missing = [key for key in required if not isinstance(state, dict) or key not in state]
-    if missing:
-        raise RecscaleError(f"{path}: not a recscale checkpoint of this kind (no {', '.join(missing)})")
-    return state
-
-
-# ----------------------------------------------------------------------------- sharded state
-#
-# A run with sharded embedding tables (sharding.py) checkpoints in 1 + W files: each worker writes
-# NAME.stepS.shardRofW.pt with its local shards, then worker 0 writes NAME.pt, whose placeholders
-# name the shards and whose `sharding` entry names the step S. NAME.pt is the commit point: until it
-# is replaced, it points at shard files that are still there (older steps are deleted only after).
+from recscale.parallel.distributed import barrier, broadcast_object
+from recscale.tensorfiles import load_checkpoint, save_checkpoint
 
 SHARD_MARK = "__sharded__"
 
@@ -203,3 +127,42 @@ def gather_sharded(path: Path, state: dict) -> dict:
     for name, value in model.items():
         out[name] = full[value[SHARD_MARK]] if isinstance(value, dict) and SHARD_MARK in value else value
     return out
+
+
+def save_sharded(folder: Path | None, name: str, state: dict, step: int, rank: int, world_size: int,
+                 commit: Callable[[Path, dict], None], folder_after: Callable[[], Path | None]) -> None:
+    """Every worker writes its shards of `state`, then worker 0 the file that points at them
+    (`commit(path, state)`: writes NAME.pt, and may move the folder, e.g. publish a run built aside),
+    then each worker removes its shards of older steps. `folder`: where checkpoints go, known on
+    worker 0 only (None there: nothing is written); `folder_after()`: where they are after `commit`."""
+    where = [folder]
+    broadcast_object(where)  # the others learn where worker 0 writes
+    if where[0] is None:
+        return
+    path = where[0] / f"{name}.pt"
+    state, shards = split_local_shards(state)
+    if rank == 0:
+        path.parent.mkdir(exist_ok=True)
+    barrier()
+    own = {"optimizer": state["optimizer"]} if "optimizer" in state else {}
+    save_local_shards(path, shards, step, rank, world_size, **own)
+    barrier()
+    if rank == 0:
+        commit(path, {**state, "sharding": {"step": step, "world_size": world_size}})
+    barrier()
+    final = [folder_after() if rank == 0 else None]
+    broadcast_object(final)  # committing may have moved the folder
+    remove_stale_shards(final[0] / f"{name}.pt", step, rank, world_size)
+
+
+def restore_sharded(path: Path, state: dict, rank: int, world_size: int, model_state: dict,
+                    optimizer_state: dict) -> tuple[dict, dict]:
+    """(model state, optimizer state) of a sharded `last` checkpoint (whose NAME.pt at `path` gave
+    `state`) for this worker: the live ShardedTensors of `model_state` and `optimizer_state` (fresh
+    from the model and optimizer) filled with the worker's saved shards."""
+    if state["sharding"]["world_size"] != world_size:
+        raise RecscaleError(f"--resume: the run's tables are sharded over {state['sharding']['world_size']} "
+                            f"workers; resume it with as many (this group has {world_size})")
+    own = read_local_shards(path, state, rank)
+    return fill_sharded(state["model"], model_state, own["shards"]), fill_sharded(own["optimizer"], optimizer_state,
+                                                                                   own["shards"])
