@@ -75,8 +75,8 @@ def test_metrics_match_a_slow_reference(data):
 
 @pytest.mark.parametrize("margin", [0, 1, 16])
 def test_massive_ties_past_the_candidate_margin_are_ranked_exactly(monkeypatch, margin):
-    from recscale.evaluation import metrics
-    monkeypatch.setattr(metrics, "TIE_MARGIN", margin)
+    from recscale import ranking
+    monkeypatch.setattr(ranking, "TIE_MARGIN", margin)
     rng = np.random.default_rng(margin)
     scores = rng.integers(0, 3, (40, 30)).astype(float).tolist()  # 3 values in 30 columns: ties spill
     scores[0] = [1.0] * 30

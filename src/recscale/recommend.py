@@ -22,10 +22,10 @@ import torch
 
 from recscale.data.dataset.prepared import PreparedDataset
 from recscale.errors import RecscaleError
-from recscale.evaluation.metrics import top_k
 from recscale.evaluation.protocols import dense_rows
 from recscale.fsutil import atomic_file, check_output
 from recscale.models.base import Recommender
+from recscale.ranking import top_k
 
 FORMATS = (".tsv", ".parquet")
 COLUMNS = ("user", "rank", "item", "score", "fallback")

@@ -3,9 +3,8 @@
 Assumptions, stated once:
 - Binary relevance. Each row is one user: `scores` (B, C) over C candidates and `relevant` (B, C)
   marks the user's held-out items. Rows with no relevant item are not counted (callers drop them).
-- Ties are broken against the user: among equal scores, non-relevant candidates rank first, then
-  lower candidate index. A model that scores everything alike therefore gets no credit, and the
-  order is exact and deterministic (no dependence on torch.topk's tie order or the batch size).
+- Ties are broken against the user (the tie rule, ranking.py): among equal scores, non-relevant
+  candidates rank first, then lower candidate index.
 - HR@K: 1 if any relevant item is in the top K. Recall@K: hits / min(K, n_relevant), as in
   Mult-VAE (Liang et al. 2018); recall_recbole@K: hits / n_relevant, RecBole's definition (lower
   for users with more than K held-out items). Precision@K: hits / K. NDCG@K: DCG with 1/log2(rank + 1) gains over
@@ -21,45 +20,7 @@ import math
 
 import torch
 
-_LOW31 = (1 << 31) - 1
-
-
-def _orderable(scores: torch.Tensor) -> torch.Tensor:
-    """Map float32 scores to int64 with the same order (NaN counts as -inf)."""
-    scores = torch.nan_to_num(scores.float(), nan=float("-inf"))
-    bits = scores.view(torch.int32)
-    return (bits ^ ((bits >> 31) & _LOW31)).to(torch.int64)
-
-
-def ranking_keys(scores: torch.Tensor, relevant: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
-    """int64 keys whose descending order is the ranking with our tie rule; all keys are distinct.
-    `index` gives each column's candidate index when `scores` holds a subset of the candidates."""
-    if index is None:
-        index = torch.arange(scores.shape[1], device=scores.device)
-    return (_orderable(scores) << 32) | ((~relevant).to(torch.int64) << 31) | (_LOW31 - index)
-
-
-TIE_MARGIN = 16
-
-
-def top_k(scores: torch.Tensor, relevant: torch.Tensor, k: int) -> torch.Tensor:
-    """(B, k) candidate indices of the top k under the tie rule, exactly.
-
-    A float topk of k + TIE_MARGIN candidates contains every tie of the k-th score unless the
-    (k + margin)-th score equals it; only those rows (massive ties) are ranked with keys over all
-    candidates. Everything else is keyed on the few candidates alone."""
-    n = scores.shape[1]
-    k = min(k, n)
-    scores = torch.nan_to_num(scores.float(), nan=float("-inf"))
-    width = min(n, k + TIE_MARGIN)
-    values, index = torch.topk(scores, width, dim=1)  # (B, width)
-    keys = ranking_keys(values, torch.gather(relevant, 1, index), index)
-    top = torch.gather(index, 1, torch.topk(keys, k, dim=1).indices)  # (B, k)
-    spill = (values[:, k - 1] == values[:, width - 1]) if width < n else torch.zeros_like(values[:, 0], dtype=torch.bool)
-    if bool(spill.any()):
-        rows = torch.nonzero(spill).squeeze(1)
-        top[rows] = torch.topk(ranking_keys(scores[rows], relevant[rows]), k, dim=1).indices
-    return top
+from recscale.ranking import top_k  # the tie rule (ranking.py)
 
 
 def first_relevant_rank(scores: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:

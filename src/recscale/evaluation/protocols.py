@@ -16,8 +16,9 @@ import scipy.sparse as sp
 import torch
 
 from recscale.data.dataset.prepared import PreparedDataset
-from recscale.evaluation.metrics import exact_sum, interval_half_width, metric_names, per_user_metrics, top_k
+from recscale.evaluation.metrics import exact_sum, interval_half_width, metric_names, per_user_metrics
 from recscale.models.base import Recommender
+from recscale.ranking import top_k
 
 DEFAULT_KS = (10, 20, 50, 100)
 

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from recscale.errors import RecscaleError
 from recscale.serving.batcher import MicroBatcher
 from recscale.serving.bundle import PAIRS_PER_CALL, Bundle
-from recscale.serving.settings import MAX_ITEMS, MAX_K, ServerConfig
+from recscale.serving.settings import MAX_ITEMS, MAX_REQUEST_K, ServerConfig
 
 Id = Union[int, str]
 
@@ -44,7 +44,7 @@ class RecommendRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     user: Id | None = None
     items: list[Id] | None = Field(default=None, max_length=MAX_ITEMS)
-    k: int = Field(default=10, ge=1, le=MAX_K)
+    k: int = Field(default=10, ge=1, le=MAX_REQUEST_K)
     exclude_seen: bool = True
 
 
@@ -337,7 +337,7 @@ def create_app(bundle_dir: str | Path, settings: ServerConfig | None = None, **c
                 "runtime": bundle.scores.runtime if bundle.scores else None,
                 "max_batch": batcher.max_batch, "max_wait_ms": batcher.max_wait * 1000,
                 "batches": batcher.batches, "requests_scored": batcher.jobs, "limits": {
-                    "k": MAX_K, "items": MAX_ITEMS, "body_bytes": settings.max_body_bytes,
+                    "k": MAX_REQUEST_K, "items": MAX_ITEMS, "body_bytes": settings.max_body_bytes,
                     "request_line_bytes": settings.max_request_line, "header_bytes": settings.max_header_bytes,
                     "read_timeout_s": settings.read_timeout_s, "connections": settings.max_connections},
                 "api_key": api_key is not None}

@@ -16,7 +16,7 @@ import scipy.sparse as sp
 import torch
 
 from recscale.errors import RecscaleError
-from recscale.evaluation.metrics import top_k
+from recscale.ranking import top_k
 from recscale.serving.format import MANIFEST, open_bundle_files
 from recscale.serving.runtime import RUNTIMES, Graph
 

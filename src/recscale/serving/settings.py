@@ -13,7 +13,7 @@ from typing import Optional
 
 from recscale.config import Checked, at_least, in_range, option, positive
 
-MAX_K = 1000
+MAX_REQUEST_K = 1000  # items one request may ask for (recommend lists and metrics go to config.MAX_K)
 MAX_ITEMS = 10_000  # items in one request's history or candidates
 
 
