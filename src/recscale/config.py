@@ -24,12 +24,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from recscale.errors import RecscaleError
-from recscale.optim.schedules import DECAYS, WARMUPS
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
+
+WARMUPS = ("none", "linear", "exponential")  # optim/schedules.py implements each
+DECAYS = ("constant", "linear", "cosine")
 
 
 # ----------------------------------------------------------------------------- field checks

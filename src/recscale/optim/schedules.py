@@ -12,8 +12,6 @@ def kl_beta(step: int, total_anneal_steps: int, anneal_cap: float) -> float:
     return min(anneal_cap, step / total_anneal_steps)
 
 
-WARMUPS = ("none", "linear", "exponential")
-DECAYS = ("constant", "linear", "cosine")
 EXPONENTIAL_WARMUP_START = 0.01  # the NCF scaling notebook's warmup starts at 1% of the target rate
 
 
