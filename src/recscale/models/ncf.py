@@ -1,8 +1,10 @@
 """GMF, MLP and NeuMF (He et al. 2017), with NVIDIA DeepLearningExamples' defaults.
 
-NeuMF = a GMF branch (element-wise product of user and item factors) + an MLP tower over the
-concatenated user and item embeddings + one linear head over both, trained with binary
-cross-entropy on positives and sampled negatives. GMF and MLP are NeuMF with one branch off.
+NeuMF is composed as TorchRec's DLRM is: one collection of embedding tables (the sparse part,
+shardable), a GMF tower (element-wise product of user and item factors) and an MLP tower (over the
+concatenated user and item embeddings), and one linear head over what the towers give; trained
+with binary cross-entropy on positives and sampled negatives. GMF and MLP compose one tower alone
+with the head (`branches`).
 
 Embedding tables can emit sparse gradients (`embedding_gradients="sparse"`): at ml-20m's shape a
 dense optimizer would touch every one of the 165k rows each step. When a batch touches more rows
@@ -104,38 +106,35 @@ class NeuMF(Recommender):
     def __init__(self, shape: DataShape, cfg: NCFConfig | None = None):
         super().__init__()
         cfg = cfg if cfg is not None else self.Config()
-        sparse = cfg.embedding_gradients == "sparse"
         self.cfg = cfg
-        self.use_gmf = cfg.branches in ("neumf", "gmf")
-        self.use_mlp = cfg.branches in ("neumf", "mlp")
-        head_in = 0
+        use_gmf, use_mlp = cfg.branches in ("neumf", "gmf"), cfg.branches in ("neumf", "mlp")
         specs = {}
-        if self.use_gmf:
+        if use_gmf:
             specs |= {"gmf_user": TableSpec("users", shape.n_users, cfg.factors),
                       "gmf_item": TableSpec("items", shape.n_items, cfg.factors)}
-            head_in += cfg.factors
-        if self.use_mlp:
+        if use_mlp:
             half = cfg.layers[0] // 2
             specs |= {"mlp_user": TableSpec("users", shape.n_users, half),
                       "mlp_item": TableSpec("items", shape.n_items, half)}
-        self.tables = EmbeddingTables(specs, sparse=sparse)  # N(0, 0.01) as NVIDIA's NCF
+        self.tables = EmbeddingTables(specs, sparse=cfg.embedding_gradients == "sparse")  # N(0, 0.01) as NVIDIA's NCF
         self._register_load_state_dict_pre_hook(rename_legacy_keys("tables", specs))
-        if self.use_mlp:
-            tower: list[nn.Module] = []
-            for width_in, width_out in zip(cfg.layers[:-1], cfg.layers[1:]):
-                tower += [nn.Linear(width_in, width_out), nn.ReLU()]
-                if cfg.dropout > 0:
-                    tower.append(nn.Dropout(cfg.dropout))
-            self.tower = nn.Sequential(*tower)
-            head_in += cfg.layers[-1]
+        # the towers, named by the prefix of their tables, built after the tables (the order their
+        # parameters are drawn and listed in); parameter names are those of the older single-class
+        # NeuMF (tables.*, tower.*, head.*), so its checkpoints load unchanged
+        self.gmf = GMFTower() if use_gmf else None
+        self.tower = MLPTower(cfg.layers, cfg.dropout) if use_mlp else None
+        head_in = (cfg.factors if self.gmf is not None else 0) + (cfg.layers[-1] if self.tower is not None else 0)
         self.head = nn.Linear(head_in, 1)
         self.reset_parameters()
 
+    def towers(self) -> list[tuple[str, nn.Module]]:
+        """(table prefix, tower) of the towers this model composes, in the head's input order."""
+        return [(name, tower) for name, tower in (("gmf", self.gmf), ("mlp", self.tower)) if tower is not None]
+
     def reset_parameters(self) -> None:
         # As NVIDIA's NCF: N(0, 0.01) embeddings (EmbeddingTables), Glorot-uniform tower, LeCun-uniform head.
-        for layer in (m for m in self.modules() if isinstance(m, nn.Linear) and m is not self.head):
-            nn.init.xavier_uniform_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        if self.tower is not None:
+            self.tower.reset_parameters()
         bound = (3.0 / self.head.in_features) ** 0.5
         nn.init.uniform_(self.head.weight, -bound, bound)
         nn.init.zeros_(self.head.bias)
@@ -143,11 +142,7 @@ class NeuMF(Recommender):
     def logits(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Logits for equally shaped user and item index tensors."""
         e = self.tables({"users": users, "items": items})
-        parts = []
-        if self.use_gmf:
-            parts.append(e["gmf_user"] * e["gmf_item"])  # (..., F)
-        if self.use_mlp:
-            parts.append(self.tower(torch.cat([e["mlp_user"], e["mlp_item"]], -1)))  # (..., L)
+        parts = [tower(e[f"{name}_user"], e[f"{name}_item"]) for name, tower in self.towers()]  # (..., F), (..., L)
         return self.head(torch.cat(parts, -1) if len(parts) > 1 else parts[0]).squeeze(-1)
 
     def forward(self, batch: PairBatch, **schedule) -> Output:
@@ -167,7 +162,7 @@ class NeuMF(Recommender):
     def retrieval(self) -> Retrieval | None:
         """GMF's score h . (p_u * q_i) + b is the inner product of (h * p_u) and q_i; NeuMF and MLP
         mix user and item in the tower before scoring, so no index can rank for them."""
-        if self.use_mlp:
+        if self.tower is not None:
             return None
         return Retrieval(_GMFUsers(self), self.tables["gmf_item"].weight.detach())
 
@@ -178,7 +173,7 @@ class NeuMF(Recommender):
     def load_pretrained(self, gmf: "NeuMF", mlp: "NeuMF", alpha: float = 0.5) -> None:
         """Initialize from trained GMF and MLP models as in the paper: copy their embeddings and
         tower, and concatenate their heads weighted by alpha and 1 - alpha."""
-        if not (self.use_gmf and self.use_mlp and gmf.cfg.branches == "gmf" and mlp.cfg.branches == "mlp"):
+        if not (self.cfg.branches == "neumf" and gmf.cfg.branches == "gmf" and mlp.cfg.branches == "mlp"):
             raise RecscaleError("load_pretrained needs a neumf model, a trained gmf and a trained mlp")
         for name in ("gmf_user", "gmf_item"):
             self.tables[name].weight.copy_(gmf.tables[name].weight)
@@ -187,6 +182,35 @@ class NeuMF(Recommender):
         self.tower.load_state_dict(mlp.tower.state_dict())
         self.head.weight.copy_(torch.cat([alpha * gmf.head.weight, (1 - alpha) * mlp.head.weight], 1))
         self.head.bias.copy_(alpha * gmf.head.bias + (1 - alpha) * mlp.head.bias)
+
+
+class GMFTower(nn.Module):
+    """GMF (He et al. 2017): the element-wise product of the user's and the item's factors."""
+
+    def forward(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
+        return user * item  # (..., F)
+
+
+class MLPTower(nn.Sequential):
+    """The MLP tower over the concatenated user and item embeddings: Linear + ReLU (+ dropout) for
+    each pair of consecutive `widths`; the first width is the concatenated embedding's."""
+
+    def __init__(self, widths: tuple[int, ...], dropout: float = 0.0):
+        layers: list[nn.Module] = []
+        for width_in, width_out in zip(widths[:-1], widths[1:]):
+            layers += [nn.Linear(width_in, width_out), nn.ReLU()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+        super().__init__(*layers)
+
+    def reset_parameters(self) -> None:
+        for layer in self:
+            if isinstance(layer, nn.Linear):
+                nn.init.xavier_uniform_(layer.weight)
+                nn.init.zeros_(layer.bias)
+
+    def forward(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
+        return super().forward(torch.cat([user, item], -1))  # (..., widths[-1])
 
 
 @dataclasses.dataclass(frozen=True)
