@@ -7,7 +7,7 @@ per-worker table memory, peak resident memory and training samples/s of NeuMF.
 Shapes: ml-20m (138,493 users x 26,744 items) and a synthetic 10M users x 1M items, NeuMF with its
 defaults (64 GMF factors, MLP tower 256-256-128-64: 192 table columns per id). Each measurement is
 one `torchrun --nproc-per-node 2` group of fresh processes; the workers build the model and the
-optimizers exactly as `recscale train` does (training/build.py, sharding.py) and time `--steps`
+optimizers exactly as `recscale train` does (training/build.py, parallel/sharding.py) and time `--steps`
 training steps on random (user, item, label) batches after 3 warm-up steps (the data loader is
 measured in loader.py, not here). Samples/s is the global batch over the slower worker's time.
 

@@ -106,7 +106,7 @@ def build_trainer(cfg: RunConfig, model: Recommender, data: PreparedDataset, dev
                   run=None, info: distributed.DistInfo = distributed.DistInfo()) -> Trainer:
     """The trainer around `model` (already on `device`): loader, optimizers, scaler, schedules.
     Under torchrun the model is wrapped in DDP for the forward, or with --embeddings sharded its
-    tables are sharded by TorchRec (sharding.py); `model` stays the module that is checkpointed."""
+    tables are sharded by TorchRec (parallel/sharding.py); `model` stays the module that is checkpointed."""
     if cfg.system.embeddings == "sharded":
         from recscale.parallel import sharding
         net, fused = sharding.shard(model, cfg, device, info.world_size)

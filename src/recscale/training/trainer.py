@@ -81,7 +81,7 @@ class Trainer:
                  run=None, rank: int = 0, world_size: int = 1, ddp_model=None, fused=None):
         """`run`: the RunDirectory checkpoints and logs go to (None: nothing is written).
         `fused`: (fused table optimizer, its parameter ids, its rate / --lr) when the tables are sharded
-        (sharding.py)."""
+        (parallel/sharding.py)."""
         self.model, self.data, self.cfg, self.device = model, data, cfg, device
         self.run, self.rank, self.world_size = run, rank, world_size
         self.net = ddp_model or model  # what runs the forward (DDP/DMP wrapper or the module itself)
