@@ -24,11 +24,9 @@ import polars as pl
 
 from recscale.config import Layer, PrepareConfig, RunConfig, build, read_config_file, run_field_owner, run_layers
 from recscale.data.dataset.prepared import PreparedDataset
-from recscale.data.ingest.formats import read_format
+from recscale.data.ingest.inputs import RawInput
 from recscale.data.ingest.raw import RawDataset
-from recscale.data.ingest.readers import frame_interactions, read_interactions
-from recscale.data.ingest.scan import ScanSource, embedded_source, format_source, ratings_source
-from recscale.data.ingest.sources import load_dataset
+from recscale.data.ingest.readers import frame_interactions
 from recscale.data.prepare.engine import prepare_input
 from recscale.errors import RecscaleError
 from recscale.evaluation.protocols import evaluate as evaluate_split
@@ -41,29 +39,13 @@ from recscale.training.run import load_run as load_trained
 from recscale.training.trainer import selection_metric
 
 
-def _raw(source: Any, format: str | None) -> RawDataset:
-    if isinstance(source, RawDataset):
-        return source
-    if isinstance(source, pl.DataFrame):
-        return RawDataset("frame", frame_interactions(source, "frame"), None, ())
+def _input(source: Any, format: str | None) -> RawInput:
+    """`source` as `recscale prepare`'s flags would name it (one resolver for both)."""
     if format is not None:
-        return read_format(format, source)
-    path = Path(str(source))
-    if path.is_file():
-        return RawDataset(path.stem, read_interactions(path), None, (path,))
-    return load_dataset(str(source))
-
-
-def _scan(source: Any, format: str | None) -> ScanSource | None:
-    """`source` as a lazily scanned input for the streaming engine (None: read in memory only)."""
-    if isinstance(source, (RawDataset, pl.DataFrame)):
-        return None
-    if format is not None:
-        return format_source(format, source)
-    path = Path(str(source))
-    if path.is_file():
-        return ratings_source(path, "\t" if path.suffix in (".tsv", ".tab") else ",")
-    return embedded_source() if str(source) == "ml-latest-small" else None
+        return RawInput(format=format, raw_dir=str(source))
+    if Path(str(source)).is_file():
+        return RawInput(ratings=str(source))
+    return RawInput(dataset=str(source))
 
 
 def prepare(source: Any, out: str | Path, protocol: str = "ncf", *, format: str | None = None,
@@ -73,7 +55,13 @@ def prepare(source: Any, out: str | Path, protocol: str = "ncf", *, format: str 
     with user/item[/rating/timestamp] columns, or a RawDataset) under `protocol` into `out`;
     `options` are `recscale prepare`'s settings (seed, test_negatives, tie_break, ...)."""
     cfg = build(PrepareConfig, Layer({"protocol": protocol, **options}, "prepare()"))
-    prepare_input(lambda: _raw(source, format), lambda: _scan(source, format), cfg, out, overwrite, what=str(source))
+    if isinstance(source, (RawDataset, pl.DataFrame)):  # already in memory: nothing to scan
+        raw = source if isinstance(source, RawDataset) else RawDataset("frame", frame_interactions(source, "frame"),
+                                                                       None, ())
+        prepare_input(lambda: raw, lambda: None, cfg, out, overwrite, what=str(raw.name))
+    else:
+        given = _input(source, format)
+        prepare_input(given.read, given.scan, cfg, out, overwrite, what=str(source))
     return PreparedDataset(out)
 
 

@@ -33,11 +33,9 @@ from recscale.config import (
 )
 from recscale.data.dataset.schema import dataset_notes
 from recscale.data.ingest.download import cache_root, dataset_dir, ensure_dataset, parse_checksums
-from recscale.data.ingest.formats import FORMATS, read_format
-from recscale.data.ingest.raw import RawDataset
-from recscale.data.ingest.readers import read_interactions, read_movies_csv
-from recscale.data.ingest.scan import ScanSource, embedded_source, format_source, ratings_source
-from recscale.data.ingest.sources import REMOTES, load_dataset
+from recscale.data.ingest.formats import FORMATS
+from recscale.data.ingest.inputs import RawInput
+from recscale.data.ingest.sources import REMOTES
 from recscale.data.ingest.synth import SynthSpec, synthesize, write_movielens_layout
 from recscale.data.prepare.engine import prepare_input
 from recscale.data.prepare.presplit import import_split, read_ncf_paper
@@ -59,58 +57,10 @@ class _Parser(argparse.ArgumentParser):
 
 # ----------------------------------------------------------------------------- prepare
 
-def _raw_from_args(args) -> RawDataset:
-    if sum(map(bool, (args.dataset, args.ratings, args.format))) != 1:
-        raise RecscaleError("prepare: give exactly one of --dataset NAME, --format FORMAT --raw-dir DIR, "
-                            "or --ratings FILE")
-    if args.dataset:
-        return load_dataset(args.dataset, args.raw_dir, parse_checksums(args.sha256))
-    if args.format:
-        if not args.raw_dir:
-            raise RecscaleError(f"--format {args.format}: needs --raw-dir DIR (the unpacked files)")
-        return read_format(args.format, args.raw_dir)
-    ratings = _read_interactions_file(args, args.ratings)
-    movies = read_movies_csv(args.movies) if args.movies else None
-    files = tuple(Path(p) for p in (args.ratings, args.movies) if p)
-    return RawDataset(Path(args.ratings).stem, ratings, movies, files)
-
-
-def _scan_from_args(args) -> ScanSource | None:
-    """The input of `prepare` as a lazily scanned source, for the streaming engine (None: the
-    input's format is read in memory only)."""
-    if sum(map(bool, (args.dataset, args.ratings, args.format))) != 1:
-        _raw_from_args(args)  # the one-line error for the flags
-    if args.ratings:
-        movies = read_movies_csv(args.movies) if args.movies else None
-        return ratings_source(args.ratings, _separator(args.sep, args.ratings), args.user_col, args.item_col,
-                              args.rating_col, args.time_col, movies)
-    if args.dataset == "ml-latest-small" and not args.raw_dir:
-        return embedded_source()
-    if args.format:
-        return format_source(args.format, args.raw_dir) if args.raw_dir else None
-    if args.dataset in REMOTES:
-        remote = REMOTES[args.dataset]
-        if args.raw_dir is None and not remote.urls:
-            return None
-        root = args.raw_dir or ensure_dataset(remote, checksums=parse_checksums(args.sha256))
-        return format_source(remote.format, root)
-    return format_source("movielens-csv", args.raw_dir) if args.dataset == "ml-latest-small" else None
-
-
-def _read_interactions_file(args, path: str):
-    """--ratings or one file of an imported split, read with the column and separator flags."""
-    return read_interactions(path, _separator(args.sep, path), args.user_col, args.item_col,
-                             args.rating_col, args.time_col)
-
-
-def _separator(sep: str | None, path: str) -> str:
-    """--sep as given ('\\t' and 'tab' mean a tab); by default a tab for .tsv files, else a comma."""
-    if sep is None:
-        return "\t" if path.endswith((".tsv", ".tab")) else ","
-    sep = {"\\t": "\t", "tab": "\t"}.get(sep, sep)
-    if len(sep) != 1 and sep != "::":
-        raise RecscaleError(f"--sep: expected one character or '::', got {sep!r}")
-    return sep
+def _input(args) -> RawInput:
+    """What `prepare`'s flags name (data/ingest/inputs.py resolves it, as for the API)."""
+    return RawInput(args.dataset, args.format, args.raw_dir, args.ratings, args.movies, args.sep, args.user_col,
+                    args.item_col, args.rating_col, args.time_col, parse_checksums(args.sha256))
 
 
 PRESPLIT_FLAGS = {"train": "train_file", "valid": "valid_file", "test": "test_file",
@@ -122,8 +72,9 @@ def _import_files(args, cfg: PrepareConfig) -> dict:
     given = {part: getattr(args, flag) for part, flag in PRESPLIT_FLAGS.items() if getattr(args, flag)}
     if cfg.protocol == "vae":  # --valid-file/--test-file are the fold-in parts of the held-out users
         given = {({"valid": "valid_foldin", "test": "test_foldin"}.get(k, k)): v for k, v in given.items()}
-    parts = {part: _read_interactions_file(args, path) for part, path in given.items()}
-    items = read_movies_csv(args.movies) if args.movies else None
+    source = _input(args)
+    parts = {part: source.read_file(path) for part, path in given.items()}
+    items = source.items()
     files = tuple(Path(p) for p in [*given.values(), args.movies] if p)
     return import_split(Path(args.train_file).stem, parts, cfg.protocol, Path(args.out), files, items,
                         test_negatives=cfg.test_negatives, seed=cfg.seed, overwrite=args.overwrite)
@@ -151,8 +102,8 @@ def cmd_prepare(args) -> int:
         with stop_signals_clean_up("prepare"):
             meta = _import_ncf_paper(args, cfg)
     else:
-        meta, engine = prepare_input(lambda: _raw_from_args(args), lambda: _scan_from_args(args), cfg, args.out,
-                                     args.overwrite, what=args.dataset or args.format or args.ratings)
+        source = _input(args)
+        meta, engine = prepare_input(source.read, source.scan, cfg, args.out, args.overwrite, what=source.what)
         if engine == "stream":
             print("engine: stream (bounded memory)", file=sys.stderr)
     counts = ", ".join(f"{k}={v}" for k, v in meta["counts"].items())

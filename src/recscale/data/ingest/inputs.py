@@ -1,0 +1,92 @@
+"""One resolver of what `prepare` reads, shared by the command line and the Python API: exactly one
+of a dataset known by name, a published format in a directory, or a file of interactions; read in
+memory (`read`) or as a lazy scan for the streaming engine (`scan`), by the same rules."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import polars as pl
+
+from recscale.data.ingest.download import ensure_dataset
+from recscale.data.ingest.formats import read_format
+from recscale.data.ingest.raw import RawDataset
+from recscale.data.ingest.readers import read_interactions, read_movies_csv
+from recscale.data.ingest.scan import ScanSource, embedded_source, format_source, ratings_source
+from recscale.data.ingest.sources import REMOTES, load_dataset
+from recscale.errors import RecscaleError
+
+
+def separator(sep: str | None, path: str | Path) -> str:
+    """--sep as given ('\\t' and 'tab' mean a tab); by default a tab for .tsv files, else a comma."""
+    if sep is None:
+        return "\t" if str(path).endswith((".tsv", ".tab")) else ","
+    sep = {"\\t": "\t", "tab": "\t"}.get(sep, sep)
+    if len(sep) != 1 and sep != "::":
+        raise RecscaleError(f"--sep: expected one character or '::', got {sep!r}")
+    return sep
+
+
+@dataclasses.dataclass(frozen=True)
+class RawInput:
+    """The input of `prepare` as `recscale prepare`'s flags name it (the API builds the same)."""
+
+    dataset: str | None = None       # a name (`recscale datasets list`)
+    format: str | None = None        # a published layout in `raw_dir`
+    raw_dir: str | None = None       # the unpacked files of `dataset` or `format`
+    ratings: str | None = None       # a CSV/TSV/Parquet file of interactions
+    movies: str | None = None        # its item table (movieId, title, genres)
+    sep: str | None = None
+    user_col: str = "userId"
+    item_col: str = "movieId"
+    rating_col: str | None = "rating"
+    time_col: str | None = "timestamp"
+    checksums: dict[str, str] = dataclasses.field(default_factory=dict)  # --sha256 of downloads
+
+    @property
+    def what(self) -> str:
+        return self.dataset or self.format or self.ratings or "this input"
+
+    def check(self) -> None:
+        if sum(map(bool, (self.dataset, self.ratings, self.format))) != 1:
+            raise RecscaleError("prepare: give exactly one of --dataset NAME, --format FORMAT --raw-dir DIR, "
+                                "or --ratings FILE")
+        if self.format and not self.raw_dir:
+            raise RecscaleError(f"--format {self.format}: needs --raw-dir DIR (the unpacked files)")
+
+    def read_file(self, path: str | Path) -> pl.DataFrame:
+        """The ratings file, or one file of a split made elsewhere, with the column and separator rules."""
+        return read_interactions(path, separator(self.sep, path), self.user_col, self.item_col, self.rating_col,
+                                 self.time_col)
+
+    def items(self) -> pl.DataFrame | None:
+        return read_movies_csv(self.movies) if self.movies else None
+
+    def read(self) -> RawDataset:
+        """The whole input in memory."""
+        self.check()
+        if self.dataset:
+            return load_dataset(self.dataset, self.raw_dir, self.checksums)
+        if self.format:
+            return read_format(self.format, self.raw_dir)
+        files = tuple(Path(p) for p in (self.ratings, self.movies) if p)
+        return RawDataset(Path(self.ratings).stem, self.read_file(self.ratings), self.items(), files)
+
+    def scan(self) -> ScanSource | None:
+        """The input as a lazy scan for the streaming engine (None: its format is read in memory only)."""
+        self.check()
+        if self.ratings:
+            return ratings_source(self.ratings, separator(self.sep, self.ratings), self.user_col, self.item_col,
+                                  self.rating_col, self.time_col, self.items())
+        if self.dataset == "ml-latest-small":
+            return embedded_source() if not self.raw_dir else format_source("movielens-csv", self.raw_dir)
+        if self.format:
+            return format_source(self.format, self.raw_dir)
+        if self.dataset in REMOTES:
+            remote = REMOTES[self.dataset]
+            if self.raw_dir is None and not remote.urls:
+                return None
+            root = self.raw_dir or ensure_dataset(remote, checksums=self.checksums)
+            return format_source(remote.format, root)
+        return None
