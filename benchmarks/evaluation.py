@@ -81,7 +81,7 @@ def main() -> None:
         return child(*args.child)
 
     import recscale
-    from recscale.config import PrepareConfig
+    from recscale.config.prepare import PrepareConfig
     from recscale.data.ingest.raw import RawDataset
     from recscale.data.prepare.memory import prepare
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, machine, table, write_section  # noqa: E402
-from recscale.config import PrepareConfig  # noqa: E402
+from recscale.config.prepare import PrepareConfig  # noqa: E402
 from recscale.data.ingest.synth import SynthSpec, synthesize  # noqa: E402
 from recscale.data.prepare.memory import prepare  # noqa: E402
 from recscale.training.build import resolve_run_config  # noqa: E402

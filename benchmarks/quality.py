@@ -36,7 +36,7 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import recscale  # noqa: E402
 from common import machine, table, write_section  # noqa: E402
-from recscale.config import PrepareConfig  # noqa: E402
+from recscale.config.prepare import PrepareConfig  # noqa: E402
 from recscale.data.ingest.sources import load_dataset  # noqa: E402
 from recscale.data.prepare.memory import prepare  # noqa: E402
 

@@ -30,7 +30,7 @@ def export_split(out: Path, data_dir: Path | None = None, name: str = "mls") -> 
     """RecBole atomic files (`out/recbole/NAME/NAME.{train,valid,test}.inter`) of a prepared dataset
     (by default: the embedded data's `ncf` split of seed 0, prepared into `out/ncf`); returns the
     prepared dataset's directory."""
-    from recscale.config import PrepareConfig
+    from recscale.config.prepare import PrepareConfig
     from recscale.data.dataset.prepared import PreparedDataset
     from recscale.data.ingest.sources import load_dataset
     from recscale.data.prepare.memory import prepare

@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
 
-    from recscale.config import PrepareConfig
+    from recscale.config.prepare import PrepareConfig
     from recscale.data.ingest.sources import load_dataset
     from recscale.data.prepare.memory import prepare
 

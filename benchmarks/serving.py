@@ -87,7 +87,7 @@ def free_port() -> int:
 
 def build(work: Path) -> dict[str, Path]:
     import recscale
-    from recscale.config import PrepareConfig
+    from recscale.config.prepare import PrepareConfig
     from recscale.data.ingest.synth import SynthSpec, synthesize
     from recscale.data.prepare.memory import prepare
     from recscale.export import export_run

@@ -49,7 +49,7 @@ def worker(args) -> None:
     import torch
 
     from recscale import distributed, sharding
-    from recscale.config import build_run_config
+    from recscale.config.layers import build_run_config
     from recscale.data.loading.batch import PairBatch
     from recscale.models.base import DataShape
     from recscale.models.ncf import NeuMF

@@ -68,7 +68,7 @@ def run_recscale(data_dir: Path, model: str, settings: dict, out: Path) -> dict:
     run started, and the test metrics of its best epoch."""
     import recscale
     from recscale.api import split_settings
-    from recscale.config import Layer
+    from recscale.config.layers import Layer
     from recscale.training.build import resolve_run_config
     from recscale.training.run import start_run
 

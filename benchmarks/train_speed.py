@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, table, write_section  # noqa: E402
 from recscale.bench import benchmark  # noqa: E402
-from recscale.config import PrepareConfig  # noqa: E402
+from recscale.config.prepare import PrepareConfig  # noqa: E402
 from recscale.data.ingest.sources import load_dataset  # noqa: E402
 from recscale.data.loading.batch import PairBatch  # noqa: E402
 from recscale.data.prepare.memory import prepare  # noqa: E402

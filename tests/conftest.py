@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from recscale.config import PrepareConfig
+from recscale.config.prepare import PrepareConfig
 from recscale.data.dataset.prepared import PreparedDataset
 from recscale.data.ingest.raw import RawDataset
 from recscale.data.ingest.sources import load_dataset

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from recscale.cli import main
-from recscale.config import PrepareConfig
+from recscale.config.prepare import PrepareConfig
 from recscale.data.dataset.prepared import PreparedDataset
 from recscale.data.ingest.raw import RawDataset
 from recscale.data.ingest.readers import read_interactions

@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from recscale.cli import main
-from recscale.config import PrepareConfig
+from recscale.config.prepare import PrepareConfig
 from recscale.data.ingest.formats import read_format
 from recscale.data.ingest.readers import read_interactions
 from recscale.data.prepare.filters import filter_interactions

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from recscale.cli import main
-from recscale.config import PrepareConfig
+from recscale.config.prepare import PrepareConfig
 from recscale.data.dataset.prepared import PreparedDataset
 from recscale.data.prepare.memory import prepare
 from recscale.errors import RecscaleError

@@ -7,7 +7,8 @@ import polars as pl
 import pytest
 import torch
 
-from recscale.config import PrepareConfig, build_run_config
+from recscale.config.layers import build_run_config
+from recscale.config.prepare import PrepareConfig
 from recscale.data.dataset.prepared import PreparedDataset
 from recscale.data.ingest.raw import RawDataset
 from recscale.data.loading.batch import UserBatch

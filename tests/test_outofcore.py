@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 import torch
 
-from recscale.config import PrepareConfig
+from recscale.config.prepare import PrepareConfig
 from recscale.data.dataset.csr import CSRFile
 from recscale.data.dataset.prepared import PreparedDataset
 from recscale.data.ingest.raw import RawDataset

@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from recscale.config import PrepareConfig
+from recscale.config.prepare import PrepareConfig
 from recscale.data.dataset.prepared import PreparedDataset
 from recscale.data.prepare import filters
 from recscale.data.prepare.memory import prepare

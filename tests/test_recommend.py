@@ -4,7 +4,8 @@ import numpy as np
 import polars as pl
 
 from recscale.cli import main
-from recscale.config import PrepareConfig, build_run_config
+from recscale.config.layers import build_run_config
+from recscale.config.prepare import PrepareConfig
 from recscale.data.dataset.prepared import PreparedDataset
 from recscale.data.ingest.raw import RawDataset
 from recscale.data.prepare.memory import prepare

@@ -12,7 +12,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from recscale.config import PrepareConfig
+from recscale.config.prepare import PrepareConfig
 from recscale.data.ingest.readers import read_ratings_csv
 from recscale.data.prepare.memory import prepare
 from recscale.errors import RecscaleError

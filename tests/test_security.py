@@ -20,7 +20,7 @@ import pytest
 
 import recscale
 from recscale.cli import main
-from recscale.config import PrepareConfig
+from recscale.config.prepare import PrepareConfig
 from recscale.data.prepare.memory import prepare
 from recscale.errors import RecscaleError
 from recscale.export import export_run
@@ -292,7 +292,7 @@ def test_the_run_lock_holds_through_symlinks_and_relative_paths(tmp_path, monkey
 
 
 def test_a_study_is_resumed_only_with_what_it_searched(trained, tmp_path):
-    from recscale.config import Layer
+    from recscale.config.layers import Layer
     from recscale.training.build import resolve_run_config
     from recscale.tuning.space import parse_space
     from recscale.tuning.study import TuneJob, _claim_study, _existing, fingerprint, open_study

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import recscale
-from recscale.config import PrepareConfig
+from recscale.config.prepare import PrepareConfig
 from recscale.data.prepare.memory import prepare
 from recscale.export import export_run
 from recscale.serving.bundle import Bundle

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import recscale
-from recscale.config import PrepareConfig
+from recscale.config.prepare import PrepareConfig
 from recscale.data.prepare.memory import prepare
 from recscale.export import INPUT_NAMES, example_inputs, export_run, onnx_session
 from recscale.serving.app import create_app

@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from recscale.config import PrepareConfig, build_run_config
+from recscale.config.layers import build_run_config
+from recscale.config.prepare import PrepareConfig
 from recscale.data.dataset.prepared import PreparedDataset
 from recscale.data.loading.batch import PairBatch
 from recscale.data.prepare.memory import prepare

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from recscale.config import Layer, PrepareConfig
+from recscale.config.layers import Layer
+from recscale.config.prepare import PrepareConfig
 from recscale.data.prepare.memory import prepare
 from recscale.errors import RecscaleError
 from recscale.models.ncf import NCFConfig

@@ -22,7 +22,10 @@ from typing import Any, Iterable
 import numpy as np
 import polars as pl
 
-from recscale.config import Layer, PrepareConfig, RunConfig, build, read_config_file, run_field_owner, run_layers
+from recscale.config.files import read_config_file, run_layers
+from recscale.config.layers import Layer, build
+from recscale.config.prepare import PrepareConfig
+from recscale.config.run import RunConfig, run_field_owner
 from recscale.data.dataset.prepared import PreparedDataset
 from recscale.data.ingest.inputs import RawInput
 from recscale.data.ingest.raw import RawDataset

@@ -10,7 +10,8 @@ import statistics
 
 import torch
 
-from recscale.config import Layer, RunConfig
+from recscale.config.layers import Layer
+from recscale.config.run import RunConfig
 from recscale.data.dataset.prepared import PreparedDataset
 from recscale.errors import RecscaleError
 from recscale.fsutil import atomic_file

@@ -16,21 +16,11 @@ from pathlib import Path
 from recscale import api
 from recscale._version import __version__
 from recscale.bench import benchmark, format_benchmark, write_json
-from recscale.config import (
-    MAX_K,
-    EvalConfig,
-    Layer,
-    PrepareConfig,
-    add_arguments,
-    add_run_arguments,
-    build,
-    flags,
-    from_namespace,
-    read_config_file,
-    run_flags,
-    run_layers,
-    tomllib,
-)
+from recscale.config.arguments import add_arguments, add_run_arguments, from_namespace, run_flags
+from recscale.config.files import read_config_file, run_layers, tomllib
+from recscale.config.layers import Layer, build, flags
+from recscale.config.prepare import PrepareConfig
+from recscale.config.run import MAX_K, EvalConfig
 from recscale.data.dataset.schema import dataset_notes
 from recscale.data.ingest.download import cache_root, dataset_dir, ensure_dataset, parse_checksums
 from recscale.data.ingest.formats import FORMATS

@@ -14,7 +14,8 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from recscale.config import WIDTH, Checked, each, option, positive
+from recscale.config.fields import Checked, each, option, positive
+from recscale.config.run import WIDTH
 from recscale.data.loading.batch import UserBatch
 from recscale.models.base import DataShape, Output, gather_candidates
 from recscale.models.vae import RowModel, SparseInputLinear, item_stack

@@ -8,7 +8,7 @@ import warnings
 
 import torch
 
-from recscale.config import Checked, option, positive
+from recscale.config.fields import Checked, option, positive
 from recscale.errors import RecscaleError
 from recscale.models.base import DataShape, Output, Recommender, Retrieval, gather_candidates
 

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recscale.config import WIDTH, Checked, ConfigError, each, in_range, option
+from recscale.config.fields import Checked, ConfigError, each, in_range, option
+from recscale.config.run import WIDTH
 from recscale.data.loading.batch import PairBatch, Pairs
 from recscale.errors import RecscaleError
 from recscale.models.base import (

@@ -6,7 +6,7 @@ import dataclasses
 
 import torch
 
-from recscale.config import Checked
+from recscale.config.fields import Checked
 from recscale.errors import RecscaleError
 from recscale.models.base import DataShape, Output, Recommender, gather_candidates
 

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recscale.config import MAX_WIDTH, WIDTH, Checked, each, in_range, option
+from recscale.config.fields import Checked, each, in_range, option
+from recscale.config.run import MAX_WIDTH, WIDTH
 from recscale.data.loading.batch import TabularBatch, TabularRows, multi_hot_batch
 from recscale.models.base import DataShape, Output, Recommender, score_pairs_in_chunks
 from recscale.models.tables import EmbeddingTables, TableSpec, rename_legacy_keys

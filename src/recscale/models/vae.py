@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recscale.config import WIDTH, Checked, each, in_range, non_negative, option
+from recscale.config.fields import Checked, each, in_range, non_negative, option
+from recscale.config.run import WIDTH
 from recscale.data.loading.batch import UserBatch, UserRows
 from recscale.models.base import (
     DataShape,

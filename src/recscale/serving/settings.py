@@ -11,7 +11,7 @@ import dataclasses
 import json
 from typing import Optional
 
-from recscale.config import Checked, at_least, in_range, option, positive
+from recscale.config.fields import Checked, at_least, in_range, option, positive
 
 MAX_REQUEST_K = 1000  # items one request may ask for (recommend lists and metrics go to config.MAX_K)
 MAX_ITEMS = 10_000  # items in one request's history or candidates
@@ -56,7 +56,7 @@ class ServerConfig(Checked):
     tls_key: Optional[str] = option(None, "PEM private key of --tls-cert")
 
     def relations(self) -> None:
-        from recscale.config import ConfigError
+        from recscale.config.fields import ConfigError
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("tls_key" if self.tls_key is None else "tls_cert", "--tls-cert and --tls-key go together")
         if self.runtime == "torch" and not self.trust_bundle:

@@ -10,7 +10,8 @@ from typing import Any, Mapping
 
 import torch
 
-from recscale.config import Layer, RunConfig, build, build_run_config
+from recscale.config.layers import Layer, build, build_run_config
+from recscale.config.run import RunConfig
 from recscale.data.dataset.prepared import PreparedDataset
 from recscale.data.loading.factory import decide_loading, local_batch_size, open_training_data
 from recscale.errors import RecscaleError

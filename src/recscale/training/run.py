@@ -23,7 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from recscale.config import RECORD_SECTION, Layer, RunConfig, build_run_config, read_config_file, run_layers, to_toml
+from recscale.config.files import RECORD_SECTION, read_config_file, run_layers, to_toml
+from recscale.config.layers import Layer, build_run_config
+from recscale.config.run import RunConfig
 from recscale.data.dataset.prepared import PreparedDataset
 from recscale.errors import RecscaleError, RunInterrupted
 from recscale.evaluation.protocols import evaluate, validation_split

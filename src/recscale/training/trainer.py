@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from recscale.config import RunConfig
+from recscale.config.run import RunConfig
 from recscale.data.dataset.prepared import PreparedDataset
 from recscale.data.loading.factory import training_loader
 from recscale.data.loading.prefetch import Prefetcher

@@ -28,7 +28,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from recscale.config import run_field_owner, tomllib
+from recscale.config.files import tomllib
+from recscale.config.run import run_field_owner
 from recscale.errors import RecscaleError
 
 KINDS = ("log", "uniform", "int", "categorical")

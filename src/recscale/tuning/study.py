@@ -36,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-from recscale.config import Layer
+from recscale.config.layers import Layer
 from recscale.errors import RecscaleError
 from recscale.fsutil import atomic_file, refuse_if_input
 from recscale.tuning.space import Param
@@ -195,7 +195,7 @@ def _objective(job: TuneJob):
 
 
 def _owners() -> set[str]:
-    from recscale.config import run_field_owner
+    from recscale.config.run import run_field_owner
     return set(run_field_owner())
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from recscale.config import SEED_RANGE, Checked, ConfigError, in_range, option
+from recscale.config.fields import SEED_RANGE, Checked, ConfigError, in_range, option
 from recscale.data.ingest.raw import RawDataset
 from recscale.errors import RecscaleError
 from recscale.fsutil import atomic_file

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from recscale.config import LoaderConfig
+from recscale.config.run import LoaderConfig
 from recscale.data.dataset.prepared import PreparedDataset
 from recscale.data.loading.batch import BatchKind, Pairs, TabularRows, UserRows
 from recscale.data.loading.memory import PairLoader, TabularLoader, UserRowLoader

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from recscale.config import PrepareConfig
+from recscale.config.prepare import PrepareConfig
 from recscale.data.ingest.scan import ScanSource
 from recscale.data.prepare.stream import prepare_stream
 from recscale.errors import RecscaleError

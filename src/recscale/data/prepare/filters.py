@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from recscale.config import PrepareConfig
+from recscale.config.prepare import PrepareConfig
 from recscale.data.prepare.protocols import (
     with_order,
 )

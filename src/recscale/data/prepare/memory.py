@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from recscale.config import PrepareConfig
+from recscale.config.prepare import PrepareConfig
 from recscale.data.ingest.raw import RawDataset
 from recscale.data.prepare.filters import check_finite, filter_interactions
 from recscale.data.prepare.ids import encode_ids, encode_text_ids, id_map, sorted_id_maps

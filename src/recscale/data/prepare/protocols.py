@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from recscale.config import PrepareConfig
+from recscale.config.prepare import PrepareConfig
 from recscale.errors import RecscaleError
 
 ORDER_COLUMNS = ("_line", "_tie")  # helper columns: the row's place in the raw input, the tie key

@@ -35,7 +35,7 @@ import polars as pl
 import pyarrow.parquet as pq
 import torch
 
-from recscale.config import PrepareConfig
+from recscale.config.prepare import PrepareConfig
 from recscale.data.ingest.readers import (
     CONTROL,
 )

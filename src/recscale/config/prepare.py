@@ -1,0 +1,73 @@
+"""[prepare]: the settings of `recscale prepare` (protocol, filters, evaluation negatives, engine).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from recscale.config.fields import (
+    SEED_RANGE,
+    Checked,
+    ConfigError,
+    at_least,
+    each,
+    non_negative,
+    option,
+    size_problem,
+)
+
+PROTOCOLS = ("ncf", "vae", "random")
+
+
+TIE_BREAKS = ("file", "random", "item")
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareConfig(Checked):
+    """How `recscale prepare` turns raw interactions into a prepared dataset."""
+
+    protocol: str = option("ncf", "split protocol: ncf (leave-latest-out + sampled test negatives), "
+                           "vae (strong generalization with fold-in), random (per-user ratio split)",
+                           choices=PROTOCOLS)
+    seed: int = option(0, "seed for every random choice of the split (same seed, same files)", check=SEED_RANGE)
+    tie_break: str = option("file", "order of interactions with equal timestamps: file (the later line of "
+                            "the input is the later interaction, as a stable sort gives; RecBole's rule), "
+                            "random (seeded), item (the higher item id is later; recscale < 0.2)",
+                            choices=TIE_BREAKS)
+    min_rating: float | None = option(None, "keep only ratings >= this (default: all for ncf and "
+                                      "random, 4.0 for vae as in Liang et al. 2018)")
+    min_user_interactions: int | None = option(None, "drop users with fewer interactions after "
+                                               "filtering (default: 5 for vae, 1 otherwise)", check=at_least(1))
+    valid: bool = option(True, "ncf: also hold out each user's next-latest interaction for validation")
+    test_negatives: int = option(100, "ncf: sampled negatives per held-out positive (never a "
+                                 "positive of that user)", check=non_negative)
+    heldout_users: int | None = option(None, "vae: users held out for validation and again for test "
+                                       "(default: 10,000 as in the paper, capped at 10%% of users)",
+                                       check=at_least(1))
+    holdout_fraction: float = option(0.2, "vae: fraction of each held-out user's items to predict "
+                                     "from the rest (fold-in)", check=lambda v: "" if 0.0 < v < 1.0 else
+                                     f"must lie strictly between 0 and 1, got {v!r}")
+    ratios: tuple[float, float, float] = option((0.8, 0.1, 0.1), "random: train,valid,test "
+                                                "fractions of each user's interactions",
+                                                check=each(non_negative))
+    engine: str = option("auto", "memory (read the whole log), stream (Polars' streaming engine and "
+                         "partitioned passes: memory stays bounded), or auto (stream when the in-memory "
+                         "path would need more than --memory-budget)", choices=("auto", "memory", "stream"))
+    memory_budget: str = option("auto", "memory this command may use, e.g. 4GiB (auto: half of what is "
+                                "available)", check=lambda v: size_problem(v))
+
+    def relations(self) -> None:
+        if abs(sum(self.ratios) - 1) > 1e-6:
+            raise ConfigError("ratios", "need three non-negative fractions that sum to 1, e.g. 0.8,0.1,0.1")
+
+    @property
+    def effective_min_rating(self) -> float | None:
+        if self.min_rating is not None:
+            return self.min_rating
+        return 4.0 if self.protocol == "vae" else None
+
+    @property
+    def effective_min_user_interactions(self) -> int:
+        if self.min_user_interactions is not None:
+            return self.min_user_interactions
+        return 5 if self.protocol == "vae" else 1
