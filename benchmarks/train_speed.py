@@ -127,7 +127,7 @@ median of {repeats} runs. Dense: each batch's rows made dense (B x items), norma
 cell, a (B x items) @ (items x 600) matmul and a dense log-softmax product. Sparse (`sparse_input`, the
 default): the CSR slice of the batch, the first layer as a sum of the weight rows of each user's items
 (`embedding_bag` with per-item weights), dropout over the nonzeros, and the multinomial likelihood from
-the nonzeros plus one log-sum-exp per user. Same loss and gradients (tests/test_contract.py).
+the nonzeros plus one log-sum-exp per user. Same loss and gradients (tests/models/test_contract.py).
 
 {table(["input", "users/s", "speed-up"], rows)}
 """

@@ -9,7 +9,7 @@ import pytest
 
 from recscale.cli import COMMANDS, DEMO_MODELS, main, make_parser
 from recscale.models.registry import MODELS
-from tests.conftest import write_ratings
+from tests.helpers import write_ratings
 
 
 def _run(argv, capsys):

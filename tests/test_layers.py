@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "src" / "recscale"
+from tests.helpers import ROOT
+
+PACKAGE = ROOT / "src" / "recscale"
 
 # lowest first; a module belongs to the longest prefix listed
 LAYERS = [

@@ -2,7 +2,7 @@
 made and never an input, locks hold whatever path reaches a directory, a tune study is resumed
 only with what it searched, the streaming engine refuses what the in-memory one refuses and
 leaves nothing behind when stopped. The server's limits are in test_server_limits.py; full disks
-in test_hardening.py."""
+in test_bad_input.py."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from recscale.export import export_run
 from recscale.fsutil import sha256_file
 from recscale.serving.bundle import Bundle
 from recscale.serving.format import MANIFEST, file_entries
-from tests.conftest import synthetic_raw, write_ratings
+from tests.helpers import synthetic_raw, write_ratings
 
 pytest.importorskip("onnxruntime")
 

@@ -13,7 +13,7 @@ instead of dense": training batches arrive as CSR slices; the first layer sums t
 per-sample weights), and the loss is computed from the nonzeros plus one log-sum-exp per user,
 sum_i x_ui log softmax_i = sum_{i in u} x_ui logit_i - (sum_i x_ui) logsumexp(logits). Its cost
 follows the interactions, not the catalog; loss and gradients equal the dense path's
-(tests/test_models.py). Dropout then drops nonzeros only, as it does on a dense row.
+(tests/models/test_models.py). Dropout then drops nonzeros only, as it does on a dense row.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ Pairs and tabular rows. An epoch's order of a rank is a function of (seed, epoch
    the window and cuts batches; a partial batch carries into the next window.
 When one window holds the whole share, the blocks are single interactions: the sequence is then
 one global permutation, exactly the in-memory PairLoader's/TabularLoader's, and the batches are
-identical to theirs (tests/test_outofcore.py). A smaller window shuffles less globally (as
+identical to theirs (tests/data/test_streaming.py). A smaller window shuffles less globally (as
 Merlin's and NVTabular's loaders do); each window draws from its own generator, so resuming
 mid-epoch starts at the window of the batch, with nothing to replay.
 

@@ -20,7 +20,7 @@ larger than memory, with Polars' streaming engine and partitioned passes.
 
 Peak memory: one bucket and its intermediates (about 150-250 bytes a row), the per-user row
 counts and id maps (8-16 bytes a user, plus the original id), and one chunk of negatives.
-tests/test_outofcore.py checks that both engines write the same content.
+tests/data/test_streaming.py checks that both engines write the same content.
 """
 
 from __future__ import annotations

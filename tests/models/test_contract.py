@@ -16,8 +16,8 @@ from recscale.data.loading.batch import UserBatch
 from recscale.data.loading.memory import csr_rows_dense, csr_rows_sparse
 from recscale.models.base import DataShape
 from recscale.models.registry import MODELS
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "recscale"
 # where the trainer, evaluation and the commands live: they ask models, never test what they are
 ASKERS = [*(SRC / "training").glob("*.py"), *(SRC / "evaluation").glob("*.py"), SRC / "recommend.py", SRC / "cli.py",

@@ -23,7 +23,7 @@ from recscale.data.loading.stream import StreamPairLoader, StreamRowLoader, Stre
 from recscale.data.prepare.memory import prepare
 from recscale.data.prepare.stream import prepare_stream
 from recscale.errors import RecscaleError
-from tests.test_reliability import _kill_mid_epoch, _train
+from tests.helpers import kill_mid_epoch, train_process
 
 
 def _log(path, n_users=60, n_items=40, seed=0, text_ids=False, ties=True):
@@ -252,10 +252,10 @@ def test_sigkill_then_resume_is_exact_in_streaming_mode(tmp_path):
     train = ["--data", str(tmp_path / "data"), "--model", "neumf", "--epochs", "3", "--batch-size", "256",
              "--checkpoint-every", "3", "--seed", "7", "--data-loading", "stream", "--memory-budget", "200KB"]
     full, broken = tmp_path / "full", tmp_path / "broken"
-    assert _train([*train, "--out", str(full)]).wait(timeout=300) == 0
-    code, _ = _kill_mid_epoch([*train, "--out", str(broken)], broken, signal.SIGKILL)
+    assert train_process([*train, "--out", str(full)]).wait(timeout=300) == 0
+    code, _ = kill_mid_epoch([*train, "--out", str(broken)], broken, signal.SIGKILL)
     assert code == -signal.SIGKILL
-    resumed = _train(["--resume", str(broken)])
+    resumed = train_process(["--resume", str(broken)])
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
     a = torch.load(full / "checkpoints" / "last.pt", weights_only=True)["model"]
     b = torch.load(broken / "checkpoints" / "last.pt", weights_only=True)["model"]

@@ -23,7 +23,7 @@ from recscale.evaluation.protocols import evaluate
 from recscale.models.base import DataShape
 from recscale.models.registry import MODELS
 from recscale.training.run import sparse_tensor
-from tests.conftest import write_ratings
+from tests.helpers import write_ratings
 
 # user, item, timestamp: many equal timestamps, item ids not in time order
 ROWS = [(1, 50, 100), (1, 10, 300), (1, 40, 300), (1, 20, 300), (1, 30, 200),
@@ -123,7 +123,7 @@ def test_every_metric_carries_its_95_percent_interval(popularity):
 
 
 def test_test_users_can_be_scored_from_training_rows_only(tmp_path):
-    from tests.conftest import synthetic_raw
+    from tests.helpers import synthetic_raw
     prepare(synthetic_raw(n_users=120, n_items=200, per_user=25), PrepareConfig(protocol="random"), tmp_path / "r")
     data = PreparedDataset(tmp_path / "r")
     model = MODELS["ease"](DataShape(data.n_users, data.n_items), MODELS["ease"].Config(lam=50.0))

@@ -29,7 +29,7 @@ from recscale.data.prepare.memory import prepare
 from recscale.errors import RecscaleError
 from recscale.fsutil import sha256_file
 from recscale.training.rundir import RunLock
-from tests.conftest import synthetic_raw, write_ratings
+from tests.helpers import synthetic_raw, write_ratings
 
 
 def _run(argv, capsys):

@@ -19,7 +19,7 @@ from recscale.config.prepare import PrepareConfig
 from recscale.data.prepare.memory import prepare
 from recscale.export import export_run
 from recscale.serving.bundle import Bundle
-from tests.conftest import synthetic_raw
+from tests.helpers import synthetic_raw
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("onnxruntime")

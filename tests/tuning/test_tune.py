@@ -15,7 +15,7 @@ from recscale.data.prepare.memory import prepare
 from recscale.errors import RecscaleError
 from recscale.models.ncf import NCFConfig
 from recscale.tuning.space import parse_space, read_space
-from tests.conftest import synthetic_raw
+from tests.helpers import synthetic_raw
 
 NCF_FIELDS = {"factors", "layers", "dropout", "embedding_gradients", "branches", "pretrained_gmf", "pretrained_mlp"}
 

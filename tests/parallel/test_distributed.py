@@ -18,7 +18,7 @@ from recscale.data.prepare.memory import prepare
 from recscale.models.base import StepSchedule
 from recscale.parallel import distributed
 from recscale.training.build import build_model, build_trainer
-from tests.conftest import kill_a_worker_mid_second_epoch, synthetic_raw
+from tests.helpers import kill_a_worker_mid_second_epoch, synthetic_raw
 
 GLOBAL_BATCH = 64
 

@@ -3,7 +3,7 @@ import pytest
 
 from recscale.data.ingest.readers import read_movies_csv, read_ratings_csv
 from recscale.errors import RecscaleError
-from tests.conftest import write_ratings
+from tests.helpers import write_ratings
 
 
 def test_reads_canonical_columns_and_ignores_extra_ones(tmp_path):

@@ -12,6 +12,7 @@ from recscale.data.ingest.formats import read_format
 from recscale.data.ingest.readers import read_interactions
 from recscale.data.prepare.filters import filter_interactions
 from recscale.errors import RecscaleError
+from tests.helpers import SHARED
 
 
 def _write(path, lines, encoding="utf-8", newline="\n", trailing_blank=False):
@@ -137,7 +138,7 @@ def test_prepare_from_a_raw_dir_end_to_end(tmp_path, capsys):
     assert (tmp_path / "p" / "meta.json").is_file()
 
 
-SHARED_ML = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small"
+SHARED_ML = SHARED / "data" / "ml-latest-small"
 
 
 @pytest.mark.skipif(not SHARED_ML.is_dir(), reason="needs ../shared/data/ml-latest-small (present in CI)")

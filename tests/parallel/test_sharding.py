@@ -21,7 +21,7 @@ from recscale.models.tables import TableSpec, init_rows
 from recscale.parallel import distributed, sharding
 from recscale.training.build import build_model, build_trainer, place
 from recscale.training.run import load_run
-from tests.conftest import kill_a_worker_mid_second_epoch, synthetic_raw
+from tests.helpers import kill_a_worker_mid_second_epoch, synthetic_raw
 
 BATCH = 60
 

@@ -12,7 +12,7 @@ from recscale.data.prepare import filters
 from recscale.data.prepare.memory import prepare
 from recscale.data.prepare.output import embedding_size
 from recscale.errors import RecscaleError
-from tests.conftest import synthetic_raw
+from tests.helpers import synthetic_raw
 
 
 def _pairs(frame: pl.DataFrame) -> set[tuple[int, int]]:

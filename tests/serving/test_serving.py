@@ -22,7 +22,7 @@ from recscale.data.prepare.memory import prepare
 from recscale.export import INPUT_NAMES, example_inputs, export_run, onnx_session
 from recscale.serving.app import create_app
 from recscale.serving.bundle import Bundle
-from tests.conftest import synthetic_raw
+from tests.helpers import synthetic_raw
 
 httpx = pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402

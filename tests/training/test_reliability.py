@@ -3,9 +3,6 @@
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
@@ -18,36 +15,12 @@ from recscale.data.prepare.memory import prepare
 from recscale.errors import RecscaleError
 from recscale.fsutil import sha256_file
 from recscale.tensorfiles import load_checkpoint, save_checkpoint
-from tests.conftest import synthetic_raw
+from tests.helpers import kill_mid_epoch, synthetic_raw, train_process
 
 TRAIN = ["--model", "neumf", "--epochs", "3", "--batch-size", "512", "--checkpoint-every", "5",
          "--device", "cpu", "--seed", "7"]
 
 
-def _train(args, **kwargs):
-    return subprocess.Popen([sys.executable, "-m", "recscale", "train", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kwargs)
-
-
-def _position(run):
-    try:
-        return torch.load(run / "checkpoints" / "last.pt", weights_only=True)["train_state"]
-    except Exception:  # not written yet (the rename is atomic, so never half-written)
-        return None
-
-
-def _kill_mid_epoch(args, run, sig):
-    """Start training, wait for a checkpoint written inside an epoch, then send `sig`."""
-    proc = _train(args)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        state = _position(run)
-        if state and state["epoch"] >= 1 and state["position"] > 0:
-            break
-        time.sleep(0.05)
-    proc.send_signal(sig)
-    out, err = proc.communicate(timeout=120)
-    return proc.returncode, err
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +33,11 @@ def small_ncf(tmp_path_factory):
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(small_ncf, tmp_path):
     full, broken = tmp_path / "full", tmp_path / "broken"
-    proc = _train(["--data", str(small_ncf), *TRAIN, "--out", str(full)])
+    proc = train_process(["--data", str(small_ncf), *TRAIN, "--out", str(full)])
     assert proc.wait(timeout=300) == 0, proc.stderr.read()
-    code, _ = _kill_mid_epoch(["--data", str(small_ncf), *TRAIN, "--out", str(broken)], broken, signal.SIGKILL)
+    code, _ = kill_mid_epoch(["--data", str(small_ncf), *TRAIN, "--out", str(broken)], broken, signal.SIGKILL)
     assert code == -signal.SIGKILL
-    resumed = _train(["--resume", str(broken)])
+    resumed = train_process(["--resume", str(broken)])
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
 
     a = torch.load(full / "checkpoints" / "last.pt", weights_only=True)
@@ -80,7 +53,7 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(small_ncf, tm
 @pytest.mark.slow
 def test_sigterm_stops_gracefully_with_a_resume_hint(small_ncf, tmp_path):
     run = tmp_path / "run"
-    code, err = _kill_mid_epoch(["--data", str(small_ncf), *TRAIN, "--out", str(run)], run, signal.SIGTERM)
+    code, err = kill_mid_epoch(["--data", str(small_ncf), *TRAIN, "--out", str(run)], run, signal.SIGTERM)
     assert code == 128 + signal.SIGTERM
     last = err.strip().splitlines()[-1]  # earlier lines are the per-epoch log
     assert last.startswith("recscale train: error: stopped by signal 15")

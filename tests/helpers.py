@@ -1,0 +1,82 @@
+"""What several test modules share (fixtures live in conftest.py): paths, small inputs, and the
+subprocess tools of the interruption tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+from recscale.data.ingest.raw import RawDataset
+
+ROOT = Path(__file__).resolve().parents[1]  # the checkout
+SHARED = ROOT.parent / "shared"             # shared/ beside it: DESIGN.md, data/
+
+
+def write_ratings(path, rows, header="userId,movieId,rating,timestamp"):
+    path.write_text(header + "\n" + "".join(line + "\n" for line in rows))
+    return path
+
+
+def synthetic_raw(n_users=40, n_items=60, per_user=20, seed=0) -> RawDataset:
+    """A small random interaction log with distinct timestamps per user."""
+    rng = np.random.default_rng(seed)
+    users, items = [], []
+    for u in range(n_users):
+        chosen = rng.choice(n_items, size=per_user, replace=False)
+        users += [u + 100] * per_user
+        items += list(chosen + 1000)
+    frame = pl.DataFrame({"user": users, "item": items,
+                          "rating": rng.integers(1, 6, len(users)).astype(np.float32),
+                          "timestamp": rng.permutation(len(users)).astype(np.int64)})
+    return RawDataset("synthetic", frame, None, ())
+
+
+def train_process(args, **kwargs) -> subprocess.Popen:
+    """`recscale train ARGS` in a child process, its output captured."""
+    return subprocess.Popen([sys.executable, "-m", "recscale", "train", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def checkpoint_position(run):
+    """The train_state of the run's `last` checkpoint (None: not written yet; the rename is atomic,
+    so it is never half-written)."""
+    try:
+        return torch.load(run / "checkpoints" / "last.pt", weights_only=True)["train_state"]
+    except Exception:
+        return None
+
+
+def wait_for_mid_epoch_checkpoint(run, timeout: float = 120) -> None:
+    """Until the run wrote a checkpoint inside its second epoch (or `timeout` seconds passed)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = checkpoint_position(run)
+        if state and state["epoch"] >= 1 and state["position"] > 0:
+            return
+        time.sleep(0.05)
+
+
+def kill_mid_epoch(args, run, sig):
+    """Start training, wait for a checkpoint written inside an epoch, then send `sig`."""
+    proc = train_process(args)
+    wait_for_mid_epoch_checkpoint(run)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    return proc.returncode, err
+
+
+def kill_a_worker_mid_second_epoch(agent, run) -> None:
+    """Wait until the torchrun group `agent` (a `recscale train --nproc` process) wrote a checkpoint
+    inside the run's second epoch, then SIGKILL one of its workers."""
+    wait_for_mid_epoch_checkpoint(run, timeout=240)
+    workers = subprocess.run(["pgrep", "-P", str(agent.pid)], capture_output=True, text=True).stdout.split()
+    assert workers, "no worker processes found"
+    os.kill(int(workers[-1]), signal.SIGKILL)
