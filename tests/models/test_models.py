@@ -186,3 +186,23 @@ def test_same_seed_same_metrics_and_parameters(clusters, tmp_path):
     assert a["hr@10"] == b["hr@10"] and a["loss"] == b["loss"]
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+@pytest.mark.parametrize("branches, layers", [("neumf", (32, 16, 8)), ("gmf", (32, 16)), ("mlp", (32, 16, 8)),
+                                              ("neumf", (16,))])
+def test_ncf_full_catalog_scores_equal_the_pairwise_logits(branches, layers):
+    """score(items=None) splits the first tower layer into a user and an item part; it must give
+    the pairwise logits' scores (up to float rounding) and their ranking."""
+    from recscale.models.base import score_pairs_in_chunks
+    from recscale.models.ncf import NCFConfig, NeuMF
+    from recscale.ranking import top_k
+    torch.manual_seed(0)
+    model = NeuMF(DataShape(50, 300), NCFConfig(branches=branches, factors=8, layers=layers, dropout=0.2)).eval()
+    users = torch.tensor([0, 7, 49, 7])
+    with torch.no_grad():
+        fast = model.score(users, None)
+        pairwise = score_pairs_in_chunks(model.logits, users, None, 300)
+    assert fast.shape == (4, 300)
+    torch.testing.assert_close(fast, pairwise, rtol=1e-5, atol=1e-6)
+    none = torch.zeros_like(fast, dtype=torch.bool)
+    assert torch.equal(top_k(fast, none, 10), top_k(pairwise, none, 10))
