@@ -46,3 +46,14 @@ def popularity(prepared):
         return model, data
 
     return get
+
+
+@pytest.fixture(scope="session")
+def small_ncf(tmp_path_factory):
+    """A small synthetic ncf dataset (300 users, 400 items, 12,000 interactions: 15 steps of 4,096
+    pairs an epoch) for the tests that start process groups, where the embedded data's epochs
+    would only add time."""
+    from tests.helpers import synthetic_raw
+    out = tmp_path_factory.mktemp("small-ncf") / "data"
+    prepare(synthetic_raw(n_users=300, n_items=400, per_user=40), PrepareConfig(protocol="ncf"), out)
+    return PreparedDataset(out)

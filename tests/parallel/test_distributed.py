@@ -128,16 +128,18 @@ def test_two_processes_reach_the_quality_of_one_on_the_embedded_data(prepared, t
 
 
 @pytest.mark.slow
-def test_a_killed_worker_is_restarted_and_the_run_resumes(prepared, tmp_path):
-    data = str(prepared("ncf").root)
+def test_a_killed_worker_is_restarted_and_the_run_resumes(small_ncf, tmp_path):
+    data = str(small_ncf.root)
     run = tmp_path / "run"
-    agent = _train(["--data", data, *TRAIN, "--nproc", "2", "--max-restarts", "1", "--checkpoint-every", "5",
+    # three epochs of 15 steps (4,096 pairs, 2,048 per rank): the kill lands in the second
+    train = [*TRAIN, "--epochs", "3", "--batch-size", "4096"]
+    agent = _train(["--data", data, *train, "--nproc", "2", "--max-restarts", "1", "--checkpoint-every", "3",
                     "--out", str(run)])
     kill_a_worker_mid_second_epoch(agent, run)
     _, err = agent.communicate(timeout=300)
     assert agent.returncode == 0, "\n".join(l for l in err.splitlines() if "Error" in l or "error" in l)[-3000:]
     records = _records(run)
-    assert [r["epoch"] for r in records] == [0, 1]
-    reference = _train(["--data", data, *TRAIN, "--nproc", "2", "--out", str(tmp_path / "ref")])
+    assert [r["epoch"] for r in records] == [0, 1, 2]
+    reference = _train(["--data", data, *train, "--nproc", "2", "--out", str(tmp_path / "ref")])
     assert reference.wait(300) == 0
     assert abs(records[-1]["hr@10"] - _records(tmp_path / "ref")[-1]["hr@10"]) < 0.02

@@ -138,9 +138,9 @@ def test_sharded_training_reaches_ddp_quality_and_its_runs_evaluate(prepared, tm
 
 
 @pytest.mark.slow
-def test_a_killed_sharded_run_resumes_exactly(prepared, tmp_path):
-    data = str(prepared("ncf").root)
-    args = ["--data", data, *TRAIN, "--embeddings", "sharded", "--checkpoint-every", "5"]
+def test_a_killed_sharded_run_resumes_exactly(small_ncf, tmp_path):
+    # three epochs of 15 steps: the kill lands in the second, with a whole epoch to spare
+    args = ["--data", str(small_ncf.root), *TRAIN, "--epochs", "3", "--embeddings", "sharded", "--checkpoint-every", "5"]
     agent = _train([*args, "--max-restarts", "1", "--out", str(tmp_path / "killed")])
     kill_a_worker_mid_second_epoch(agent, tmp_path / "killed")
     _finish(agent)
@@ -149,7 +149,7 @@ def test_a_killed_sharded_run_resumes_exactly(prepared, tmp_path):
     whole = load_run(tmp_path / "whole", "cpu", "last").model.state_dict()
     for name, value in whole.items():
         assert torch.allclose(killed[name], value, atol=1e-6, rtol=0), name
-    assert [r["epoch"] for r in _records(tmp_path / "killed")] == [0, 1]
+    assert [r["epoch"] for r in _records(tmp_path / "killed")] == [0, 1, 2]
 
 
 # ----------------------------------------------------------------------------- in one process
