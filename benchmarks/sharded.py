@@ -67,7 +67,7 @@ def worker(args) -> None:
     with deferred_tables() if args.mode == "sharded" else contextlib.nullcontext():
         model = NeuMF(DataShape(users, items), NeuMF.Config(embedding_gradients="dense"))
     if args.mode == "sharded":
-        net, fused = sharding.shard(model, cfg, device, info.world_size)
+        net, fused = sharding.shard(model, cfg.optim, cfg.system, device, info.world_size)
         table_bytes = sharding.local_table_bytes(model)
     else:
         net, fused = distributed.wrap(model, info, device), None

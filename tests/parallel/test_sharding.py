@@ -185,7 +185,7 @@ def test_sharded_settings_that_cannot_work_are_one_line_errors(prepared, setting
     cfg = build_run_config({"data": str(data.root), "model": "neumf", "embeddings": "sharded", **settings})
     model, _ = build_model(cfg, params, data)
     with pytest.raises(RecscaleError, match=message) as info:
-        sharding.check(model, cfg, torch.device("cpu"), 2)
+        sharding.check(model, cfg.optim, cfg.system, torch.device("cpu"), 2)
     assert "\n" not in str(info.value)
 
 
@@ -194,11 +194,11 @@ def test_models_without_tables_and_odd_widths_are_refused(prepared):
     cfg = build_run_config({"data": str(data.root), "model": "embedding-mlp", "embeddings": "sharded"})
     model, _ = build_model(cfg, {"user_dim": 30, "item_dim": 32}, data)
     with pytest.raises(RecscaleError, match="table user is 30 wide.*user_dim=32"):
-        sharding.check(model, cfg, torch.device("cpu"), 2)
+        sharding.check(model, cfg.optim, cfg.system, torch.device("cpu"), 2)
     vae = prepared("vae")
     cfg = build_run_config({"data": str(vae.root), "model": "multvae", "embeddings": "sharded"})
     with pytest.raises(RecscaleError, match="no embedding tables"):
-        sharding.check(build_model(cfg, {}, vae)[0], cfg, torch.device("cpu"), 2)
+        sharding.check(build_model(cfg, {}, vae)[0], cfg.optim, cfg.system, torch.device("cpu"), 2)
 
 
 def test_auto_table_optimizer_follows_the_run_where_fbgemm_has_it():

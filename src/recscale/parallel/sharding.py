@@ -38,6 +38,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from recscale.config.run import OptimConfig, SystemConfig
 from recscale.errors import RecscaleError
 from recscale.models.tables import EmbeddingTables
 from recscale.resources import parse_size
@@ -77,25 +78,25 @@ def table_optimizer(optimizer: str, requested: str, device: torch.device) -> str
 ADAGRAD_FOR_ADAM_LR = 0.05  # row-wise Adagrad's rate where auto replaces Adam (BENCHMARKS.md: sharded)
 
 
-def table_lr(cfg, name: str) -> float:
+def table_lr(optim: OptimConfig, name: str) -> float:
     """--table-lr; when 0, --lr, except where auto replaced Adam by row-wise Adagrad, whose rates
     are an order of magnitude above Adam's."""
-    if cfg.optim.table_lr:
-        return cfg.optim.table_lr
-    replaced = cfg.optim.table_optimizer == "auto" and name == "rowwise_adagrad" and cfg.optim.optimizer == "adam"
-    return ADAGRAD_FOR_ADAM_LR if replaced else cfg.optim.lr
+    if optim.table_lr:
+        return optim.table_lr
+    replaced = optim.table_optimizer == "auto" and name == "rowwise_adagrad" and optim.optimizer == "adam"
+    return ADAGRAD_FOR_ADAM_LR if replaced else optim.lr
 
 
-def check(model: nn.Module, cfg, device: torch.device, world_size: int) -> str:
+def check(model: nn.Module, optim: OptimConfig, system: SystemConfig, device: torch.device, world_size: int) -> str:
     """Refuse what a sharded run cannot do, before anything is written; returns the table optimizer."""
     if not isinstance(getattr(model, "tables", None), EmbeddingTables):
-        raise RecscaleError(f"--embeddings sharded: model {cfg.model} has no embedding tables to shard "
+        raise RecscaleError(f"--embeddings sharded: this model ({type(model).__name__}) has no embedding tables to shard "
                             f"(neumf, gmf, mlp and embedding-mlp have)")
-    if cfg.system.precision == "fp16":
+    if system.precision == "fp16":
         raise RecscaleError("--precision fp16: not with --embeddings sharded (the tables' fused update cannot be "
                             "skipped when the loss scaler finds an overflow); use bf16 or fp32")
-    if cfg.system.sharding in CUDA_ONLY_SHARDING and device.type != "cuda":
-        raise RecscaleError(f"--sharding {cfg.system.sharding}: FBGEMM shards rows on CUDA only; on CPU use "
+    if system.sharding in CUDA_ONLY_SHARDING and device.type != "cuda":
+        raise RecscaleError(f"--sharding {system.sharding}: FBGEMM shards rows on CUDA only; on CPU use "
                             f"auto, table_wise, column_wise or table_column_wise")
     odd = {name: s.dim for name, s in model.tables.specs.items() if s.dim % 4}
     if odd:
@@ -104,9 +105,9 @@ def check(model: nn.Module, cfg, device: torch.device, world_size: int) -> str:
         hint = f"-p {table}_dim={(dim + 3) // 4 * 4}" if f"{table}_dim" in fields else "-p with widths divisible by 4"
         raise RecscaleError(f"--embeddings sharded: table {table} is {dim} wide; FBGEMM's kernels need widths that are "
                             f"multiples of 4 ({hint})")
-    name = table_optimizer(cfg.optim.optimizer, cfg.optim.table_optimizer, device)
-    if name == "sgd" and cfg.optim.momentum > 0:
-        raise RecscaleError(f"--momentum {cfg.optim.momentum}: FBGEMM's fused SGD for the tables has no momentum; "
+    name = table_optimizer(optim.optimizer, optim.table_optimizer, device)
+    if name == "sgd" and optim.momentum > 0:
+        raise RecscaleError(f"--momentum {optim.momentum}: FBGEMM's fused SGD for the tables has no momentum; "
                             f"give --momentum 0, or --table-optimizer adagrad/rowwise_adagrad")
     if world_size < 2 or not dist.is_initialized():
         raise RecscaleError("--embeddings sharded: run under torchrun with 2 or more workers "
@@ -201,7 +202,7 @@ def _initialize_shards(sharded: ShardedTables, tables: EmbeddingTables) -> None:
                                                                      slice(col, col + cols)))
 
 
-def shard(model: nn.Module, cfg, device: torch.device, world_size: int):
+def shard(model: nn.Module, optim: OptimConfig, system: SystemConfig, device: torch.device, world_size: int):
     """Replace model.tables by sharded ones; returns (the DMP module that runs the forward, the
     fused table optimizer, the ids of the table parameters that recscale's optimizers must skip, the
     tables' rate / --lr)."""
@@ -212,35 +213,35 @@ def shard(model: nn.Module, cfg, device: torch.device, world_size: int):
     from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
     from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
-    name = check(model, cfg, device, world_size)
-    lr = table_lr(cfg, name)
-    if name != cfg.optim.optimizer and dist.get_rank() == 0:
-        print(f"recscale train: note: FBGEMM has no fused {cfg.optim.optimizer} on {device.type}; the sharded tables "
+    name = check(model, optim, system, device, world_size)
+    lr = table_lr(optim, name)
+    if name != optim.optimizer and dist.get_rank() == 0:
+        print(f"recscale train: note: FBGEMM has no fused {optim.optimizer} on {device.type}; the sharded tables "
               f"use {name} at lr {lr:g} (--table-optimizer, --table-lr)", file=sys.stderr)
     tables = model.tables
     sharded = ShardedTables(tables)
     model.tables = sharded
     optimizer = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad, "rowwise_adagrad": RowWiseAdagrad,
                  "adam": torch.optim.Adam}[name]
-    settings = {"lr": lr, "weight_decay": cfg.optim.weight_decay}
+    settings = {"lr": lr, "weight_decay": optim.weight_decay}
     if name != "sgd":  # torch's eps (FBGEMM's default differs), so that both paths update alike
         settings["eps"] = 1e-8 if name == "adam" else 1e-10
     apply_optimizer_in_backward(optimizer, sharded.ebc.parameters(), settings)
     sharders = [EmbeddingBagCollectionSharder()]
     with _quiet():
-        cap = {} if cfg.system.table_memory == "auto" else {
-            "hbm_cap" if device.type == "cuda" else "ddr_cap": parse_size(cfg.system.table_memory, "--table-memory")}
+        cap = {} if system.table_memory == "auto" else {
+            "hbm_cap" if device.type == "cuda" else "ddr_cap": parse_size(system.table_memory, "--table-memory")}
         planner = EmbeddingShardingPlanner(topology=Topology(world_size=world_size, compute_device=device.type, **cap),
-                                           constraints=_constraints(sharded.specs, cfg.system.sharding, device))
+                                           constraints=_constraints(sharded.specs, system.sharding, device))
         try:
             plan = planner.collective_plan(model, sharders, dist.group.WORLD)
             net = DistributedModelParallel(model, device=device, plan=plan, sharders=sharders)
         except (RuntimeError, AssertionError, PlannerError) as exc:  # e.g. column shards must be multiples of 4 wide
-            raise RecscaleError(f"--sharding {cfg.system.sharding}: TorchRec cannot shard these tables: "
+            raise RecscaleError(f"--sharding {system.sharding}: TorchRec cannot shard these tables: "
                                 f"{str(exc).splitlines()[0][:300]}") from None
     _initialize_shards(sharded, tables)
     table_ids = {id(p) for p in sharded.parameters()}
-    return net, (net.fused_optimizer, table_ids, lr / cfg.optim.lr)
+    return net, (net.fused_optimizer, table_ids, lr / optim.lr)
 
 
 def local_table_sizes(model: nn.Module) -> dict[str, int]:

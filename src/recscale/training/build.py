@@ -19,7 +19,7 @@ from recscale.models.base import DataShape, FitContext, Recommender
 from recscale.models.registry import MODELS
 from recscale.models.tables import deferred_tables
 from recscale.parallel import distributed
-from recscale.training.trainer import Trainer
+from recscale.training.trainer import Trainer, TrainSettings
 
 
 def pick_device(name: str) -> torch.device:
@@ -110,9 +110,10 @@ def build_trainer(cfg: RunConfig, model: Recommender, data: PreparedDataset, dev
     tables are sharded by TorchRec (parallel/sharding.py); `model` stays the module that is checkpointed."""
     if cfg.system.embeddings == "sharded":
         from recscale.parallel import sharding
-        net, fused = sharding.shard(model, cfg, device, info.world_size)
-        return Trainer(model, data, cfg, device, run, info.rank, info.world_size, net, fused)
-    return Trainer(model, data, cfg, device, run, info.rank, info.world_size, distributed.wrap(model, info, device))
+        net, fused = sharding.shard(model, cfg.optim, cfg.system, device, info.world_size)
+        return Trainer(model, data, TrainSettings.of(cfg), device, run, info.rank, info.world_size, net, fused)
+    return Trainer(model, data, TrainSettings.of(cfg), device, run, info.rank, info.world_size,
+                   distributed.wrap(model, info, device))
 
 
 def place(model: Recommender, device: torch.device) -> Recommender:

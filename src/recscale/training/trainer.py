@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from recscale.config.run import RunConfig
+from recscale.config.run import EvalConfig, LoaderConfig, OptimConfig, RunConfig, SystemConfig
 from recscale.data.dataset.prepared import PreparedDataset
 from recscale.data.loading.factory import training_loader
 from recscale.data.loading.prefetch import Prefetcher
@@ -76,35 +76,51 @@ class Diverged(RecscaleError):
     """The training loss became NaN or infinite."""
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    """What the trainer reads of a run's settings: its groups and epochs, never the data's path or
+    the model's name."""
+
+    epochs: int
+    optim: OptimConfig
+    loader: LoaderConfig
+    eval: EvalConfig
+    system: SystemConfig
+
+    @classmethod
+    def of(cls, cfg: RunConfig) -> "TrainSettings":
+        return cls(cfg.epochs, cfg.optim, cfg.loader, cfg.eval, cfg.system)
+
+
 class Trainer:
-    def __init__(self, model: Recommender, data: PreparedDataset, cfg: RunConfig, device: torch.device,
+    def __init__(self, model: Recommender, data: PreparedDataset, settings: TrainSettings, device: torch.device,
                  run=None, rank: int = 0, world_size: int = 1, ddp_model=None, fused=None):
         """`run`: the RunDirectory checkpoints and logs go to (None: nothing is written).
         `fused`: (fused table optimizer, its parameter ids, its rate / --lr) when the tables are sharded
         (parallel/sharding.py)."""
-        self.model, self.data, self.cfg, self.device = model, data, cfg, device
+        self.model, self.data, self.settings, self.device = model, data, settings, device
         self.run, self.rank, self.world_size = run, rank, world_size
         self.net = ddp_model or model  # what runs the forward (DDP/DMP wrapper or the module itself)
         self.sharded = fused is not None
         if model.batch_kind is None:
             raise RecscaleError(f"{type(model).__name__} is fitted in closed form; it has no training batches")
-        self.loader = training_loader(model.batch_kind, data, cfg.loader, cfg.system.seed, rank, world_size, device)
+        self.loader = training_loader(model.batch_kind, data, settings.loader, settings.system.seed, rank, world_size, device)
         on_host = self.loader.device.type != device.type
         self.batches = Prefetcher(self.loader, device) if on_host and device.type == "cuda" else self.loader
-        optim = cfg.optim
-        self.peak_lr = scaled_lr(optim.lr, cfg.loader.batch_size, optim.base_batch_size, optim.lr_scaling)
+        optim = settings.optim
+        self.peak_lr = scaled_lr(optim.lr, settings.loader.batch_size, optim.base_batch_size, optim.lr_scaling)
         self.optimizers = make_optimizers(model, optim.optimizer, self.peak_lr, optim.weight_decay, optim.momentum,
                                           optim.lars_eta, fused)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.system.precision == "fp16")
-        self.total_steps = cfg.epochs * len(self.loader)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=settings.system.precision == "fp16")
+        self.total_steps = settings.epochs * len(self.loader)
         self.warmup_steps = round(optim.warmup_epochs * len(self.loader))
         self.schedule = model.step_schedule(self.total_steps)
         self.metric = selection_metric(data.protocol)
         self.state = TrainState()
         self.stop_signal: int | None = None  # set by a signal handler; honoured after the current step
         self.on_epoch = None  # called with each finished epoch's record, once it is checkpointed (tune prunes there)
-        self.logger = RunLogger(run, enabled=rank == 0, progress=cfg.system.progress)
-        if device.type == "cpu" and cfg.system.precision == "bf16" and not native_bf16():
+        self.logger = RunLogger(run, enabled=rank == 0, progress=settings.system.progress)
+        if device.type == "cpu" and settings.system.precision == "bf16" and not native_bf16():
             self.logger.message("warning: --precision bf16: this CPU has no native bf16 (AVX512-BF16 or AMX); "
                                 "PyTorch emulates it, usually several times slower than fp32")
         if self.loader.dropped_users:
@@ -112,12 +128,12 @@ class Trainer:
                                 f"negative to sample, their interactions are left out of training")
 
     def _autocast(self):
-        if self.cfg.system.precision == "fp32":
+        if self.settings.system.precision == "fp32":
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=AMP_DTYPES[self.cfg.system.precision])
+        return torch.autocast(self.device.type, dtype=AMP_DTYPES[self.settings.system.precision])
 
     def lr_at(self, step: int) -> float:
-        optim = self.cfg.optim
+        optim = self.settings.optim
         return learning_rate(step, self.peak_lr, self.warmup_steps, self.total_steps, optim.warmup, optim.lr_decay)
 
     def train_step(self, batch) -> torch.Tensor:
@@ -127,10 +143,10 @@ class Trainer:
             loss = self.net(batch, **self.schedule.kwargs(self.state.step)).loss
         self.optimizers.zero_grad()
         self.scaler.scale(loss).backward()
-        if self.cfg.optim.clip_grad_norm > 0:
+        if self.settings.optim.clip_grad_norm > 0:
             self.optimizers.unscale(self.scaler)
             dense = [p for p in self.model.parameters() if p.grad is not None and not p.grad.is_sparse]
-            torch.nn.utils.clip_grad_norm_(dense, self.cfg.optim.clip_grad_norm)
+            torch.nn.utils.clip_grad_norm_(dense, self.settings.optim.clip_grad_norm)
         self.optimizers.step(self.scaler)
         self.scaler.update()
         self.state.step += 1
@@ -157,9 +173,9 @@ class Trainer:
             self.state.samples += len(batch)
             timed_samples += len(batch)
             if self.logger.tty:
-                self.logger.progress(self.state.epoch, self.cfg.epochs, self.state.position, n, float(loss),
+                self.logger.progress(self.state.epoch, self.settings.epochs, self.state.position, n, float(loss),
                                      timed_samples / (time.perf_counter() - start))
-            every = self.cfg.system.checkpoint_every
+            every = self.settings.system.checkpoint_every
             if self.stop_signal is not None or (every and self.state.step % every == 0 and self.state.position < n):
                 self._check_finite(total)
                 self.state.loss_sum = float(total)
@@ -185,8 +201,8 @@ class Trainer:
         split = validation_split(self.data)
         # Sharded lookups are collective: every worker scores the same batches (all users).
         shared = self.world_size > 1 and not self.sharded
-        metrics = evaluate(self.model, self.data, split, ks=validation_ks(self.cfg.eval.ks, self.data.protocol),
-                           device=self.device, batch_size=self.cfg.eval.eval_batch_size,
+        metrics = evaluate(self.model, self.data, split, ks=validation_ks(self.settings.eval.ks, self.data.protocol),
+                           device=self.device, batch_size=self.settings.eval.eval_batch_size,
                            rank=self.rank if shared else 0, world_size=self.world_size if shared else 1,
                            reduce=self._reduce if shared else None)
         return {"split": split, **metrics, "valid_seconds": time.perf_counter() - start}
@@ -264,8 +280,8 @@ class Trainer:
 
     def fit(self, validate: bool = True) -> list[dict]:
         records = []
-        patience = self.cfg.eval.patience
-        while self.state.epoch < self.cfg.epochs and not (validate and self.state.stale >= patience):
+        patience = self.settings.eval.patience
+        while self.state.epoch < self.settings.epochs and not (validate and self.state.stale >= patience):
             record = {"epoch": self.state.epoch, **self.train_epoch()}
             if validate:
                 record |= self.validate()
