@@ -92,20 +92,25 @@ def test_no_import_runs_back_up_the_layers():
     assert violations() == []
 
 
+def _violations_of(tmp_path, where: str, source: str) -> list[str]:
+    """The scan over a package holding one module, `where`, with `source`."""
+    global PACKAGE
+    root = tmp_path / "recscale"
+    (root / where).parent.mkdir(parents=True)
+    (root / where).write_text(source)
+    saved, PACKAGE = PACKAGE, root
+    try:
+        return violations(root)
+    finally:
+        PACKAGE = saved
+
+
 @pytest.mark.parametrize("source, rule", [
     ("from recscale.training.run import load_run\n", "layer 2"),    # a dataset module reaching into training
     ("from recscale.evaluation.metrics import ndcg\n", "layer 2"),
 ])
 def test_the_scan_catches_an_import_up_the_layers(tmp_path, source, rule):
-    root = tmp_path / "recscale"
-    (root / "data" / "dataset").mkdir(parents=True)
-    (root / "data" / "dataset" / "leak.py").write_text(source)
-    global PACKAGE
-    saved, PACKAGE = PACKAGE, root
-    try:
-        found = violations(root)
-    finally:
-        PACKAGE = saved
+    found = _violations_of(tmp_path, "data/dataset/leak.py", source)
     assert len(found) == 1 and rule in found[0], found
 
 
@@ -114,13 +119,5 @@ def test_the_scan_catches_an_import_up_the_layers(tmp_path, source, rule):
     ("models/leak.py", "from recscale.data.loading.factory import training_loader\n"),   # models never load
 ])
 def test_the_scan_holds_serving_and_models_to_their_narrow_rule(tmp_path, where, source):
-    root = tmp_path / "recscale"
-    (root / where).parent.mkdir(parents=True)
-    (root / where).write_text(source)
-    global PACKAGE
-    saved, PACKAGE = PACKAGE, root
-    try:
-        found = violations(root)
-    finally:
-        PACKAGE = saved
+    found = _violations_of(tmp_path, where, source)
     assert len(found) == 1 and "imports" in found[0], found
