@@ -41,6 +41,7 @@ def test_prepare_from_a_ratings_file(tmp_path, capsys):
     (["evaluate", "--run", "NORUN"], "NORUN: not a run directory"),
     (["train", "--data", "NODATA", "--out", "X"], "not a prepared dataset"),
     (["train", "--data", "NODATA", "--model", "nope", "--out", "X"], "unknown model 'nope'"),
+    (["train", "--out", "X"], "--model: which model to train? one of neumf, gmf"),  # no silent default
 ])
 def test_bad_input_is_one_line_with_exit_code_2(tmp_path, monkeypatch, capsys, argv, fragment):
     monkeypatch.chdir(tmp_path)

@@ -184,9 +184,10 @@ def _dataset_path(data: Any) -> str:
     return str(data.root if isinstance(data, PreparedDataset) else data)
 
 
-def train(data: Any, model: str = "popularity", out: str | Path | None = None, *, config: str | Path | None = None,
+def train(data: Any, model: str | None = None, out: str | Path | None = None, *, config: str | Path | None = None,
           overwrite: bool = False, **settings: Any) -> Run:
-    """Fit `model` on a prepared dataset (a PreparedDataset or its directory) and return the Run.
+    """Fit `model` (a name from `recscale train --help`; required, here or in `config`) on a
+    prepared dataset (a PreparedDataset or its directory) and return the Run.
     `settings`: run settings and model hyperparameters by name; `config`: a TOML file as for
     `recscale train --config` (keyword arguments override it). Without `out`, the run goes to a new
     temporary directory."""
@@ -197,11 +198,12 @@ def train(data: Any, model: str = "popularity", out: str | Path | None = None, *
         file_layers, file_model = run_layers(read_config_file(config), str(config))
         layers += file_layers
         model_layers.append(file_model)
-    layers.append(Layer({"data": _dataset_path(data), "model": model, **run_settings}, "train()"))
+    chosen = {"model": model} if model else {}  # else the config file's
+    layers.append(Layer({"data": _dataset_path(data), **chosen, **run_settings}, "train()"))
     model_layers.append(Layer(params, "train()"))
     cfg = resolve_run_config(*layers)
     merged = Layer({k: v for layer in model_layers for k, v in layer.values.items()}, "train()")
-    out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix=f"recscale-{model}-")) / "run"
+    out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix=f"recscale-{cfg.model}-")) / "run"
     return run_training(cfg, merged, out, overwrite)
 
 

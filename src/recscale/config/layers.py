@@ -65,6 +65,8 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
             return tuple(_check_type(v, args[0], where) for v in value)
         if isinstance(value, (list, tuple)) and len(value) == len(args):
             return tuple(_check_type(v, a, where) for v, a in zip(value, args))
+        if len(args) == 2 and args[1] is Ellipsis:
+            raise RecscaleError(f"{where}: expected a list of values, such as [64, 32] (TOML), got {value!r}")
         raise RecscaleError(f"{where}: expected a list of {len(args)} values, got {value!r}")
     if isinstance(tp, type) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
         return value

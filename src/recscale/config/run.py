@@ -154,7 +154,7 @@ class RunConfig(Checked):
     ([model] section or --param); each model brings its own defaults for the step settings."""
 
     data: str = option("", "prepared dataset directory (from `recscale prepare`)")
-    model: str = option("popularity", "model name (listed below)")
+    model: str = option("", "model name (listed below); required")
     epochs: int = option(20, "training epochs (the model's default applies when not given)",
                          check=in_range(1, MAX_EPOCHS, high_inclusive=True))
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)

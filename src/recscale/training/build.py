@@ -64,10 +64,14 @@ def resolve_run_config(*layers: Layer | Mapping[str, Any], source: str = "settin
     def last(key: str):
         return next((layer.values[key] for layer in reversed(layers) if layer.values.get(key)), None)
 
-    name = last("model") or RunConfig.model
-    cls = model_class(name)
+    name = last("model")
+    cls = model_class(name) if name else None  # an unknown name first, then a bad --data
     data = last("data")
-    defaults = cls.default_train_settings(PreparedDataset(data).meta["counts"]) if data else dict(cls.train_defaults)
+    counts = PreparedDataset(data).meta["counts"] if data else None
+    if cls is None:  # no silent default: which model to train is the user's first choice
+        raise RecscaleError(f"--model: which model to train? one of {', '.join(MODELS)} "
+                            f"(`recscale train --help` lists their settings)")
+    defaults = cls.default_train_settings(counts) if counts is not None else dict(cls.train_defaults)
     return build_run_config(Layer(defaults, f"{name}'s defaults"), *layers)
 
 
