@@ -1,13 +1,20 @@
-"""Helpers shared by the benchmark scripts: machine description, medians, and writing a script's
-own section of BENCHMARKS.md (between `<!-- NAME:begin -->` and `<!-- NAME:end -->`)."""
+"""The harness every benchmark script stands on: its command line (`arguments`), its data
+(`synthetic`, `prepared`, `workdir`), its runs (`run_config`, `trainer_for`), its timing
+(`median_time`, `peak_rss_mib`) and its report (`machine`, `table`, `publish` into the script's own
+section of BENCHMARKS.md, between `<!-- NAME:begin -->` and `<!-- NAME:end -->`).
+
+recscale is imported inside the functions that need it, so that a script's child process in
+another tool's virtual environment (RecBole's) can still import the machine and table helpers."""
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import platform
 import re
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -80,3 +87,62 @@ def table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+
+def arguments(doc: str | None, repeats: int | None = None) -> argparse.ArgumentParser:
+    """The parser each script starts from: its module docstring as --help, --no-write, and
+    --repeats where the script reports medians."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--no-write", action="store_true", help="print the section; leave BENCHMARKS.md as it is")
+    if repeats is not None:
+        parser.add_argument("--repeats", type=int, default=repeats, help="runs per measurement; the median is reported")
+    return parser
+
+
+def publish(args: argparse.Namespace, name: str, body: str) -> None:
+    """Print the section and, unless --no-write, put it into BENCHMARKS.md."""
+    print(body)
+    if not args.no_write:
+        write_section(name, body)
+
+
+def workdir(name: str) -> Path:
+    """A fresh folder for one run's data and logs (kept, so that a figure can be inspected)."""
+    return Path(tempfile.mkdtemp(prefix=f"recscale-{name}-"))
+
+
+def synthetic(users: int, items: int, interactions: int, seed: int = 0):
+    """A power-law synthetic log of the given shape (recscale's `synth` source), as a RawDataset."""
+    from recscale.data.ingest.synth import SynthSpec, synthesize
+    return synthesize(SynthSpec(users, items, interactions, seed=seed)).raw
+
+
+def prepared(raw, out: Path, **options) -> Path:
+    """`raw` prepared in memory into `out` with PrepareConfig(**options); an existing output is reused."""
+    from recscale.config.prepare import PrepareConfig
+    from recscale.data.prepare.memory import prepare
+    if not (out / "meta.json").exists():
+        prepare(raw, PrepareConfig(**options), out)
+    return out
+
+
+def run_config(data_dir: Path, model: str, **settings):
+    """The RunConfig `recscale train` would resolve for these settings (CPU and no progress bars
+    unless said otherwise)."""
+    from recscale.training.build import resolve_run_config
+    return resolve_run_config({"data": str(data_dir), "model": model, "device": "cpu", "progress": False, **settings},
+                              source="benchmark")
+
+
+def trainer_for(cfg, model_settings: dict | None = None, seed: int = 0):
+    """The Trainer `recscale train` builds for `cfg` (seeded model, loader, optimizers), on the CPU."""
+    from recscale.data.dataset.prepared import PreparedDataset
+    from recscale.training.build import build_model, build_trainer, seeded
+    data = PreparedDataset(Path(cfg.data))
+    device = torch.device(cfg.system.device)
+    with seeded(seed, device):
+        model, _ = build_model(cfg, model_settings or {}, data)
+        trainer = build_trainer(cfg, model, data, device)
+    trainer.model.train()
+    return trainer

@@ -20,7 +20,6 @@ measurement is a fresh process.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -30,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, table, write_section  # noqa: E402
+from common import arguments, machine, publish, table  # noqa: E402
 
 MODELS = [("neumf", {}, "batch 4,096 (default), sparse"), ("neumf", {"batch_size": 65536, "p": "embedding_gradients=dense"},
                                                              "batch 65,536, dense"),
@@ -69,9 +68,7 @@ def run_one(args: list[str], out: Path) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--no-write", action="store_true")
+    parser = arguments(__doc__, repeats=3)
     parser.add_argument("--only", choices=("precision", "contention"), help="run one part (the other keeps its section)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="recscale-cpu-"))
@@ -145,13 +142,6 @@ needs; a lone run keeps OpenMP's default, since sleeping threads slow small step
 
 {table(["OpenMP wait policy", "runs", "samples/s", "ratio", "all runs"], rows)}
 """)
-
-
-def publish(args, name: str, body: str) -> None:
-    if args.no_write:
-        print(body)
-    else:
-        write_section(name, body)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import numpy as np
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, peak_rss_mib, table, write_section  # noqa: E402
+from common import arguments, machine, peak_rss_mib, publish, table  # noqa: E402
 
 
 def synthetic(n_users: int, n_items: int, seed: int = 0) -> pl.DataFrame:
@@ -70,11 +70,10 @@ def child(kind: str, run: str, out: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = arguments(__doc__)
     parser.add_argument("--users", type=int, default=140_000)
     parser.add_argument("--items", type=int, default=20_000)
     parser.add_argument("--heldout-users", type=int, default=10_000)
-    parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -115,9 +114,7 @@ the run. The output ({rec['rows']:,} rows for all users) is written to Parquet o
 users at a time, so the growth is the working set of a batch (dense input rows, scores, masks)
 and should not grow with the number of users: compare the two recommend rows.
 """
-    print(body)
-    if not args.no_write:
-        write_section("evaluation", body)
+    publish(args, "evaluation", body)
 
 
 if __name__ == "__main__":

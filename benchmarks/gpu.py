@@ -14,7 +14,6 @@ V100; VAE-CF 219k users/s on a V100.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -26,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, table, write_section  # noqa: E402
+from common import arguments, machine, publish, table  # noqa: E402
 from recscale.bench import benchmark  # noqa: E402
 from recscale.config.prepare import PrepareConfig  # noqa: E402
 from recscale.data.ingest.synth import SynthSpec, synthesize  # noqa: E402
@@ -48,11 +47,10 @@ def measure(data_dir: Path, model: str, batch: int, precision: str, epochs: int,
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser()
+    parser = arguments(__doc__)
     parser.add_argument("--small", action="store_true", help="small sizes (CPU smoke run)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", help="also write the results here")
-    parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
     sizes = SMALL if args.small else FULL
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -81,9 +79,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"interactions; NeuMF with 4 negatives per positive, Mult-VAE [600, 200]; device {device}.\n\n"
             + table(["model", "precision", "batch", "throughput", "s / epoch", "peak MiB"], rows)
             + f"\n\nMachine: {machine()}. Command: `python benchmarks/gpu.py`.")
-    print(body)
-    if not args.no_write:
-        write_section("gpu", "## GPU throughput (`benchmarks/gpu.py`)\n\n" + body)
+    publish(args, "gpu", "## GPU throughput (`benchmarks/gpu.py`)\n\n" + body)
     return results
 
 

@@ -12,7 +12,6 @@ training time. Writes a table to BENCHMARKS.md and the curves to benchmarks/larg
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -22,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, machine, table, write_section  # noqa: E402
+from common import ROOT, arguments, machine, publish, table  # noqa: E402
 from recscale.config.prepare import PrepareConfig  # noqa: E402
 from recscale.data.ingest.synth import SynthSpec, synthesize  # noqa: E402
 from recscale.data.prepare.memory import prepare  # noqa: E402
@@ -85,7 +84,7 @@ def plot(curves: dict[str, list[dict]], path: Path) -> bool:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = arguments(__doc__)
     parser.add_argument("--users", type=int, default=50_000)
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--interactions", type=int, default=5_000_000)
@@ -93,7 +92,6 @@ def main() -> None:
     parser.add_argument("--only", help="run the base and the configs whose names contain this text")
     parser.add_argument("--lars-lr", type=float, default=LARS_LR, help="LARS rate at 16x the base batch")
     parser.add_argument("--lars-eta", type=float, default=LARS_ETA, help="LARS trust coefficient")
-    parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="recscale-large-batch-"))
     spec = SynthSpec(args.users, args.items, args.interactions, seed=0)
@@ -131,10 +129,9 @@ def main() -> None:
                      "s / epoch", "samples/s"], rows)
             + f"\n\n![HR@10 per epoch](benchmarks/large_batch.png)\n\nMachine: {machine()}. "
             f"Command: `python benchmarks/large_batch.py`.")
-    print(body)
     if not args.no_write:
         plot(curves, ROOT / "benchmarks" / "large_batch.png")
-        write_section("large-batch", "## Large-batch training, NeuMF (`benchmarks/large_batch.py`)\n\n" + body)
+    publish(args, "large-batch", "## Large-batch training, NeuMF (`benchmarks/large_batch.py`)\n\n" + body)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import polars as pl
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, median_time, peak_rss_mib, table, write_section  # noqa: E402
+from common import arguments, machine, median_time, peak_rss_mib, publish, table  # noqa: E402
 from recscale.data.dataset.csr import CSRFile, write_csr  # noqa: E402
 from recscale.data.loading.batch import PairBatch  # noqa: E402
 from recscale.data.loading.memory import PairLoader, TensorLoader, UserRowLoader
@@ -128,12 +128,10 @@ def memory_child(kind: str, root: str, batch: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = arguments(__doc__, repeats=3)
     parser.add_argument("--rows", type=int, default=20_000_000)
     parser.add_argument("--batch-sizes", default="65536,1048576")
-    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--naive-samples", type=int, default=1_100_000, help="examples timed per naive run")
-    parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--child", nargs=3, metavar=("KIND", "PATH", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -187,10 +185,7 @@ per batch of 500, a 20,000 x 600 matmul as the step): {plain:.2f} s without, {fe
 background thread ({plain / fetched:.2f}x). With 2 cores the step's own threads already use the
 machine, so the trainer prefetches only for CUDA targets (pinned memory, `non_blocking=True` copies).
 """
-    if not args.no_write:
-        write_section("loader", body)
-    else:
-        print(body)
+    publish(args, "loader", body)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ Each measurement runs in a fresh process; peak RSS is the process's VmHWM (what 
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import subprocess
@@ -34,7 +33,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, table, write_section  # noqa: E402
+from common import arguments, machine, publish, table  # noqa: E402
 
 ITEMS = 17_770
 USERS_PER_MILLION = 4_800
@@ -180,11 +179,10 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = arguments(__doc__)
     parser.add_argument("--sizes", default="20,100,200", help="millions of interactions")
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per measurement")
     parser.add_argument("--workdir", default=None, help="where logs and datasets go (default: a temp dir)")
-    parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     sizes = [float(s) for s in args.sizes.split(",")]
     work = Path(args.workdir or tempfile.mkdtemp(prefix="recscale-ooc-"))
@@ -255,10 +253,7 @@ the parameters and the two Adam moments, which grow with users and items and are
 
 ![peak RSS against log size](benchmarks/out_of_core.png)
 """
-    if args.no_write:
-        print(body)
-    else:
-        write_section("out-of-core", body)
+    publish(args, "out-of-core", body)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ for ncf and vae on a 2-core machine.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -22,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, table, write_section  # noqa: E402
+from common import arguments, machine, publish, table  # noqa: E402
 
 CHILD = """
 import json, sys, time
@@ -47,13 +46,11 @@ def run_child(raw: Path, protocol: str, out: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = arguments(__doc__, repeats=3)
     parser.add_argument("--users", type=int, default=138_493)
     parser.add_argument("--items", type=int, default=26_744)
     parser.add_argument("--interactions", type=int, default=20_000_000)
     parser.add_argument("--protocols", default="ncf,vae,random")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     from recscale.data.ingest.synth import SynthSpec, synthesize, write_movielens_layout
 
@@ -80,9 +77,7 @@ def main() -> None:
             + table(["protocol", "wall s (median)", "runs", "peak RSS MiB", "training rows"], rows)
             + f"\n\nGoal: under 60 s and 4 GiB for ncf and vae. Machine: {machine()}. "
             f"Command: `python benchmarks/prepare.py`.")
-    print(body)
-    if not args.no_write:
-        write_section("prepare", "## Prepare at ml-20m scale (`benchmarks/prepare.py`)\n\n" + body)
+    publish(args, "prepare", "## Prepare at ml-20m scale (`benchmarks/prepare.py`)\n\n" + body)
 
 
 if __name__ == "__main__":

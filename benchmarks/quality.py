@@ -22,7 +22,6 @@ split itself moves it.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import statistics
@@ -35,7 +34,7 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import recscale  # noqa: E402
-from common import machine, table, write_section  # noqa: E402
+from common import arguments, machine, publish, table  # noqa: E402
 from recscale.config.prepare import PrepareConfig  # noqa: E402
 from recscale.data.ingest.sources import load_dataset  # noqa: E402
 from recscale.data.prepare.memory import prepare  # noqa: E402
@@ -76,10 +75,9 @@ def recbole_row(python: str, data_dir: Path, work: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = arguments(__doc__)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--recbole-python", help="python of a venv with recbole==1.2.1 (adds RecBole's NeuMF)")
-    parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     raw = load_dataset("ml-latest-small")
@@ -142,9 +140,7 @@ def main() -> None:
             f"mean over split seeds {args.seeds} (± the mean half-width of each split's 95% interval "
             f"over users; sd the standard deviation across seeds); every model with its default "
             f"settings, best validation epoch.\n\n" + "\n\n".join(sections) + "\n\n" + "\n\n".join(notes))
-    print(body)
-    if not args.no_write:
-        write_section("quality", body)
+    publish(args, "quality", body)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import arguments, machine, publish, table  # noqa: E402
 
 
 def export_split(out: Path, data_dir: Path | None = None, name: str = "mls") -> Path:
@@ -194,12 +195,11 @@ def time_recbole(root: Path, batch: int, epochs: int) -> list[float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = arguments(__doc__)
     parser.add_argument("--recbole-python", help="python of a venv with recbole==1.2.1 installed")
     parser.add_argument("--batch-sizes", default="2048,65536")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2, help="alternations of the two tools")
-    parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--side", help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
@@ -214,7 +214,6 @@ def main() -> None:
     if not args.recbole_python:
         parser.error("--recbole-python is required (see the module docstring)")
 
-    from common import machine, table, write_section
     work = Path(tempfile.mkdtemp())
     data_dir = export_split(work)
     n_train = sum(1 for _ in open(work / "recbole" / "mls" / "mls.train.inter")) - 1
@@ -239,9 +238,7 @@ epochs per tool (after a warm-up epoch), the tools alternating in one run.
 
 {table(["batch", "RecBole s/epoch", "recscale s/epoch", "RecBole samples/s", "recscale samples/s", "speed-up"], rows)}
 """
-    print(body)
-    if not args.no_write:
-        write_section("recbole", body)
+    publish(args, "recbole", body)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ in one call (batched, as the server's micro-batches are), median of 3, both in t
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, table, write_section  # noqa: E402
+from common import arguments, machine, publish, table  # noqa: E402
 from recscale.serving.index import ItemIndex, default_nlist  # noqa: E402
 
 
@@ -48,14 +47,12 @@ def timed(index: ItemIndex, queries: np.ndarray, k: int, repeats: int) -> tuple[
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = arguments(__doc__, repeats=3)
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=2_000)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--nlist", type=int, default=0, help="IVF cells (0: the server's default, about 4 sqrt(items))")
     parser.add_argument("--nprobes", default="8,16,32,64")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     k = 10
     items, queries = catalog(args.items, args.queries, args.dim, clusters=2_000)
@@ -87,9 +84,7 @@ to build the index (IVF: k-means training on 64 items per cell + adding all).
 
 {table(["index", "nprobe", "recall@10", "queries/s", "vs exact", "build s"], rows)}
 """
-    print(body)
-    if not args.no_write:
-        write_section("retrieval", body)
+    publish(args, "retrieval", body)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ from each run's metrics.jsonl; efficiency = throughput(N) / (N x throughput(1)).
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -19,16 +18,15 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, table, write_section  # noqa: E402
+from common import arguments, machine, publish, table  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = arguments(__doc__)
     parser.add_argument("--procs", default="1,2")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=65_536)
     parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
 
     from recscale.config.prepare import PrepareConfig
@@ -61,9 +59,7 @@ how well each arrangement uses the same cores, net of DDP's gradient all-reduce,
 hardware. GPU figures (NVIDIA's reference: NCF 4.9x on 8 A100s) need a multi-GPU machine; none was
 available to this session.
 """
-    print(body)
-    if not args.no_write:
-        write_section("scaling", body)
+    publish(args, "scaling", body)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, machine, table, write_section  # noqa: E402
+from common import ROOT, arguments, machine, publish, table  # noqa: E402
 
 LOADS = {"multvae": {1: 500, 8: 2000, 64: 5000}, "neumf": {1: 40, 8: 64, 64: 192}}
 
@@ -181,8 +181,7 @@ def plot(results: list[dict], path: Path) -> bool:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--no-write", action="store_true")
+    parser = arguments(__doc__)
     parser.add_argument("--rounds", type=int, default=5, help="rounds of the guarded-vs-plain protocol comparison")
     parser.add_argument("--loadgen", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--base", help=argparse.SUPPRESS)
@@ -278,9 +277,7 @@ alternates too).
 
 {table(["protocol", "concurrency", "requests/s", "p50 ms", "p99 ms", "requests/s against plain"], guard_rows)}
 """
-    print(body)
-    if not args.no_write:
-        write_section("serving", body)
+    publish(args, "serving", body)
 
 
 if __name__ == "__main__":

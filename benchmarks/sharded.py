@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, peak_rss_mib, table, write_section  # noqa: E402
+from common import arguments, machine, peak_rss_mib, publish, table  # noqa: E402
 
 SHAPES = {"ml-20m": (138_493, 26_744), "10M x 1M": (10_000_000, 1_000_000)}
 COLUMNS = 64 + 128  # GMF factors + half the tower's first width, per user and per item
@@ -136,7 +136,7 @@ def replicated_need_gib(shape: str, optimizer: str) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = arguments(__doc__, repeats=3)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--shape", default="ml-20m", help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="sharded", help=argparse.SUPPRESS)
@@ -146,9 +146,7 @@ def main() -> None:
     parser.add_argument("--shapes", default=",".join(SHAPES))
     parser.add_argument("--batch", type=int, default=16_384, help="global batch (pairs per step)")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=3, help="runs per setting; the median is reported")
     parser.add_argument("--budget-gib", type=float, default=6.0, help="memory one worker may take")
-    parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     if args.worker:
         return worker(args)
@@ -190,10 +188,7 @@ Worker groups that aborted and were run again: {len(FAILURES)} ({"; ".join(FAILU
 {table(["shape", "tables", "optimizer (tables)", "samples/s", "tables GiB per worker", "peak RSS GiB per worker",
         "runs"], rows)}
 """
-    if args.no_write:
-        print(body)
-    else:
-        write_section("sharded", body)
+    publish(args, "sharded", body)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ Each tool runs --rounds times, alternating; times are medians over the rounds.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -35,7 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, table, write_section  # noqa: E402
+from common import arguments, machine, publish, table  # noqa: E402
 from recbole_compare import export_split, run_recbole_side  # noqa: E402
 
 TARGET = "mrr@10"  # RecBole's default valid_metric
@@ -153,7 +152,7 @@ def summary_rows(model: str, result: dict) -> list[list]:
 def main() -> None:
     from recscale.resources import native_bf16
 
-    parser = argparse.ArgumentParser()
+    parser = arguments(__doc__)
     parser.add_argument("--recbole-python", required=True, help="python of a venv with recbole==1.2.1 installed")
     parser.add_argument("--ratings", help="another interactions file (or known dataset name) to use instead of "
                                           "the embedded ml-latest-small")
@@ -161,7 +160,6 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--precision", default="bf16" if native_bf16() else "fp32",
                         help="recscale's precision (default: bf16 where the CPU has it natively)")
-    parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp())
@@ -185,10 +183,8 @@ found on this split's validation set (`recscale tune` and a few hand-tried neigh
 {table(["model", "tool, settings", f"best valid {TARGET}", "s to target", "speed-up", "s in all (early stop)",
         "test"], rows)}
 """
-    print(body)
     print(f"raw results: {work / 'results.json'}")
-    if not args.no_write:
-        write_section("time-to-quality", body)
+    publish(args, "time-to-quality", body)
 
 
 if __name__ == "__main__":

@@ -3,10 +3,11 @@
     python benchmarks/train_speed.py                     # parts 1 and 2, a few minutes
     python benchmarks/train_speed.py --only vae-input    # part 3, about 10 minutes
 
-1. NeuMF steps at two shapes, ml-latest-small's (671 users x 9,066 items) and ml-20m's
-   (138,493 x 26,744), batch 2,048 and 65,536: dense embeddings + Adam against sparse gradients +
-   SparseAdam, and fp32 against bf16 autocast. Random batches, so only the step is timed.
-   Median of `--repeats` timings of `--steps` steps each, all measured in this one process.
+1. NeuMF's `Trainer.train_step` (the step `recscale train` runs) at two shapes: the embedded
+   ml-latest-small under `ncf` and a synthetic log of ml-20m's size (138,493 x 26,744, 3M
+   interactions), batch 2,048 and 65,536: dense embeddings + Adam against sparse gradients +
+   SparseAdam, and fp32 against bf16 autocast. Random batches built beforehand, so only the step
+   is timed. Median of `--repeats` timings of `--steps` steps each, all measured in this one process.
 2. `recscale benchmark` on the embedded data: NeuMF at batch 65,536 (samples/s) and Mult-VAE with
    its defaults (epoch time, users/s), as a user would run them.
 3. Mult-VAE with dense input rows against sparse input (CSR batches, first layer by embedding_bag,
@@ -17,55 +18,52 @@
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, table, write_section  # noqa: E402
+from common import (  # noqa: E402
+    arguments,
+    machine,
+    median_time,
+    prepared,
+    publish,
+    run_config,
+    synthetic,
+    table,
+    trainer_for,
+    workdir,
+)
 from recscale.bench import benchmark  # noqa: E402
-from recscale.config.prepare import PrepareConfig  # noqa: E402
 from recscale.data.ingest.sources import load_dataset  # noqa: E402
 from recscale.data.loading.batch import PairBatch  # noqa: E402
-from recscale.data.prepare.memory import prepare  # noqa: E402
-from recscale.models.base import DataShape  # noqa: E402
-from recscale.models.ncf import NCFConfig, NeuMF  # noqa: E402
-from recscale.optim.factory import make_optimizers  # noqa: E402
-from recscale.training.build import resolve_run_config  # noqa: E402
 
-SHAPES = {"ml-latest-small": (671, 9_066), "ml-20m": (138_493, 26_744)}
+# ml-20m's shape: a synthetic log with about 22 interactions per user, so that the ncf protocol
+# keeps (nearly) every user and the tables have ml-20m's sizes.
+ML20M = {"users": 138_493, "items": 26_744, "interactions": 3_000_000}
 
 
-def step_rate(shape, batch: int, sparse: bool, bf16: bool, steps: int, repeats: int) -> float:
-    torch.manual_seed(0)
-    model = NeuMF(DataShape(*shape), NCFConfig(embedding_gradients="sparse" if sparse else "dense"))
-    optimizers = make_optimizers(model, "adam", 1e-3)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
+def step_rate(data_dir: Path, batch: int, sparse: bool, bf16: bool, steps: int, repeats: int) -> float:
+    """Samples/s of `Trainer.train_step` (the step `recscale train` runs: learning rate, autocast,
+    forward with the loss, backward, optimizer step) on random pair batches built beforehand."""
+    cfg = run_config(data_dir, "neumf", batch_size=batch, precision="bf16" if bf16 else "fp32")
+    trainer = trainer_for(cfg, {"embedding_gradients": "sparse" if sparse else "dense"})
     g = torch.Generator().manual_seed(0)
-    batches = [PairBatch(torch.randint(shape[0], (batch,), generator=g), torch.randint(shape[1], (batch,), generator=g),
+    users, items = trainer.data.n_users, trainer.data.n_items
+    batches = [PairBatch(torch.randint(users, (batch,), generator=g), torch.randint(items, (batch,), generator=g),
                          torch.randint(2, (batch,), generator=g).float()) for _ in range(steps)]
 
     def run():
         for b in batches:
-            with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
-                loss = model(b).loss
-            optimizers.zero_grad()
-            loss.backward()
-            optimizers.step(scaler)
+            trainer.train_step(b)
 
     run()  # warm-up
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        rates.append(steps * batch / (time.perf_counter() - start))
-    return statistics.median(rates)
+    seconds, _ = median_time(run, repeats)
+    return steps * batch / seconds
 
 
 VAE_SHAPE = {"users": 136_677, "items": 20_108, "interactions": 10_000_000}  # ml-20m under the vae protocol
@@ -73,18 +71,8 @@ VAE_SHAPE = {"users": 136_677, "items": 20_108, "interactions": 10_000_000}  # m
 
 def vae_input_rates(data_dir: Path, steps: int, repeats: int) -> dict[bool, float]:
     """users/s of Mult-VAE training steps with sparse and dense input, alternating."""
-    from recscale.data.dataset.prepared import PreparedDataset
-    from recscale.training.build import build_model, build_trainer, seeded
-
-    data = PreparedDataset(data_dir)
-    cfg = resolve_run_config({"data": str(data_dir), "model": "multvae", "device": "cpu", "progress": False,
-                              "batch_size": 500}, source="benchmark")
-    trainers = {}
-    for sparse in (True, False):
-        with seeded(0, torch.device("cpu")):
-            model, _ = build_model(cfg, {"sparse_input": sparse}, data)
-            trainers[sparse] = build_trainer(cfg, model, data, torch.device("cpu"))
-            trainers[sparse].model.train()
+    cfg = run_config(data_dir, "multvae", batch_size=500)
+    trainers = {sparse: trainer_for(cfg, {"sparse_input": sparse}) for sparse in (True, False)}
 
     def run(trainer) -> float:
         batches = iter(trainer.batches)
@@ -106,11 +94,10 @@ def vae_input_rates(data_dir: Path, steps: int, repeats: int) -> dict[bool, floa
 
 
 def vae_input_section(steps: int, repeats: int) -> str:
-    from recscale.data.ingest.synth import SynthSpec, synthesize
-    work = Path(tempfile.mkdtemp())
+    work = workdir("train-speed")
     started = time.perf_counter()
-    raw = synthesize(SynthSpec(VAE_SHAPE["users"], VAE_SHAPE["items"], VAE_SHAPE["interactions"], seed=0)).raw
-    prepare(raw, PrepareConfig(protocol="vae", min_rating=0, heldout_users=10_000), work / "vae")
+    raw = synthetic(VAE_SHAPE["users"], VAE_SHAPE["items"], VAE_SHAPE["interactions"])
+    prepared(raw, work / "vae", protocol="vae", min_rating=0, heldout_users=10_000)
     print(f"prepared in {time.perf_counter() - started:.0f}s", flush=True)
     rates = vae_input_rates(work / "vae", steps, repeats)
     rows = [["dense rows", f"{rates[False]:,.0f}", "1.0x"],
@@ -134,46 +121,38 @@ the nonzeros plus one log-sum-exp per user. Same loss and gradients (tests/model
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = arguments(__doc__, repeats=3)
     parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", choices=["vae-input"], help="run only this part")
-    parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     if args.only == "vae-input":
-        body = vae_input_section(max(args.steps, 20), args.repeats)
-        print(body)
-        if not args.no_write:
-            write_section("vae-sparse", body)
+        publish(args, "vae-sparse", vae_input_section(max(args.steps, 20), args.repeats))
         return
 
+    work = workdir("train-speed")
+    raw = load_dataset("ml-latest-small")
+    shapes = {"ml-latest-small": prepared(raw, work / "ncf", protocol="ncf"),
+              "ml-20m": prepared(synthetic(**ML20M), work / "ml-20m", protocol="ncf")}
     rows = []
-    for name, shape in SHAPES.items():
+    for name, data_dir in shapes.items():
         for batch in (2_048, 65_536):
             steps = args.steps * (8 if batch == 2_048 else 1)
-            dense = step_rate(shape, batch, False, False, steps, args.repeats)
-            sparse = step_rate(shape, batch, True, False, steps, args.repeats)
-            sparse_bf16 = step_rate(shape, batch, True, True, steps, args.repeats)
+            dense = step_rate(data_dir, batch, False, False, steps, args.repeats)
+            sparse = step_rate(data_dir, batch, True, False, steps, args.repeats)
+            sparse_bf16 = step_rate(data_dir, batch, True, True, steps, args.repeats)
             rows.append([name, f"{batch:,}", f"{dense:,.0f}", f"{sparse:,.0f} ({sparse / dense:.1f}x)",
                          f"{sparse_bf16:,.0f} ({sparse_bf16 / sparse:.2f}x)"])
             print(rows[-1], flush=True)
 
-    work = Path(tempfile.mkdtemp())
-    raw = load_dataset("ml-latest-small")
     results = []
     for protocol, model, extra in (("ncf", "neumf", {"batch_size": 65_536}), ("ncf", "neumf", {"batch_size": 65_536, "precision": "bf16"}),
                                    ("vae", "multvae", {})):
-        data_dir = work / protocol
-        if not data_dir.exists():
-            prepare(raw, PrepareConfig(protocol=protocol), data_dir)
-        cfg = resolve_run_config({"data": str(data_dir), "model": model, "device": "cpu", "epochs": 4,
-                                  "progress": False, **extra}, source="benchmark")
-        r = benchmark(cfg, {}, untimed_epochs=1)
+        r = benchmark(run_config(prepared(raw, work / protocol, protocol=protocol), model, epochs=4, **extra), {},
+                      untimed_epochs=1)
         rate_key = f"{r['unit']}_per_second"
         results.append([model, r["precision"], f"{r['batch_size']:,}", f"{r['epoch_seconds']:.2f}",
                         f"{r['valid_seconds']:.2f}", f"{r[rate_key]:,.0f} {r['unit']}/s", f"{r['peak_memory_mib']:.0f}"])
         print(results[-1], flush=True)
-
     body = f"""## Training speed on CPU (`benchmarks/train_speed.py`)
 
 {machine()}.
@@ -190,9 +169,7 @@ autocast; in brackets its ratio to sparse fp32 (this CPU has AVX512-BF16). Media
 
 {table(["model", "precision", "batch", "epoch s", "valid s", "throughput", "peak RSS MiB"], results)}
 """
-    print(body)
-    if not args.no_write:
-        write_section("train-speed", body)
+    publish(args, "train-speed", body)
 
 
 if __name__ == "__main__":

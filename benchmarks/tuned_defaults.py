@@ -15,7 +15,6 @@ settings it chose; BENCHMARKS.md's "Tuned defaults" section reads it.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import io
@@ -28,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import recscale  # noqa: E402
-from common import machine, table, write_section  # noqa: E402
+from common import arguments, machine, publish, table  # noqa: E402
 from recscale.data.ingest.synth import SynthSpec, synthesize  # noqa: E402
 from recscale.training.trainer import selection_metric  # noqa: E402
 
@@ -84,11 +83,10 @@ def tuned_run(data_dir: Path, model: str, out: Path, metric: str, trials: int) -
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = arguments(__doc__)
     parser.add_argument("--datasets", default=",".join(SHAPES))
     parser.add_argument("--models", default="neumf,multvae,ease")
     parser.add_argument("--trials", type=int, default=8)
-    parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--from-results", help="only write the table from an earlier run's results.json")
     args = parser.parse_args()
     if args.from_results:
@@ -139,9 +137,7 @@ Synthetic shapes (`recscale.data.synth`, split seed 0): {shapes}.
 
 The best trial beat the defaults on validation in {better_valid} of {len(results)} cases and on test in {better} of {len(results)}.
 """
-    print(body)
-    if not args.no_write:
-        write_section("tuned-defaults", body)
+    publish(args, "tuned-defaults", body)
 
 
 if __name__ == "__main__":
