@@ -7,7 +7,9 @@ import sys
 
 import pytest
 
-from recscale.cli import COMMANDS, DEMO_MODELS, main, make_parser
+from recscale.cli import COMMANDS, main, make_parser
+from recscale.cli.datasets import DEMO_MODELS
+from recscale.errors import RecscaleError
 from recscale.models.registry import MODELS
 from tests.helpers import write_ratings
 
@@ -87,3 +89,20 @@ def test_module_entry_point_and_console_script():
     out = subprocess.run([sys.executable, "-m", "recscale", "prepare", "--out", "x", "--seed", "abc"],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "--seed: invalid int value" in out.stderr and out.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("argv", [["--debug", "evaluate", "--run", "nowhere"], ["evaluate", "--run", "nowhere", "--debug"]])
+def test_debug_is_taken_before_or_after_the_subcommand(argv, tmp_path):
+    # with --debug the user's error is raised with its traceback instead of the one-line message
+    with pytest.raises(RecscaleError, match="not a run directory"):
+        main([argv[0], *[str(tmp_path / a) if a == "nowhere" else a for a in argv[1:]]])
+    assert make_parser().parse_args(["evaluate", "--run", "x"]).debug is False
+
+
+def test_unknown_names_get_a_did_you_mean_and_no_class_name(capsys, tmp_path, small_ncf):
+    assert main(["train", "--model", "neumff", "--data", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    assert "did you mean 'neumf'?" in capsys.readouterr().err
+    assert main(["train", "--model", "gmf", "--data", str(small_ncf.root), "--out", str(tmp_path / "r"), "-p",
+                 "facotrs=8"]) == 2
+    err = capsys.readouterr().err
+    assert "--param facotrs: unknown key for gmf; did you mean 'factors'?" in err and "Config" not in err

@@ -14,6 +14,7 @@ every value is checked as on the command line. Nothing here keeps global state.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
@@ -30,41 +31,73 @@ from recscale.data.dataset.prepared import PreparedDataset
 from recscale.data.ingest.inputs import RawInput
 from recscale.data.ingest.raw import RawDataset
 from recscale.data.ingest.readers import frame_interactions
-from recscale.data.prepare.engine import prepare_input
+from recscale.data.prepare.engine import prepare_from, prepare_input
+from recscale.data.prepare.presplit import SplitFiles
 from recscale.errors import RecscaleError
 from recscale.evaluation.protocols import evaluate as evaluate_split
 from recscale.fsutil import atomic_file
 from recscale.recommend import recommend as write_recommendations
 from recscale.recommend import recommend_frame
-from recscale.training.build import resolve_run_config
+from recscale.training.build import resolve_run_config, without_retired
 from recscale.training.run import LoadedRun, read_run_config, resume_run, start_run
 from recscale.training.run import load_run as load_trained
 from recscale.training.trainer import selection_metric
 
+COLUMN_OPTIONS = ("sep", "movies", "user_col", "item_col", "rating_col", "time_col")  # RawInput's, by flag name
+SPLIT_OPTIONS = tuple(f.name for f in dataclasses.fields(SplitFiles))
+FRAME_COLUMNS = {"user": "user_col", "item": "item_col", "rating": "rating_col", "timestamp": "time_col"}
 
-def _input(source: Any, format: str | None) -> RawInput:
+
+def _input(source: Any, format: str | None, columns: dict[str, Any]) -> RawInput:
     """`source` as `recscale prepare`'s flags would name it (one resolver for both)."""
     if format is not None:
-        return RawInput(format=format, raw_dir=str(source))
-    if Path(str(source)).is_file():
-        return RawInput(ratings=str(source))
-    return RawInput(dataset=str(source))
+        return RawInput(format=format, raw_dir=str(source), **columns)
+    if source is None or Path(str(source)).is_file():
+        return RawInput(ratings=None if source is None else str(source), **columns)
+    return RawInput(dataset=str(source), **columns)
+
+
+def _as_polars(source: Any) -> pl.DataFrame | None:
+    """A Polars, pandas or Arrow table as a Polars frame; None for anything else."""
+    if isinstance(source, pl.DataFrame):
+        return source
+    module = type(source).__module__.split(".")[0]
+    if module == "pandas":
+        return pl.from_pandas(source)
+    if module == "pyarrow":
+        return pl.from_arrow(source)
+    return None
+
+
+def _frame_input(frame: pl.DataFrame, columns: dict[str, Any]) -> RawDataset:
+    """A table's interactions: canonical column names unless the column options name others
+    (rating_col='' or time_col='': none; a column named by an option must exist)."""
+    names = {}
+    for canonical, option in FRAME_COLUMNS.items():
+        column = columns.get(option, canonical)
+        if column and (canonical in ("user", "item") or option in columns or column in frame.columns):
+            names[canonical] = column
+    return RawDataset("frame", frame_interactions(frame, "frame", names), None, ())
 
 
 def prepare(source: Any, out: str | Path, protocol: str = "ncf", *, format: str | None = None,
             overwrite: bool = False, **options: Any) -> PreparedDataset:
-    """Prepare `source` (a dataset name such as 'ml-latest-small', a CSV/TSV/Parquet file of
-    interactions with MovieLens' column names, a directory of a published `format`, a Polars frame
-    with user/item[/rating/timestamp] columns, or a RawDataset) under `protocol` into `out`;
-    `options` are `recscale prepare`'s settings (seed, test_negatives, tie_break, ...)."""
+    """Prepare `source` under `protocol` into `out`. `source`: a dataset name such as
+    'ml-latest-small', a CSV/TSV/Parquet file of interactions, a directory of a published `format`,
+    a Polars, pandas or Arrow table with user/item[/rating/timestamp] columns, a RawDataset, or
+    None with `train_file=...` for a split made elsewhere. `options` are `recscale prepare`'s flags
+    by name: the settings (seed, test_negatives, tie_break, ...), the column options (sep,
+    user_col, item_col, rating_col, time_col, movies) and the split files (train_file, valid_file,
+    test_file, valid_heldout_file, test_heldout_file)."""
+    columns = {k: options.pop(k) for k in COLUMN_OPTIONS if k in options}
+    files = SplitFiles(**{k: str(options.pop(k)) for k in SPLIT_OPTIONS if k in options})
     cfg = build(PrepareConfig, Layer({"protocol": protocol, **options}, "prepare()"))
-    if isinstance(source, (RawDataset, pl.DataFrame)):  # already in memory: nothing to scan
-        raw = source if isinstance(source, RawDataset) else RawDataset("frame", frame_interactions(source, "frame"),
-                                                                       None, ())
+    frame = _as_polars(source)
+    if isinstance(source, RawDataset) or frame is not None:  # already in memory: nothing to scan
+        raw = source if isinstance(source, RawDataset) else _frame_input(frame, columns)
         prepare_input(lambda: raw, lambda: None, cfg, out, overwrite, what=str(raw.name))
     else:
-        given = _input(source, format)
-        prepare_input(given.read, given.scan, cfg, out, overwrite, what=str(source))
+        prepare_from(_input(source, format, columns), cfg, out, overwrite, files)
     return PreparedDataset(out)
 
 
@@ -77,6 +110,21 @@ def split_settings(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
     owner = run_field_owner()
     run = {k: v for k, v in settings.items() if k in owner}
     return run, {k: v for k, v in settings.items() if k not in owner}
+
+
+def resolve_settings(config: str | Path | None, settings: Layer, params: Layer) -> tuple[RunConfig, Layer]:
+    """(RunConfig, model hyperparameters) for train, tune and benchmark, from the command line and
+    the API alike: defaults < the model's defaults < the `config` file < `settings` and `params`."""
+    layers, model_layers = [], []
+    if config is not None:
+        file_layers, file_model = run_layers(read_config_file(config), str(config))
+        layers += file_layers
+        model_layers.append(file_model)
+    cfg = resolve_run_config(*layers, settings)
+    model_layers = [without_retired(cfg.model, layer) for layer in model_layers]
+    merged = {k: v for layer in [*model_layers, params] for k, v in layer.values.items()}
+    source = params.source if config is None else f"config and {params.source}"
+    return cfg, dataclasses.replace(params, values=merged, source=source)
 
 
 class Run:
@@ -192,17 +240,9 @@ def train(data: Any, model: str | None = None, out: str | Path | None = None, *,
     `recscale train --config` (keyword arguments override it). Without `out`, the run goes to a new
     temporary directory."""
     run_settings, params = split_settings(settings)
-    layers: list[Layer] = []
-    model_layers: list[Layer] = []
-    if config is not None:
-        file_layers, file_model = run_layers(read_config_file(config), str(config))
-        layers += file_layers
-        model_layers.append(file_model)
     chosen = {"model": model} if model else {}  # else the config file's
-    layers.append(Layer({"data": _dataset_path(data), **chosen, **run_settings}, "train()"))
-    model_layers.append(Layer(params, "train()"))
-    cfg = resolve_run_config(*layers)
-    merged = Layer({k: v for layer in model_layers for k, v in layer.values.items()}, "train()")
+    cfg, merged = resolve_settings(config, Layer({"data": _dataset_path(data), **chosen, **run_settings}, "train()"),
+                                   Layer(params, "train()"))
     out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix=f"recscale-{cfg.model}-")) / "run"
     return run_training(cfg, merged, out, overwrite)
 

@@ -57,6 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls
             kwargs["type"] = tp
             if "choices" in field.metadata:
                 kwargs["choices"] = field.metadata["choices"]
+        if "metavar" in field.metadata:
+            kwargs["metavar"] = field.metadata["metavar"]
         parser.add_argument(flag, **kwargs)
 
 

@@ -40,3 +40,41 @@ def test_one_input_exactly_and_the_separator_rules():
     assert separator(None, "a.tsv") == "\t" and separator(None, "a.csv") == "," and separator("tab", "a") == "\t"
     with pytest.raises(RecscaleError, match="--sep"):
         separator(";;", "a.csv")
+
+
+def test_the_api_takes_the_command_lines_column_options(tmp_path):
+    frame = pl.read_csv(_tsv(tmp_path / "ratings.tsv"), separator="\t")
+    odd = tmp_path / "odd.txt"  # neither MovieLens' names nor a separator the suffix implies
+    frame.rename({"userId": "u", "movieId": "i", "rating": "r", "timestamp": "t"}).write_csv(odd, separator=";")
+    columns = {"sep": ";", "user_col": "u", "item_col": "i", "rating_col": "r", "time_col": "t"}
+    api = recscale.prepare(str(odd), tmp_path / "api", test_negatives=5, **columns)
+    subprocess.run([sys.executable, "-m", "recscale", "prepare", "--ratings", str(odd), "--out", str(tmp_path / "cli"),
+                    "--test-negatives", "5", *[f"--{k.replace('_', '-')}={v}" for k, v in columns.items()]],
+                   check=True, capture_output=True)
+    assert api.meta["sha256"] == json.loads((tmp_path / "cli" / "meta.json").read_text())["sha256"]
+    with pytest.raises(RecscaleError, match="missing column"):
+        recscale.prepare(str(odd), tmp_path / "bad", sep=";", user_col="nope")
+
+
+def test_pandas_and_arrow_tables_prepare_like_the_polars_frame(tmp_path):
+    frame = pl.read_csv(_tsv(tmp_path / "ratings.tsv"), separator="\t").rename({"userId": "user", "movieId": "item"})
+    digests = [recscale.prepare(table, tmp_path / name, test_negatives=5).meta["sha256"]["train"]
+               for name, table in (("polars", frame), ("pandas", frame.to_pandas()), ("arrow", frame.to_arrow()))]
+    assert len(set(digests)) == 1
+    renamed = frame.to_pandas().rename(columns={"user": "visitor", "rating": "stars"})
+    assert recscale.prepare(renamed, tmp_path / "named", test_negatives=5, user_col="visitor",
+                            rating_col="stars").meta["sha256"]["train"] == digests[0]
+
+
+def test_the_api_imports_a_split_made_elsewhere_as_the_command_line_does(tmp_path):
+    frame = pl.read_csv(_tsv(tmp_path / "ratings.tsv"), separator="\t")
+    last = frame.sort("timestamp").group_by("userId", maintain_order=True).tail(1)
+    frame.join(last, on=["userId", "movieId"], how="anti").write_csv(tmp_path / "train.csv")
+    last.write_csv(tmp_path / "test.csv")
+    files = {"train_file": tmp_path / "train.csv", "test_file": tmp_path / "test.csv"}
+    api = recscale.prepare(None, tmp_path / "api", test_negatives=5, **files)
+    subprocess.run([sys.executable, "-m", "recscale", "prepare", "--out", str(tmp_path / "cli"), "--test-negatives",
+                    "5", "--train-file", str(files["train_file"]), "--test-file", str(files["test_file"])],
+                   check=True, capture_output=True)
+    cli = json.loads((tmp_path / "cli" / "meta.json").read_text())
+    assert api.meta["protocol"]["imported"] and api.meta["sha256"] == cli["sha256"]

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import polars as pl
 
+from recscale.config.fields import option
 from recscale.data.ingest.download import ensure_dataset
-from recscale.data.ingest.formats import read_format
+from recscale.data.ingest.formats import FORMATS, read_format
 from recscale.data.ingest.raw import RawDataset
 from recscale.data.ingest.readers import read_interactions, read_movies_csv
 from recscale.data.ingest.scan import ScanSource, embedded_source, format_source, ratings_source
@@ -30,23 +31,34 @@ def separator(sep: str | None, path: str | Path) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class RawInput:
-    """The input of `prepare` as `recscale prepare`'s flags name it (the API builds the same)."""
+    """The input of `prepare`: its fields are `recscale prepare`'s flags (the API builds the same)."""
 
-    dataset: str | None = None       # a name (`recscale datasets list`)
-    format: str | None = None        # a published layout in `raw_dir`
-    raw_dir: str | None = None       # the unpacked files of `dataset` or `format`
-    ratings: str | None = None       # a CSV/TSV/Parquet file of interactions
-    movies: str | None = None        # its item table (movieId, title, genres)
-    sep: str | None = None
-    user_col: str = "userId"
-    item_col: str = "movieId"
-    rating_col: str | None = "rating"
-    time_col: str | None = "timestamp"
+    dataset: str | None = option(None, "a dataset recscale knows by name (`recscale datasets list`); downloaded "
+                                 "into the cache when missing, unless --raw-dir holds its files", metavar="NAME")
+    format: str | None = option(None, "read the published files in --raw-dir (ncf-paper: NAME.train.rating, "
+                                "NAME.test.rating, NAME.test.negative)", choices=(*FORMATS, "ncf-paper"))
+    raw_dir: str | None = option(None, "directory with a dataset's unpacked files")
+    ratings: str | None = option(None, "any CSV/TSV (with a header) or Parquet file of interactions")
+    movies: str | None = option(None, "optional movies.csv (movieId,title,genres) for item features")
+    sep: str | None = option(None, "--ratings field separator (default: tab for .tsv, else comma)")
+    user_col: str = option("userId", "--ratings user column")
+    item_col: str = option("movieId", "--ratings item column")
+    rating_col: str | None = option("rating", "--ratings rating column; '' for implicit feedback (every row 1.0)")
+    time_col: str | None = option("timestamp", "--ratings time column (integer); '' for none")
     checksums: dict[str, str] = dataclasses.field(default_factory=dict)  # --sha256 of downloads
 
     @property
     def what(self) -> str:
         return self.dataset or self.format or self.ratings or "this input"
+
+    @property
+    def layout(self) -> str | None:
+        """The published layout of the files: --format, or that of the dataset named."""
+        return self.format or (REMOTES[self.dataset].format if self.dataset in REMOTES else None)
+
+    def files_root(self) -> Path:
+        """The directory with the input's files: --raw-dir, or the named dataset's (downloaded when missing)."""
+        return Path(self.raw_dir or ensure_dataset(REMOTES[self.dataset], checksums=self.checksums))
 
     def check(self) -> None:
         if sum(map(bool, (self.dataset, self.ratings, self.format))) != 1:

@@ -1,5 +1,5 @@
-"""Which engine prepares an input: in memory, or streamed when the in-memory path would pass the
-memory budget (`--engine auto`).
+"""The prepare stage's entry (`prepare_from`) and which engine prepares an input: in memory, or
+streamed when the in-memory path would pass the memory budget (`--engine auto`).
 """
 
 from __future__ import annotations
@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Callable
 
 from recscale.config.prepare import PrepareConfig
+from recscale.data.ingest.inputs import RawInput
 from recscale.data.ingest.scan import ScanSource
+from recscale.data.prepare.presplit import SplitFiles, import_files, import_ncf_paper
 from recscale.data.prepare.stream import prepare_stream
 from recscale.errors import RecscaleError
-from recscale.fsutil import (
-    stop_signals_clean_up,
-)
+from recscale.fsutil import stop_signals_clean_up
 
 # in-memory peak of `prepare` per byte of input, measured with benchmarks/out_of_core.py (text is
 # compact per row; Parquet is compressed, about 2.5x smaller for the same rows)
@@ -49,3 +49,16 @@ def prepare_input(read_raw: Callable, scan: Callable[[], ScanSource | None], cfg
             if engine == "stream":
                 return prepare_stream(source, cfg, out, overwrite), engine
         return prepare(read_raw(), cfg, out, overwrite), "memory"
+
+
+def prepare_from(source: RawInput, cfg: PrepareConfig, out: str | Path, overwrite: bool = False,
+                 files: SplitFiles = SplitFiles()) -> tuple[dict, str]:
+    """The prepare stage's entry, for the command line and the API alike: a split made elsewhere
+    (`files`), the NCF paper's published split, or `source` through the engine `cfg.engine` asks
+    for. Returns (meta.json's content, the engine used)."""
+    if files.train_file or source.layout == "ncf-paper":
+        with stop_signals_clean_up("prepare"):
+            if files.train_file:
+                return import_files(source, files, cfg, Path(out), overwrite), "memory"
+            return import_ncf_paper(source, cfg, Path(out), overwrite), "memory"
+    return prepare_input(source.read, source.scan, cfg, out, overwrite, what=source.what)

@@ -6,16 +6,21 @@ the NCF paper) on the very same split.
   test users. NCF evaluation negatives are sampled unless given.
 - `read_ncf_paper`: the NCF paper's NAME.train.rating, NAME.test.rating and NAME.test.negative
   (ml-1m, pinterest-20), with the paper's own 99 test negatives per user.
+- `import_files`, `import_ncf_paper`: the two as `prepare` runs them, from its input and settings.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
+from recscale.config.fields import option
+from recscale.config.prepare import PrepareConfig
+from recscale.data.ingest.inputs import RawInput
 from recscale.data.ingest.raw import RawDataset
 from recscale.data.ingest.readers import INTERACTION_KINDS, canonical_interactions, read_delimited
 from recscale.data.prepare.filters import check_finite, latest_per_pair
@@ -25,6 +30,48 @@ from recscale.errors import RecscaleError
 
 PARTS = {"ncf": (("train", "test"), ("valid",)), "random": (("train", "test"), ("valid",)),
          "vae": (("train", "valid_foldin", "valid_heldout", "test_foldin", "test_heldout"), ())}
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitFiles:
+    """A split made elsewhere: its fields are `recscale prepare`'s flags (and `recscale.prepare`'s options)."""
+
+    train_file: str | None = option(None, "import a split made elsewhere: its training interactions (read like "
+                                    "--ratings); with --test-file and optionally --valid-file")
+    valid_file: str | None = option(None, "the imported split's validation interactions (vae: fold-in part of "
+                                    "the validation users)")
+    test_file: str | None = option(None, "the imported split's test interactions (vae: fold-in part of the test "
+                                   "users)")
+    valid_heldout_file: str | None = option(None, "vae: held-out part of the validation users")
+    test_heldout_file: str | None = option(None, "vae: held-out part of the test users")
+
+    def given(self, protocol: str) -> dict[str, str]:
+        """{part: path} of the files given; under `vae` the valid/test files are the fold-in parts."""
+        renamed = {"valid_file": "valid_foldin", "test_file": "test_foldin"} if protocol == "vae" else {}
+        return {renamed.get(f.name, f.name.removesuffix("_file")): getattr(self, f.name)
+                for f in dataclasses.fields(self) if getattr(self, f.name)}
+
+
+def import_files(source: RawInput, files: SplitFiles, cfg: PrepareConfig, out: Path, overwrite: bool = False) -> dict:
+    """--train-file etc.: a split made elsewhere, each file read with `source`'s column rules."""
+    if source.dataset or source.format or source.ratings:
+        raise RecscaleError("--train-file: imports a ready split; do not combine with --dataset/--format/--ratings")
+    given = files.given(cfg.protocol)
+    parts = {part: source.read_file(path) for part, path in given.items()}
+    paths = tuple(Path(p) for p in [*given.values(), source.movies] if p)
+    return import_split(Path(files.train_file).stem, parts, cfg.protocol, Path(out), paths, source.items(),
+                        test_negatives=cfg.test_negatives, seed=cfg.seed, overwrite=overwrite)
+
+
+def import_ncf_paper(source: RawInput, cfg: PrepareConfig, out: Path, overwrite: bool = False) -> dict:
+    """The NCF paper's files of --raw-dir or of a dataset named ncf-NAME, with their own negatives."""
+    source.check()
+    if cfg.protocol != "ncf":
+        raise RecscaleError("--protocol: the NCF paper's split is an ncf split")
+    name = source.dataset[len("ncf-"):] if source.dataset else None
+    name, parts, negatives, paths = read_ncf_paper(source.files_root(), name)
+    return import_split(f"ncf-{name}", parts, "ncf", Path(out), paths, negatives=negatives, seed=cfg.seed,
+                        overwrite=overwrite)
 
 
 def import_split(name: str, parts: dict[str, pl.DataFrame], protocol: str, out: Path, files: tuple[Path, ...] = (),

@@ -1,0 +1,107 @@
+"""`recscale evaluate`, `recommend`, `export` and `serve`: what is done with a trained run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from recscale import api
+from recscale.config.arguments import add_arguments, from_namespace
+from recscale.config.layers import Layer, build, flags
+from recscale.config.run import MAX_K, EvalConfig
+from recscale.errors import RecscaleError
+from recscale.evaluation.report import format_table
+from recscale.recommend import read_user_file
+
+
+def _add_run_choice(p) -> None:
+    p.add_argument("--run", required=True, help="run directory from `recscale train`")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N [default: auto]")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                   help="best (validation) or last [default: best]")
+
+
+def add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="score a trained run on a split")
+    _add_run_choice(p)
+    p.add_argument("--split", choices=["valid", "test"], default="test")
+    p.add_argument("--k", default="10,20,50,100", help="cut-offs, comma-separated")
+    p.add_argument("--test-history", choices=("train+valid", "train"), default=None,
+                   help="ncf/random: score test users from train+valid or from train only "
+                   "[default: the run's setting, train+valid]")
+
+
+def add_recommend(sub) -> None:
+    p = sub.add_parser("recommend", help="write top-k unseen items per user")
+    _add_run_choice(p)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--users", help="file with one original user id per line")
+    p.add_argument("--all", action="store_true", help="every user of the dataset")
+    p.add_argument("--out", required=True, help="recs.tsv or recs.parquet")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it is recommendations "
+                   "recscale wrote")
+
+
+def add_export(sub) -> None:
+    p = sub.add_parser("export", help="a trained run -> a bundle for serving (ONNX / torch.export graphs, id maps, "
+                       "seen items, popularity)")
+    p.add_argument("--run", required=True, help="run directory from `recscale train`")
+    p.add_argument("--out", required=True, help="bundle directory to write")
+    p.add_argument("--format", default="onnx,torch", help="onnx, torch or both, comma-separated [default: onnx,torch]")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+
+def add_serve(sub) -> None:
+    from recscale.serving.settings import ServerConfig
+    p = sub.add_parser("serve", help="serve a bundle over HTTP (FastAPI + uvicorn)")
+    p.add_argument("--bundle", required=True, help="bundle directory from `recscale export`")
+    add_arguments(p, ServerConfig)
+
+
+def _parse_ks(text: str) -> tuple[int, ...]:
+    """--k 10,20: checked like the ks setting of a run (one place for its rules)."""
+    try:
+        ks = tuple(sorted({int(k) for k in text.split(",") if k.strip()}))
+    except ValueError:
+        raise RecscaleError(f"--k: expected comma-separated integers, got {text!r}") from None
+    return build(EvalConfig, Layer({"ks": ks}, "flags", "flag", aliases={"ks": "--k"})).ks
+
+
+def cmd_evaluate(args) -> int:
+    ks = _parse_ks(args.k)
+    result = api.load_run(args.run, args.device, args.checkpoint).evaluate(args.split, ks, args.test_history)
+    print(format_table({f"{result['model']} ({args.split})": result}, ks, result["protocol"]))
+    print(f"wrote {Path(args.run) / f'eval-{args.split}.json'}")
+    return 0
+
+
+def cmd_recommend(args) -> int:
+    if not 1 <= args.k <= MAX_K:
+        raise RecscaleError(f"--k: must lie in [1, {MAX_K}], got {args.k}")
+    if bool(args.users) == bool(args.all):
+        raise RecscaleError("recommend: give exactly one of --users FILE or --all")
+    run = api.load_run(args.run, args.device, args.checkpoint)
+    users = read_user_file(args.users, run.data) if args.users else None
+    rows = run.write_recommendations(args.out, users, args.k, args.overwrite, [args.users] if args.users else [])
+    print(f"wrote {rows} recommendations -> {args.out}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from recscale.export import export_run
+    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+    manifest = export_run(args.run, args.out, formats, args.checkpoint, overwrite=args.overwrite)
+    graphs = ", ".join(f for g in manifest["graphs"].values() for f in g["files"]) or "none (popularity needs none)"
+    print(f"exported {manifest['model']} ({manifest['kind'] or 'no graph'}; {manifest['n_users']:,} users, "
+          f"{manifest['n_items']:,} items) -> {args.out}\n  graphs: {graphs}; fold-in for new users: "
+          f"{'yes' if manifest['fold_in'] else 'no'}; retrieval index: {'yes' if manifest['retrieval'] else 'no'}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from recscale.serving.server import serve
+    from recscale.serving.settings import ServerConfig
+    serve(args.bundle, build(ServerConfig, flags(from_namespace(ServerConfig, args))))
+    return 0
+
+
