@@ -20,7 +20,7 @@ from tests.helpers import ROOT
 
 SRC = ROOT / "src" / "recscale"
 # where the trainer, evaluation and the commands live: they ask models, never test what they are
-ASKERS = [*(SRC / "training").glob("*.py"), *(SRC / "evaluation").glob("*.py"), SRC / "recommend.py", SRC / "cli.py",
+ASKERS = [*(SRC / "training").glob("*.py"), *(SRC / "evaluation").glob("*.py"), SRC / "recommend.py", *(SRC / "cli").glob("*.py"),
           SRC / "api.py", SRC / "bench.py"]
 MODEL_TYPES = {cls.__name__ for cls in MODELS.values()} | {cls.Config.__name__ for cls in MODELS.values()} | {
     base.__name__ for cls in MODELS.values() for base in cls.__mro__ if base.__module__.startswith("recscale.models")}
@@ -63,7 +63,7 @@ def test_no_model_knowledge_outside_the_models():
 def test_the_scan_would_catch_a_model_test(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("def f(cfg, model):\n    if cfg.model != 'neumf':\n        pass\n"
-                   "    if isinstance(model.cfg, NCFConfig):\n        pass\n    return hasattr(model.cfg, 'anneal_cap')\n")
+                   "    if isinstance(model.cfg, NeuMFConfig):\n        pass\n    return hasattr(model.cfg, 'anneal_cap')\n")
     global ROOT
     saved, ROOT = ROOT, tmp_path
     try:

@@ -7,12 +7,13 @@ import polars as pl
 import pytest
 import torch
 
-from recscale.config.layers import build_run_config
+from recscale.config.layers import Layer, build, build_run_config
 from recscale.config.prepare import PrepareConfig
 from recscale.data.dataset.prepared import PreparedDataset
 from recscale.data.ingest.raw import RawDataset
 from recscale.data.loading.batch import UserBatch
 from recscale.data.prepare.memory import prepare
+from recscale.errors import RecscaleError
 from recscale.evaluation.protocols import evaluate
 from recscale.models.base import DataShape
 from recscale.models.ncf import GMF, MLP, NeuMF
@@ -164,6 +165,17 @@ def test_neumf_from_pretrained_gmf_and_mlp_combines_their_logits():
     assert torch.allclose(neumf.logits(users, items), combined, atol=1e-6)
 
 
+def test_gmf_and_mlp_are_towers_alone_with_only_their_settings():
+    shape = DataShape(6, 8)
+    assert {f.name for f in dataclasses.fields(GMF.Config)} == {"factors", "embedding_gradients"}
+    assert {f.name for f in dataclasses.fields(MLP.Config)} == {"layers", "dropout", "embedding_gradients"}
+    assert [name for name, _ in GMF(shape).towers()] == ["gmf"] and [n for n, _ in MLP(shape).towers()] == ["mlp"]
+    assert [name for name, _ in NeuMF(shape).towers()] == ["gmf", "mlp"]
+    assert set(GMF.tune_space) & {"layers", "dropout"} == set() and "factors" not in MLP.tune_space
+    with pytest.raises(RecscaleError, match="--param layers: unknown key"):
+        build(GMF.Config, Layer({"layers": (8, 4)}, "flags", "param"))
+
+
 def test_ease_matches_the_closed_form_in_numpy():
     x = (np.random.default_rng(0).random((30, 12)) < 0.3).astype(np.float64)
     model = MODELS["ease"](DataShape(30, 12), MODELS["ease"].Config(lam=2.0))
@@ -188,16 +200,17 @@ def test_same_seed_same_metrics_and_parameters(clusters, tmp_path):
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
 
 
-@pytest.mark.parametrize("branches, layers", [("neumf", (32, 16, 8)), ("gmf", (32, 16)), ("mlp", (32, 16, 8)),
-                                              ("neumf", (16,))])
-def test_ncf_full_catalog_scores_equal_the_pairwise_logits(branches, layers):
+@pytest.mark.parametrize("name, settings", [("neumf", {"factors": 8, "layers": (32, 16, 8), "dropout": 0.2}),
+                                            ("gmf", {"factors": 8}), ("mlp", {"layers": (32, 16, 8), "dropout": 0.2}),
+                                            ("neumf", {"factors": 8, "layers": (16,)})])
+def test_ncf_full_catalog_scores_equal_the_pairwise_logits(name, settings):
     """score(items=None) splits the first tower layer into a user and an item part; it must give
     the pairwise logits' scores (up to float rounding) and their ranking."""
     from recscale.models.base import score_pairs_in_chunks
-    from recscale.models.ncf import NCFConfig, NeuMF
     from recscale.ranking import top_k
     torch.manual_seed(0)
-    model = NeuMF(DataShape(50, 300), NCFConfig(branches=branches, factors=8, layers=layers, dropout=0.2)).eval()
+    cls = MODELS[name]
+    model = cls(DataShape(50, 300), cls.Config(**settings)).eval()
     users = torch.tensor([0, 7, 49, 7])
     with torch.no_grad():
         fast = model.score(users, None)
@@ -206,3 +219,17 @@ def test_ncf_full_catalog_scores_equal_the_pairwise_logits(branches, layers):
     torch.testing.assert_close(fast, pairwise, rtol=1e-5, atol=1e-6)
     none = torch.zeros_like(fast, dtype=torch.bool)
     assert torch.equal(top_k(fast, none, 10), top_k(pairwise, none, 10))
+
+
+def test_a_gmf_run_recorded_with_every_ncf_setting_still_loads(small_ncf, tmp_path):
+    # runs trained before GMF and MLP had their own settings recorded NeuMF's whole list
+    cfg = resolve_run_config({"data": str(small_ncf.root), "model": "gmf", "epochs": 1, "device": "cpu",
+                              "progress": False})
+    start_run(cfg, {"factors": 8}, tmp_path / "gmf")
+    from recscale import api
+    before = api.load_run(tmp_path / "gmf", "cpu").evaluate("test", (10,))
+    config = tmp_path / "gmf" / "config.toml"
+    config.write_text(config.read_text().replace("[model]\n", '[model]\nbranches = "gmf"\nlayers = [64, 32]\n'
+                                                 'dropout = 0.0\npretrained_gmf = ""\n'))
+    assert 'branches = "gmf"' in config.read_text()
+    assert api.load_run(tmp_path / "gmf", "cpu").evaluate("test", (10,))["hr@10"] == before["hr@10"]

@@ -13,11 +13,11 @@ from recscale.config.layers import Layer
 from recscale.config.prepare import PrepareConfig
 from recscale.data.prepare.memory import prepare
 from recscale.errors import RecscaleError
-from recscale.models.ncf import NCFConfig
+from recscale.models.ncf import NeuMFConfig
 from recscale.tuning.space import parse_space, read_space
 from tests.helpers import synthetic_raw
 
-NCF_FIELDS = {"factors", "layers", "dropout", "embedding_gradients", "branches", "pretrained_gmf", "pretrained_mlp"}
+NCF_FIELDS = {"factors", "layers", "dropout", "embedding_gradients", "pretrained_gmf", "pretrained_mlp"}
 
 
 @pytest.mark.parametrize("text, message", [
@@ -48,7 +48,7 @@ def test_every_default_space_is_valid():
         if cls.tune_space:
             space = parse_space(name, cls.tune_space, {f.name for f in dataclasses.fields(cls.Config)})
             assert {p.name for p in space} == set(cls.tune_space)
-    assert set(NCF_FIELDS) == {f.name for f in dataclasses.fields(NCFConfig)}
+    assert set(NCF_FIELDS) == {f.name for f in dataclasses.fields(NeuMFConfig)}
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ checked against its field's type and says which layer it came from when it is wr
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from typing import Any, Mapping
@@ -85,9 +86,17 @@ def _construct(cls: type, values: dict[str, Any], origin: dict[str, Layer], fall
         raise RecscaleError(f"{layer.name(exc.field)}: {exc.problem}") from None
 
 
-def build(cls: type, *layers: Layer | Mapping[str, Any], source: str = "config") -> Any:
+def unknown_key(key: str, known: set[str], owner: str = "", noun: str = "key") -> str:
+    """The problem with a key no settings hold: the closest known name (difflib) and the list."""
+    close = difflib.get_close_matches(key, sorted(known), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown {noun}{f' for {owner}' if owner else ''}{hint} (known: {', '.join(sorted(known)) or 'none'})"
+
+
+def build(cls: type, *layers: Layer | Mapping[str, Any], source: str = "config", owner: str = "") -> Any:
     """Instantiate the flat dataclass `cls` from layered values (later wins; None is ignored).
-    Unknown keys, wrong types and failed checks are errors naming the layer's source and key."""
+    Unknown keys, wrong types and failed checks are errors naming the layer's source and key;
+    `owner` names whose settings they are in messages (never a class name)."""
     layers = tuple(_as_layer(layer, source) for layer in layers)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
@@ -97,8 +106,7 @@ def build(cls: type, *layers: Layer | Mapping[str, Any], source: str = "config")
         for key, value in layer.values.items():
             name = key.replace("-", "_")
             if name not in names:
-                raise RecscaleError(f"{layer.name(key)}: unknown key for {cls.__name__} "
-                                    f"(known: {', '.join(sorted(names)) or 'none'})")
+                raise RecscaleError(f"{layer.name(key)}: {unknown_key(name, names, owner)}")
             if value is not None:
                 values[name] = _check_type(value, hints[name], layer.name(key))
                 origin[name] = layer
@@ -118,7 +126,7 @@ def build_run_config(*layers: Layer | Mapping[str, Any], source: str = "config")
             name = key.replace("-", "_")
             section = owner.get(name)
             if section is None:
-                raise RecscaleError(f"{layer.name(key)}: unknown setting (known: {', '.join(sorted(owner))})")
+                raise RecscaleError(f"{layer.name(key)}: {unknown_key(name, set(owner), noun='setting')}")
             if layer.section and layer.section != section:
                 raise RecscaleError(f"{layer.name(key)}: belongs in section [{section}], not [{layer.section}]")
             if value is not None:

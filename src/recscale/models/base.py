@@ -19,6 +19,8 @@ What a model declares about itself (the trainer never tests a model's name or ty
     closed_form             fitted by `fit(user_items)` (a coalesced sparse COO tensor), not by steps
     throughput_unit         what its training throughput counts (samples or users)
     tune_space              `recscale tune`'s default search space (tuning/space.py's form); {}: none
+    retired_settings        settings older runs of it recorded that it no longer takes (dropped when
+                            such a run or config file is read, never accepted from the user)
     scoring_module()        its scoring as a module for export: forward(history) -> (B, I) for models
                             that read a history ("rows"), forward(users, items) -> (N,) for pairwise
                             models ("pairs"); None when the bundle's data is enough (popularity)
@@ -92,6 +94,7 @@ class Recommender(nn.Module):
     throughput_unit: ClassVar[str] = "samples"
     train_defaults: ClassVar[dict[str, Any]] = {}
     tune_space: ClassVar[dict[str, dict]] = {}
+    retired_settings: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def default_train_settings(cls, counts: dict[str, int]) -> dict[str, Any]:

@@ -4,7 +4,8 @@ NeuMF is composed as TorchRec's DLRM is: one collection of embedding tables (the
 shardable), a GMF tower (element-wise product of user and item factors) and an MLP tower (over the
 concatenated user and item embeddings), and one linear head over what the towers give; trained
 with binary cross-entropy on positives and sampled negatives. GMF and MLP compose one tower alone
-with the head (`branches`).
+with the head: the three are one `PairTowers` model, each declaring the towers it composes and
+taking only the settings they use.
 
 Embedding tables can emit sparse gradients (`embedding_gradients="sparse"`): at ml-20m's shape a
 dense optimizer would touch every one of the 165k rows each step. When a batch touches more rows
@@ -39,46 +40,87 @@ from recscale.models.base import (
 )
 from recscale.models.tables import EmbeddingTables, TableSpec, rename_legacy_keys
 
-BRANCHES = ("neumf", "gmf", "mlp")
 CATALOG_BLOCK_PAIRS = 1 << 14  # pairs per block of full-catalog scoring: (16k, 256) floats, 16 MiB
 
 
+# The settings of the towers; a function each, since one dataclass field cannot serve three classes.
+def _factors():
+    return option(64, "GMF predictive factors", check=WIDTH)
+
+
+def _layers():
+    return option((256, 256, 128, 64), "MLP tower widths; the first is the concatenated user+item embedding "
+                  "width (even)", check=each(WIDTH, allow_empty=False))
+
+
+def _dropout():
+    return option(0.0, "dropout after each tower layer", check=in_range(0.0, 1.0))
+
+
+def _embedding_gradients():
+    return option("auto", "sparse, dense, or auto (sparse iff 2 x batch < users + items)",
+                  choices=("auto", "sparse", "dense"))
+
+
+def _check_even_input(layers: tuple[int, ...]) -> None:
+    if layers[0] % 2:
+        raise ConfigError("layers", f"the first width is split between user and item embeddings; "
+                          f"it must be even, got {layers[0]}")
+
+
 @dataclasses.dataclass(frozen=True)
-class NCFConfig(Checked):
-    factors: int = option(64, "GMF predictive factors", check=WIDTH)
-    layers: tuple[int, ...] = option((256, 256, 128, 64), "MLP tower widths; the first is the concatenated "
-                                     "user+item embedding width (even)", check=each(WIDTH, allow_empty=False))
-    dropout: float = option(0.0, "dropout after each tower layer", check=in_range(0.0, 1.0))
-    embedding_gradients: str = option("auto", "sparse, dense, or auto (sparse iff 2 x batch < users + items)",
-                                      choices=("auto", "sparse", "dense"))
-    branches: str = option("neumf", "neumf, gmf or mlp", choices=BRANCHES)
-    pretrained_gmf: str = option("", "neumf: run directory of a trained gmf to initialize from")
-    pretrained_mlp: str = option("", "neumf: run directory of a trained mlp to initialize from")
+class GMFConfig(Checked):
+    factors: int = _factors()
+    embedding_gradients: str = _embedding_gradients()
+
+
+@dataclasses.dataclass(frozen=True)
+class MLPConfig(Checked):
+    layers: tuple[int, ...] = _layers()
+    dropout: float = _dropout()
+    embedding_gradients: str = _embedding_gradients()
 
     def relations(self) -> None:
-        if self.branches != "gmf" and self.layers[0] % 2:
-            raise ConfigError("layers", f"the first width is split between user and item embeddings; "
-                              f"it must be even, got {self.layers[0]}")
-        if self.pretrained_gmf or self.pretrained_mlp:
-            if not (self.pretrained_gmf and self.pretrained_mlp) or self.branches != "neumf":
-                raise ConfigError("pretrained_gmf", "give both pretrained_gmf and pretrained_mlp, for neumf")
+        _check_even_input(self.layers)
 
 
-class NeuMF(Recommender):
-    Config = NCFConfig
+@dataclasses.dataclass(frozen=True)
+class NeuMFConfig(Checked):
+    factors: int = _factors()
+    layers: tuple[int, ...] = _layers()
+    dropout: float = _dropout()
+    embedding_gradients: str = _embedding_gradients()
+    pretrained_gmf: str = option("", "run directory of a trained gmf to initialize from")
+    pretrained_mlp: str = option("", "run directory of a trained mlp to initialize from")
+
+    def relations(self) -> None:
+        _check_even_input(self.layers)
+        if bool(self.pretrained_gmf) != bool(self.pretrained_mlp):
+            raise ConfigError("pretrained_gmf", "give both pretrained_gmf and pretrained_mlp")
+
+
+COMMON_SPACE = {
+    "lr": {"type": "log", "low": 1e-4, "high": 1e-2},
+    "negatives": {"type": "int", "low": 2, "high": 8},
+    "weight_decay": {"type": "categorical", "choices": [0.0, 1e-6, 1e-5]},
+    "batch_size": {"type": "categorical", "choices": [1024, 4096, 16384]},
+}
+FACTORS_SPACE = {"factors": {"type": "int", "low": 8, "high": 128, "log": True}}
+TOWER_SPACE = {
+    "layers": {"type": "categorical", "choices": [[64, 32, 16], [128, 64, 32], [256, 128, 64], [256, 256, 128, 64]]},
+    "dropout": {"type": "uniform", "low": 0.0, "high": 0.5},
+}
+
+
+class PairTowers(Recommender):
+    """Embedding tables, the towers a model names in `composition` (in the head's input order) and
+    one linear head over their concatenated outputs. GMF, MLP and NeuMF below are its compositions."""
+
+    composition: tuple[str, ...] = ()
     train_defaults = {"batch_size": 4096, "lr": 0.002, "epochs": 20, "optimizer": "adam"}
-    tune_space = {
-        "factors": {"type": "int", "low": 8, "high": 128, "log": True},
-        "layers": {"type": "categorical", "choices": [[64, 32, 16], [128, 64, 32], [256, 128, 64], [256, 256, 128, 64]]},
-        "lr": {"type": "log", "low": 1e-4, "high": 1e-2},
-        "negatives": {"type": "int", "low": 2, "high": 8},
-        "dropout": {"type": "uniform", "low": 0.0, "high": 0.5},
-        "weight_decay": {"type": "categorical", "choices": [0.0, 1e-6, 1e-5]},
-        "batch_size": {"type": "categorical", "choices": [1024, 4096, 16384]},
-    }
 
     @classmethod
-    def resolve_config(cls, cfg: NCFConfig, context: FitContext) -> NCFConfig:
+    def resolve_config(cls, cfg, context: FitContext):
         """'auto' embedding gradients -> sparse when a batch (users and items, 2 rows per example)
         touches fewer rows than the tables hold, dense otherwise, and always under DDP and LARS."""
         if cfg.embedding_gradients != "auto":
@@ -90,26 +132,11 @@ class NeuMF(Recommender):
 
     batch_kind = Pairs()
 
-    @classmethod
-    def pretrained_runs(cls, cfg: NCFConfig) -> dict[str, str]:
-        return {"gmf": cfg.pretrained_gmf, "mlp": cfg.pretrained_mlp} if cfg.pretrained_gmf else {}
-
-    def init_from_pretrained(self, models: dict[str, Recommender]) -> None:
-        gmf, mlp = models["gmf"], models["mlp"]
-        for role, model in (("gmf", gmf), ("mlp", mlp)):
-            if not isinstance(model, NeuMF) or model.cfg.branches != role:
-                raise RecscaleError(f"--pretrained-{role}: {self.pretrained_runs(self.cfg)[role]} is not a {role} run")
-        try:
-            self.load_pretrained(gmf, mlp)
-        except RuntimeError as exc:
-            raise RecscaleError(f"--pretrained-gmf/--pretrained-mlp: shapes differ from this model's "
-                                f"(factors, layers, dataset): {str(exc).splitlines()[0]}") from None
-
-    def __init__(self, shape: DataShape, cfg: NCFConfig | None = None):
+    def __init__(self, shape: DataShape, cfg=None):
         super().__init__()
         cfg = cfg if cfg is not None else self.Config()
         self.cfg = cfg
-        use_gmf, use_mlp = cfg.branches in ("neumf", "gmf"), cfg.branches in ("neumf", "mlp")
+        use_gmf, use_mlp = "gmf" in self.composition, "mlp" in self.composition
         specs = {}
         if use_gmf:
             specs |= {"gmf_user": TableSpec("users", shape.n_users, cfg.factors),
@@ -201,20 +228,6 @@ class NeuMF(Recommender):
     def _n_items(self) -> int:
         return next(s.rows for s in self.tables.specs.values() if s.feature == "items")
 
-    @torch.no_grad()
-    def load_pretrained(self, gmf: "NeuMF", mlp: "NeuMF", alpha: float = 0.5) -> None:
-        """Initialize from trained GMF and MLP models as in the paper: copy their embeddings and
-        tower, and concatenate their heads weighted by alpha and 1 - alpha."""
-        if not (self.cfg.branches == "neumf" and gmf.cfg.branches == "gmf" and mlp.cfg.branches == "mlp"):
-            raise RecscaleError("load_pretrained needs a neumf model, a trained gmf and a trained mlp")
-        for name in ("gmf_user", "gmf_item"):
-            self.tables[name].weight.copy_(gmf.tables[name].weight)
-        for name in ("mlp_user", "mlp_item"):
-            self.tables[name].weight.copy_(mlp.tables[name].weight)
-        self.tower.load_state_dict(mlp.tower.state_dict())
-        self.head.weight.copy_(torch.cat([alpha * gmf.head.weight, (1 - alpha) * mlp.head.weight], 1))
-        self.head.bias.copy_(alpha * gmf.head.bias + (1 - alpha) * mlp.head.bias)
-
 
 class GMFTower(nn.Module):
     """GMF (He et al. 2017): the element-wise product of the user's and the item's factors."""
@@ -249,26 +262,72 @@ class MLPTower(nn.Sequential):
         return super().forward(torch.cat([user, item], -1))  # (..., widths[-1])
 
 
-@dataclasses.dataclass(frozen=True)
-class GMFConfig(NCFConfig):
-    branches: str = option("gmf", "neumf, gmf or mlp", choices=BRANCHES)
+# Older runs recorded every setting of the three (they were one class with a `branches` flag);
+# reading such a run drops what its model does not use.
+NCF_SETTINGS = ("branches", "factors", "layers", "dropout", "pretrained_gmf", "pretrained_mlp")
 
 
-@dataclasses.dataclass(frozen=True)
-class MLPConfig(NCFConfig):
-    branches: str = option("mlp", "neumf, gmf or mlp", choices=BRANCHES)
+class GMF(PairTowers):
+    """The GMF tower alone under the head: h . (p_u * q_i) + b."""
 
-
-class GMF(NeuMF):
     Config = GMFConfig
+    composition = ("gmf",)
+    tune_space = {**FACTORS_SPACE, **COMMON_SPACE}
+    retired_settings = tuple(k for k in NCF_SETTINGS if k != "factors")
 
 
-class MLP(NeuMF):
+class MLP(PairTowers):
+    """The MLP tower alone over [p_u; q_i], under the head."""
+
     Config = MLPConfig
+    composition = ("mlp",)
+    tune_space = {**TOWER_SPACE, **COMMON_SPACE}
+    retired_settings = tuple(k for k in NCF_SETTINGS if k not in ("layers", "dropout"))
+
+
+class NeuMF(PairTowers):
+    """The GMF and MLP towers side by side under one head; it can start from trained GMF and MLP
+    runs, as in the paper."""
+
+    Config = NeuMFConfig
+    composition = ("gmf", "mlp")
+    # in the order of the space before GMF and MLP had their own, so that a seeded study draws the same
+    tune_space = {"factors": FACTORS_SPACE["factors"], "layers": TOWER_SPACE["layers"], "lr": COMMON_SPACE["lr"],
+                  "negatives": COMMON_SPACE["negatives"], "dropout": TOWER_SPACE["dropout"],
+                  "weight_decay": COMMON_SPACE["weight_decay"], "batch_size": COMMON_SPACE["batch_size"]}
+    retired_settings = ("branches",)
+
+    @classmethod
+    def pretrained_runs(cls, cfg: NeuMFConfig) -> dict[str, str]:
+        return {"gmf": cfg.pretrained_gmf, "mlp": cfg.pretrained_mlp} if cfg.pretrained_gmf else {}
+
+    def init_from_pretrained(self, models: dict[str, Recommender]) -> None:
+        for role, kind in (("gmf", GMF), ("mlp", MLP)):
+            if type(models[role]) is not kind:
+                raise RecscaleError(f"--pretrained-{role}: {self.pretrained_runs(self.cfg)[role]} is not a {role} run")
+        try:
+            self.load_pretrained(models["gmf"], models["mlp"])
+        except RuntimeError as exc:
+            raise RecscaleError(f"--pretrained-gmf/--pretrained-mlp: shapes differ from this model's "
+                                f"(factors, layers, dataset): {str(exc).splitlines()[0]}") from None
+
+    @torch.no_grad()
+    def load_pretrained(self, gmf: GMF, mlp: MLP, alpha: float = 0.5) -> None:
+        """Initialize from trained GMF and MLP models as in the paper: copy their embeddings and
+        tower, and concatenate their heads weighted by alpha and 1 - alpha."""
+        if not (type(gmf) is GMF and type(mlp) is MLP):
+            raise RecscaleError("load_pretrained needs a trained gmf and a trained mlp")
+        for name in ("gmf_user", "gmf_item"):
+            self.tables[name].weight.copy_(gmf.tables[name].weight)
+        for name in ("mlp_user", "mlp_item"):
+            self.tables[name].weight.copy_(mlp.tables[name].weight)
+        self.tower.load_state_dict(mlp.tower.state_dict())
+        self.head.weight.copy_(torch.cat([alpha * gmf.head.weight, (1 - alpha) * mlp.head.weight], 1))
+        self.head.bias.copy_(alpha * gmf.head.bias + (1 - alpha) * mlp.head.bias)
 
 
 class _GMFUsers(nn.Module):
-    def __init__(self, model: NeuMF):
+    def __init__(self, model: PairTowers):
         super().__init__()
         self.model = model
 

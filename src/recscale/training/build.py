@@ -6,6 +6,8 @@ the Python API and the benchmark scripts: settings resolved in layers, the model
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import difflib
 from typing import Any, Mapping
 
 import torch
@@ -40,7 +42,9 @@ def pick_device(name: str) -> torch.device:
 
 def model_class(name: str) -> type[Recommender]:
     if name not in MODELS:
-        raise RecscaleError(f"--model: unknown model {name!r} (known: {', '.join(MODELS)})")
+        close = difflib.get_close_matches(name, list(MODELS), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise RecscaleError(f"--model: unknown model {name!r}{hint} (known: {', '.join(MODELS)})")
     return MODELS[name]
 
 
@@ -78,7 +82,14 @@ def resolve_run_config(*layers: Layer | Mapping[str, Any], source: str = "settin
 def model_config(name: str, *layers: Layer | Mapping[str, Any]):
     """The model's Config from layered hyperparameters (unknown keys and bad values are errors
     naming the parameter)."""
-    return build(model_class(name).Config, *layers, source=f"model {name}")
+    return build(model_class(name).Config, *layers, source=f"model {name}", owner=name)
+
+
+def without_retired(name: str, layer: Layer) -> Layer:
+    """A model layer read from a run or a config file, less the settings model `name` no longer
+    takes (an older run of it recorded them)."""
+    retired = model_class(name).retired_settings
+    return dataclasses.replace(layer, values={k: v for k, v in layer.values.items() if k not in retired})
 
 
 def build_model(cfg: RunConfig, params: Layer | Mapping[str, Any], data: PreparedDataset,

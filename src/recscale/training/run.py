@@ -43,6 +43,7 @@ from recscale.training.build import (
     place,
     resolve_data_loading,
     seeded,
+    without_retired,
 )
 from recscale.training.rundir import CONFIG, LAST, RunDirectory, has_checkpoint, is_run
 from recscale.training.trainer import StopRequested, Trainer, load_model_state, selection_metric, validation_ks
@@ -108,7 +109,7 @@ def read_run_config(run: str | Path) -> tuple[RunConfig, Layer]:
     dataset = sections.pop(RECORD_SECTION, {})
     layers, model = run_layers(sections, str(path))
     cfg = build_run_config(*layers)
-    return cfg.replace(data=str(locate_dataset(run, cfg.data, dataset))), model
+    return cfg.replace(data=str(locate_dataset(run, cfg.data, dataset))), without_retired(cfg.model, model)
 
 
 # ----------------------------------------------------------------------------- signals
