@@ -7,9 +7,7 @@ from __future__ import annotations
 import polars as pl
 
 from recscale.config.prepare import PrepareConfig
-from recscale.data.prepare.protocols import (
-    with_order,
-)
+from recscale.data.prepare.protocols import with_order
 from recscale.errors import RecscaleError
 
 
@@ -42,9 +40,10 @@ def latest_per_pair(frame: pl.DataFrame) -> pl.DataFrame:
     return pl.concat([frame.filter(~repeated), latest])
 
 
-def filter_interactions(frame: pl.DataFrame, cfg: PrepareConfig) -> pl.DataFrame:
+def filter_rows(frame: pl.DataFrame, cfg: PrepareConfig) -> pl.DataFrame:
     """Minimum rating; one row per (user, item), keeping the latest; minimum interactions per user.
-    The result carries the order columns (`with_order`) for the split."""
+    The same on a whole log or on a bucket of whole users (the streaming engine's unit). The
+    result carries the order columns (`with_order`) for the split."""
     if "_tie" not in frame.columns:
         frame = with_order(frame, cfg.tie_break, cfg.seed)
     if cfg.effective_min_rating is not None:
@@ -52,6 +51,12 @@ def filter_interactions(frame: pl.DataFrame, cfg: PrepareConfig) -> pl.DataFrame
     frame = latest_per_pair(frame)
     if cfg.effective_min_user_interactions > 1:
         frame = frame.filter(pl.len().over("user") >= cfg.effective_min_user_interactions)
+    return frame
+
+
+def filter_interactions(frame: pl.DataFrame, cfg: PrepareConfig) -> pl.DataFrame:
+    """`filter_rows` of a whole log; nothing left is an error."""
+    frame = filter_rows(frame, cfg)
     if frame.height == 0:
         raise RecscaleError(f"no interactions left after filtering (min_rating={cfg.effective_min_rating}, "
                             f"min_user_interactions={cfg.effective_min_user_interactions})")

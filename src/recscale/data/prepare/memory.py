@@ -17,36 +17,23 @@ from recscale.data.ingest.raw import RawDataset
 from recscale.data.prepare.filters import check_finite, filter_interactions
 from recscale.data.prepare.ids import encode_ids, encode_text_ids, id_map, sorted_id_maps
 from recscale.data.prepare.output import refuse_existing, write_prepared
-from recscale.data.prepare.protocols import (
-    heldout_users,
-    leave_last_out,
-    random_split,
-    strong_generalization,
-)
+from recscale.data.prepare.protocols import protocol_params, split_users, strong_generalization
 
 
 def split(frame: pl.DataFrame, cfg: PrepareConfig, names: dict[str, pl.Series] | None = None
           ) -> tuple[dict[str, pl.DataFrame], pl.DataFrame, pl.DataFrame, dict]:
     """Split by protocol and encode ids. Returns encoded parts, user map, item map, and the protocol
     parameters actually used."""
-    params: dict = {"seed": cfg.seed, "min_rating": cfg.effective_min_rating,
-                    "min_user_interactions": cfg.effective_min_user_interactions, "tie_break": cfg.tie_break}
-    if cfg.protocol == "ncf":
-        parts = leave_last_out(frame, 2 if cfg.valid else 1)
-        users, items = sorted_id_maps(frame, names)
-        params |= {"valid": cfg.valid, "test_negatives": cfg.test_negatives}
-    elif cfg.protocol == "vae":
-        n_heldout = heldout_users(cfg, frame["user"].n_unique())
-        parts, groups = strong_generalization(frame, n_heldout, cfg.holdout_fraction, cfg.seed)
+    params = protocol_params(cfg, frame["user"].n_unique())
+    if cfg.protocol == "vae":
+        parts, groups = strong_generalization(frame, params["heldout_users"], cfg.holdout_fraction, cfg.seed)
         order = np.concatenate([np.sort(groups[g]) for g in ("train", "valid", "test")])
         users = id_map(order, "user", names).with_columns(
             pl.Series("group", np.repeat(["train", "valid", "test"], [groups[g].size for g in ("train", "valid", "test")])))
         items = id_map(np.sort(parts["train"]["item"].unique().to_numpy()), "item", names)
-        params |= {"heldout_users": n_heldout, "holdout_fraction": cfg.holdout_fraction}
     else:
-        parts = random_split(frame, cfg.ratios, cfg.seed)
+        parts = split_users(frame, cfg)
         users, items = sorted_id_maps(frame, names)
-        params |= {"ratios": list(cfg.ratios)}
     encoded = {name: encode_ids(part, users, items) for name, part in parts.items()}
     return encoded, users, items, params
 

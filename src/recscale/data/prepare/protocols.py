@@ -1,4 +1,6 @@
-"""The split protocols of the reference systems, as pure functions of a frame and a seed.
+"""The split protocols of the reference systems, as pure functions of a frame and a seed, and the
+protocol branching both prepare engines share (`protocol_params`, `split_users`, `vae_parts`):
+each engine applies them to a whole log (memory.py) or to buckets of whole users (stream.py).
 
 Input frames carry the canonical columns `user, item, rating, timestamp` with one row per
 (user, item) pair. Every random choice comes from a NumPy Generator seeded explicitly, applied to
@@ -101,6 +103,22 @@ def fold_in_split(held: pl.DataFrame, holdout_fraction: float, seed: int, offset
     return held.filter(~target).drop(*drop), held.filter(target).drop(*drop)
 
 
+def vae_parts(frame: pl.DataFrame, groups: dict[str, np.ndarray], train_items: np.ndarray,
+              holdout_fraction: float, seed: int, offsets: dict[str, int] | None = None) -> dict[str, pl.DataFrame]:
+    """The Mult-VAE parts of `frame` (a whole log or a bucket of whole users) given the user groups:
+    training users' rows; for the held-out users, the rows of items seen in training split into
+    fold-in input and held-out targets. `offsets` counts the held-out rows of earlier buckets per
+    group (updated here), so that bucket after bucket draws what one pass over the log would."""
+    offsets = {"valid": 0, "test": 0} if offsets is None else offsets
+    parts = {"train": _keep(frame, "user", groups["train"])}
+    for name in ("valid", "test"):
+        held = _keep(_keep(frame, "user", groups[name]), "item", train_items)
+        parts[f"{name}_foldin"], parts[f"{name}_heldout"] = fold_in_split(
+            held, holdout_fraction, seed + (1 if name == "valid" else 2), offsets[name])
+        offsets[name] += held.height
+    return parts
+
+
 def strong_generalization(frame: pl.DataFrame, n_heldout_users: int, holdout_fraction: float,
                           seed: int) -> tuple[dict[str, pl.DataFrame], dict[str, np.ndarray]]:
     """Mult-VAE (Liang et al. 2018): users shuffled into training, validation and test groups
@@ -109,14 +127,8 @@ def strong_generalization(frame: pl.DataFrame, n_heldout_users: int, holdout_fra
 
     Returns the frames and the original user ids of each group, in their shuffled order."""
     groups = vae_groups(np.sort(frame["user"].unique().to_numpy()), n_heldout_users, seed)
-    train = _keep(frame, "user", groups["train"])
-    train_items = train["item"].unique().to_numpy()
-    parts = {"train": train}
-    for name in ("valid", "test"):
-        held = _keep(_keep(frame, "user", groups[name]), "item", train_items)
-        parts[f"{name}_foldin"], parts[f"{name}_heldout"] = fold_in_split(
-            held, holdout_fraction, seed + (1 if name == "valid" else 2))
-    return parts, groups
+    train_items = _keep(frame, "user", groups["train"])["item"].unique().to_numpy()
+    return vae_parts(frame, groups, train_items, holdout_fraction, seed), groups
 
 
 def random_split(frame: pl.DataFrame, ratios: tuple[float, float, float], seed: int,
@@ -151,3 +163,25 @@ def heldout_users(cfg: PrepareConfig, n_users: int) -> int:
         raise RecscaleError(f"--heldout-users: {cfg.heldout_users} validation + {cfg.heldout_users} test "
                             f"users leave no training users out of {n_users}")
     return cfg.heldout_users
+
+
+PART_ORDER = ("train", "valid", "test")
+
+
+def protocol_params(cfg: PrepareConfig, n_users: int) -> dict:
+    """meta.json's protocol parameters, the same from both engines (`n_users`: after filtering)."""
+    params: dict = {"seed": cfg.seed, "min_rating": cfg.effective_min_rating,
+                    "min_user_interactions": cfg.effective_min_user_interactions, "tie_break": cfg.tie_break}
+    if cfg.protocol == "ncf":
+        return params | {"valid": cfg.valid, "test_negatives": cfg.test_negatives}
+    if cfg.protocol == "vae":
+        return params | {"heldout_users": heldout_users(cfg, n_users), "holdout_fraction": cfg.holdout_fraction}
+    return params | {"ratios": list(cfg.ratios)}
+
+
+def split_users(frame: pl.DataFrame, cfg: PrepareConfig, offset: int = 0) -> dict[str, pl.DataFrame]:
+    """The per-user protocols (ncf, random) on a whole log or a bucket of whole users (`offset`:
+    rows of earlier buckets, as for `_random_key`)."""
+    if cfg.protocol == "ncf":
+        return leave_last_out(frame, 2 if cfg.valid else 1)
+    return random_split(frame, cfg.ratios, cfg.seed, offset)

@@ -40,17 +40,10 @@ from recscale.data.ingest.readers import (
     CONTROL,
 )
 from recscale.data.ingest.scan import ScanSource
-from recscale.data.prepare.filters import latest_per_pair
+from recscale.data.prepare.filters import filter_rows
 from recscale.data.prepare.negatives import NEGATIVE_CHUNK_USERS, distinct_negatives_chunk
 from recscale.data.prepare.output import dataset_meta, finish_prepared, item_table, refuse_existing
-from recscale.data.prepare.protocols import (
-    fold_in_split,
-    heldout_users,
-    leave_last_out,
-    random_split,
-    vae_groups,
-    with_order,
-)
+from recscale.data.prepare.protocols import PART_ORDER, protocol_params, split_users, vae_groups, vae_parts, with_order
 from recscale.errors import RecscaleError
 from recscale.fsutil import (
     atomic_directory,
@@ -241,13 +234,8 @@ def _prepare_stream(source: ScanSource, cfg: PrepareConfig, out: Path, overwrite
         frame = frame.with_columns(pl.col("_u").alias("user"))
         if not text_items and frame.schema["item"] == pl.Utf8:
             frame = frame.with_columns(pl.col("item").cast(pl.Int64))
-        frame = with_order(frame.drop("_u", "_bucket", strict=False), cfg.tie_break, cfg.seed,
-                           int(raw_rows_before[b]))
-        if cfg.effective_min_rating is not None:
-            frame = frame.filter(pl.col("rating") >= cfg.effective_min_rating)
-        frame = latest_per_pair(frame)
-        if cfg.effective_min_user_interactions > 1:
-            frame = frame.filter(pl.len().over("user") >= cfg.effective_min_user_interactions)
+        frame = filter_rows(with_order(frame.drop("_u", "_bucket", strict=False), cfg.tie_break, cfg.seed,
+                                       int(raw_rows_before[b])), cfg)
         frame.write_parquet(scratch / f"filtered-{b}.parquet")
         survivors.append(frame["user"].unique().to_numpy())
         items_seen.append(frame["item"].unique())
@@ -260,14 +248,12 @@ def _prepare_stream(source: ScanSource, cfg: PrepareConfig, out: Path, overwrite
     def filtered(b: int) -> pl.DataFrame:
         return pl.read_parquet(scratch / f"filtered-{b}.parquet")
 
-    params: dict = {"seed": cfg.seed, "min_rating": cfg.effective_min_rating,
-                    "min_user_interactions": cfg.effective_min_user_interactions, "tie_break": cfg.tie_break}
+    params = protocol_params(cfg, user_ids.size)
     writer = _PartWriter(scratch)
     final_users = user_ids
     group_of = None
     if cfg.protocol == "vae":
-        n_heldout = heldout_users(cfg, user_ids.size)
-        groups = vae_groups(user_ids, n_heldout, cfg.seed)
+        groups = vae_groups(user_ids, params["heldout_users"], cfg.seed)
         order = np.concatenate([np.sort(groups[g]) for g in ("train", "valid", "test")])
         group_of = np.repeat(["train", "valid", "test"], [groups[g].size for g in ("train", "valid", "test")])
         train_set = np.sort(groups["train"])
@@ -278,16 +264,9 @@ def _prepare_stream(source: ScanSource, cfg: PrepareConfig, out: Path, overwrite
         # smallest pre-id sits at argsort(order)[k]
         rank = np.argsort(order, kind="stable")
         sorted_order = order[rank]
-        params |= {"heldout_users": n_heldout, "holdout_fraction": cfg.holdout_fraction}
         offsets = {"valid": 0, "test": 0}
         for b in buckets:
-            frame = filtered(b)
-            parts = {"train": frame.filter(pl.col("user").is_in(train_set))}
-            for name in ("valid", "test"):
-                held = frame.filter(pl.col("user").is_in(groups[name]) & pl.col("item").is_in(item_ids))
-                parts[f"{name}_foldin"], parts[f"{name}_heldout"] = fold_in_split(
-                    held, cfg.holdout_fraction, cfg.seed + (1 if name == "valid" else 2), offsets[name])
-                offsets[name] += held.height
+            parts = vae_parts(filtered(b), groups, item_ids, cfg.holdout_fraction, cfg.seed, offsets)
             for name, part in parts.items():
                 encoded = encode_final_ids(part.filter(pl.col("item").is_in(item_ids)), sorted_order, item_ids)
                 encoded = encoded.with_columns(
@@ -295,17 +274,12 @@ def _prepare_stream(source: ScanSource, cfg: PrepareConfig, out: Path, overwrite
                 writer.write(name, encoded)
     else:
         item_ids = np.sort(pl.concat(items_seen).unique().to_numpy())
-        if cfg.protocol == "ncf":
-            params |= {"valid": cfg.valid, "test_negatives": cfg.test_negatives}
-        else:
-            params |= {"ratios": list(cfg.ratios)}
         offset = 0
         for b in buckets:
             frame = filtered(b)
-            parts = (leave_last_out(frame, 2 if cfg.valid else 1) if cfg.protocol == "ncf"
-                     else random_split(frame, cfg.ratios, cfg.seed, offset))
+            parts = split_users(frame, cfg, offset)
             offset += frame.height
-            for name in (("train", "valid", "test") if cfg.protocol != "ncf" or cfg.valid else ("train", "test")):
+            for name in (n for n in PART_ORDER if n in parts):
                 writer.write(name, encode_final_ids(parts[name], user_ids, item_ids))
     writer.close()
     names = list(writer.counts)
