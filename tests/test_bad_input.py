@@ -28,6 +28,7 @@ from recscale.data.dataset.prepared import PreparedDataset
 from recscale.data.prepare.memory import prepare
 from recscale.errors import RecscaleError
 from recscale.fsutil import sha256_file
+from recscale.training.run import read_run_config
 from recscale.training.rundir import RunLock
 from tests.helpers import synthetic_raw, write_ratings
 
@@ -66,7 +67,7 @@ def _train_args(data, out, *extra):
 def test_a_user_with_every_item_trains_instead_of_hanging(tmp_path, capsys):
     # the reproduction from the issue: user 1 has both items; it used to spin forever at 100% CPU
     ratings = write_ratings(tmp_path / "a.csv", ["1,1,5,1", "1,2,5,2", "2,1,3,3"])
-    assert _run(["prepare", "--ratings", ratings, "--out", tmp_path / "ai", "--test-negatives", "0"], capsys)[0] == 0
+    assert _run(["prepare", "--ratings", ratings, "--out", tmp_path / "ai", "--test-negatives", "1"], capsys)[0] == 0
     started = time.monotonic()
     code, _, err = _run(["train", "--data", tmp_path / "ai", "--model", "gmf", "--epochs", "1", "--negatives", "1",
                          "--device", "cpu", "--out", tmp_path / "ar"], capsys)
@@ -350,7 +351,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_good_files(small, tmp_pa
         (["prepare", "--dataset", "ml-latest-small", "--out", small, "--overwrite"], 64 * 1024),
         (_train_args(small, run, "--overwrite", "--epochs", "2"), 8 * 1024),
         (["recommend", "--run", run, "--all", "--k", "50", "--out", tmp_path / "recs.tsv", "--overwrite"], 4 * 1024),
-        (["evaluate", "--run", run, "--k", "1,2,3,4,5,6,7,8,9,10,20,50,100"], 512),
+        (["evaluate", "--run", run, "--k", "1,2,3,4,5,6,7,8,9"], 512),
     ]
     # two at a time (2 cores): each case writes its own output and only reads the run
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
@@ -482,3 +483,22 @@ def test_random_values_in_synth_evaluate_and_recommend_flags(small, tmp_path_fac
     if code == 0:
         result = json.loads((run / "eval-test.json").read_text())
         assert all(np.isfinite(v) for key, v in result.items() if key.startswith(("hr@", "ndcg@")))
+
+
+def test_no_evaluation_negatives_is_refused_not_a_table_of_ones(tmp_path, capsys):
+    code, _, err = _run(["prepare", "--dataset", "ml-latest-small", "--out", tmp_path / "d", "--test-negatives", "0"],
+                        capsys)
+    assert code == 2 and _one_line_error(err, "prepare") and "--protocol random or vae" in err
+    assert not (tmp_path / "d").exists()
+
+
+def test_cut_offs_stay_below_the_sampled_negatives(small, tmp_path, capsys):
+    # small: ncf with 10 sampled negatives per test user, so 11 candidates
+    code, _, err = _run([*_train_args(small, tmp_path / "r"), "--ks", "5,10"], capsys)
+    assert code == 2 and _one_line_error(err, "train") and "--ks: 10 is not below the 10 sampled negatives" in err
+    assert _run(_train_args(small, tmp_path / "run"), capsys)[0] == 0
+    assert read_run_config(tmp_path / "run")[0].eval.ks == (5,)  # no default K at or above 10: half of them
+    code, _, err = _run(["evaluate", "--run", tmp_path / "run", "--k", "5,20"], capsys)
+    assert code == 2 and _one_line_error(err, "evaluate") and "--k: 20 is not below" in err
+    code, out, _ = _run(["evaluate", "--run", tmp_path / "run"], capsys)
+    assert code == 0 and "hr@5" in out and "hr@10" not in out

@@ -34,6 +34,7 @@ from recscale.data.ingest.readers import frame_interactions
 from recscale.data.prepare.engine import prepare_from, prepare_input
 from recscale.data.prepare.presplit import SplitFiles
 from recscale.errors import RecscaleError
+from recscale.evaluation.protocols import check_ks, default_ks, meaningful
 from recscale.evaluation.protocols import evaluate as evaluate_split
 from recscale.fsutil import atomic_file
 from recscale.recommend import recommend as write_recommendations
@@ -184,7 +185,9 @@ class Run:
             raise RecscaleError(f"--split: valid or test, got {split!r}")
         if split == "valid" and not (data.has("valid") or data.has("valid_heldout")):
             raise RecscaleError(f"--split: {data.root} has no validation split")
-        ks = tuple(sorted(set(ks))) if ks is not None else cfg.eval.ks
+        # the run's own cut-offs less those a run recorded before the rule may hold; asked ones are checked
+        ks = check_ks(ks, data) if ks is not None else tuple(k for k in cfg.eval.ks if meaningful(k, data))
+        ks = ks or default_ks(data)
         history = test_history or cfg.eval.test_history
         metrics = evaluate_split(loaded.model, data, split, ks=ks, device=loaded.device,
                                  batch_size=cfg.eval.eval_batch_size, test_history=history)

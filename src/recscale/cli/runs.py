@@ -24,7 +24,8 @@ def add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="score a trained run on a split")
     _add_run_choice(p)
     p.add_argument("--split", choices=["valid", "test"], default="test")
-    p.add_argument("--k", default="10,20,50,100", help="cut-offs, comma-separated")
+    p.add_argument("--k", help="cut-offs, comma-separated [default: the run's, 10,20,50,100 less those at or "
+                   "above an ncf split's sampled negatives]")
     p.add_argument("--test-history", choices=("train+valid", "train"), default=None,
                    help="ncf/random: score test users from train+valid or from train only "
                    "[default: the run's setting, train+valid]")
@@ -64,13 +65,16 @@ def _parse_ks(text: str) -> tuple[int, ...]:
         ks = tuple(sorted({int(k) for k in text.split(",") if k.strip()}))
     except ValueError:
         raise RecscaleError(f"--k: expected comma-separated integers, got {text!r}") from None
+    if not ks:
+        raise RecscaleError(f"--k: expected comma-separated integers, got {text!r}")
     return build(EvalConfig, Layer({"ks": ks}, "flags", "flag", aliases={"ks": "--k"})).ks
 
 
 def cmd_evaluate(args) -> int:
-    ks = _parse_ks(args.k)
+    ks = _parse_ks(args.k) if args.k is not None else None
     result = api.load_run(args.run, args.device, args.checkpoint).evaluate(args.split, ks, args.test_history)
-    print(format_table({f"{result['model']} ({args.split})": result}, ks, result["protocol"]))
+    shown = sorted({int(key.split("@")[1]) for key in result if key.startswith("hr@")})
+    print(format_table({f"{result['model']} ({args.split})": result}, shown, result["protocol"]))
     print(f"wrote {Path(args.run) / f'eval-{args.split}.json'}")
     return 0
 

@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls
         flag = "--" + field.name.replace("_", "-")
         tp, _ = _unwrap_optional(hints[field.name])
         help_text = field.metadata.get("help", "")
-        if field.default not in (None, "", dataclasses.MISSING):  # no default to show: a required setting
+        if field.default not in (None, "", (), dataclasses.MISSING):  # no default to show (or said in the help)
             default_text = ",".join(map(str, field.default)) if isinstance(field.default, tuple) else field.default
             help_text += f" [default: {default_text}]"
         kwargs: dict[str, Any] = {"dest": field.name, "default": None, "help": help_text}

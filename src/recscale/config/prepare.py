@@ -17,6 +17,16 @@ from recscale.config.fields import (
 )
 
 PROTOCOLS = ("ncf", "vae", "random")
+MAX_EVAL_NEGATIVES = 100_000  # far beyond the papers' 99-100; also keeps the candidate tensors int32-sized
+
+
+def eval_negatives_problem(value: int) -> str:
+    """Sampled evaluation negatives: at least one (with none, each held-out positive is ranked
+    against nothing and every metric is 1.0), at most MAX_EVAL_NEGATIVES."""
+    if value < 1:
+        return (f"must be >= 1, got {value} (with no negatives every metric is 1.0; for full ranking over "
+                f"all items use --protocol random or vae)")
+    return "" if value <= MAX_EVAL_NEGATIVES else f"must be <= {MAX_EVAL_NEGATIVES:,}, got {value}"
 
 
 TIE_BREAKS = ("file", "random", "item")
@@ -39,8 +49,8 @@ class PrepareConfig(Checked):
     min_user_interactions: int | None = option(None, "drop users with fewer interactions after "
                                                "filtering (default: 5 for vae, 1 otherwise)", check=at_least(1))
     valid: bool = option(True, "ncf: also hold out each user's next-latest interaction for validation")
-    test_negatives: int = option(100, "ncf: sampled negatives per held-out positive (never a "
-                                 "positive of that user)", check=non_negative)
+    test_negatives: int = option(100, "ncf: sampled negatives per held-out positive, validation and "
+                                 "test (never a positive of that user)", check=eval_negatives_problem)
     heldout_users: int | None = option(None, "vae: users held out for validation and again for test "
                                        "(default: 10,000 as in the paper, capped at 10%% of users)",
                                        check=at_least(1))

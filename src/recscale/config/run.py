@@ -113,8 +113,9 @@ class EvalConfig(Checked):
 
     eval_batch_size: int = option(1024, "users per evaluation batch (results do not depend on it)",
                                   check=in_range(1, MAX_COUNT, high_inclusive=True))
-    ks: tuple[int, ...] = option((10, 20, 50, 100), "cut-offs K of the ranking metrics",
-                                 check=each(in_range(1, MAX_K, high_inclusive=True), allow_empty=False))
+    ks: tuple[int, ...] = option((), "cut-offs K of the ranking metrics (default: 10,20,50,100, less those "
+                                 "at or above the sampled negatives of an ncf split)",
+                                 check=each(in_range(1, MAX_K, high_inclusive=True)))
     patience: int = option(5, "stop after this many epochs without a better validation metric "
                            "(counted once the model's own schedule has settled, e.g. KL annealing)",
                            check=in_range(1, MAX_EPOCHS, high_inclusive=True))

@@ -16,11 +16,38 @@ import scipy.sparse as sp
 import torch
 
 from recscale.data.dataset.prepared import PreparedDataset
+from recscale.errors import RecscaleError
 from recscale.evaluation.metrics import exact_sum, interval_half_width, metric_names, per_user_metrics
 from recscale.models.base import Recommender
 from recscale.ranking import top_k
 
 DEFAULT_KS = (10, 20, 50, 100)
+
+
+def meaningful(k: int, data: PreparedDataset) -> bool:
+    """A cut-off says something about the model only below the sampled negatives: with N of them
+    and K >= N, nearly every positive ranks in the top K (HR@100 of 101 candidates is about 1)."""
+    negatives = data.sampled_negatives
+    return negatives is None or k < negatives
+
+
+def default_ks(data: PreparedDataset) -> tuple[int, ...]:
+    """DEFAULT_KS less the cut-offs that are not meaningful on `data` (ncf: 10, 20, 50); with
+    fewer than 11 sampled negatives, half of them."""
+    kept = tuple(k for k in DEFAULT_KS if meaningful(k, data))
+    return kept or (max(1, data.sampled_negatives // 2),)
+
+
+def check_ks(ks, data: PreparedDataset, flag: str = "--k") -> tuple[int, ...]:
+    """Cut-offs the user asked for, refused in one line when one is not meaningful."""
+    ks = tuple(sorted(set(ks)))
+    bad = [k for k in ks if not meaningful(k, data)]
+    if bad:
+        n = data.sampled_negatives
+        raise RecscaleError(f"{flag}: {bad[0]} is not below the {n} sampled negatives of each held-out positive "
+                            f"({n + 1} candidates), so every model scores about 1.0 at it; use cut-offs below {n} "
+                            f"or prepare with more --test-negatives")
+    return ks
 
 
 def dense_rows(matrix, rows: np.ndarray, device) -> torch.Tensor:
@@ -106,7 +133,7 @@ def evaluate(model: Recommender, data: PreparedDataset, split: str, ks=DEFAULT_K
     With several processes, each evaluates every `world_size`-th user from `rank` on, and `reduce`
     sums their totals."""
     model.eval()
-    ks = tuple(sorted(ks))
+    ks = tuple(sorted(set(ks)))
     shard = slice(rank, None, world_size)
     sets = evaluation_sets(data, split, test_history)
     if data.protocol == "ncf":

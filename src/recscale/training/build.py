@@ -17,6 +17,7 @@ from recscale.config.run import RunConfig
 from recscale.data.dataset.prepared import PreparedDataset
 from recscale.data.loading.factory import decide_loading, local_batch_size, open_training_data
 from recscale.errors import RecscaleError
+from recscale.evaluation.protocols import check_ks, default_ks
 from recscale.models.base import DataShape, FitContext, Recommender
 from recscale.models.registry import MODELS
 from recscale.models.tables import deferred_tables
@@ -76,7 +77,11 @@ def resolve_run_config(*layers: Layer | Mapping[str, Any], source: str = "settin
         raise RecscaleError(f"--model: which model to train? one of {', '.join(MODELS)} "
                             f"(`recscale train --help` lists their settings)")
     defaults = cls.default_train_settings(counts) if counts is not None else dict(cls.train_defaults)
-    return build_run_config(Layer(defaults, f"{name}'s defaults"), *layers)
+    cfg = build_run_config(Layer(defaults, f"{name}'s defaults"), *layers)
+    if data:  # the cut-offs: the dataset's defaults, or the asked ones checked against it
+        dataset = PreparedDataset(data)
+        cfg = cfg.replace(ks=check_ks(cfg.eval.ks, dataset, "--ks") if cfg.eval.ks else default_ks(dataset))
+    return cfg
 
 
 def model_config(name: str, *layers: Layer | Mapping[str, Any]):

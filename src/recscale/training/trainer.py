@@ -26,7 +26,7 @@ from recscale.data.dataset.prepared import PreparedDataset
 from recscale.data.loading.factory import training_loader
 from recscale.data.loading.prefetch import Prefetcher
 from recscale.errors import RecscaleError
-from recscale.evaluation.protocols import evaluate, validation_split
+from recscale.evaluation.protocols import evaluate, meaningful, validation_split
 from recscale.models.base import Recommender
 from recscale.optim.factory import make_optimizers
 from recscale.optim.schedules import learning_rate, scaled_lr
@@ -44,9 +44,10 @@ def selection_metric(protocol: str) -> str:
     return "hr@10" if protocol == "ncf" else "ndcg@100"
 
 
-def validation_ks(ks: tuple[int, ...], protocol: str) -> tuple[int, ...]:
-    """The cut-offs validation computes: the requested ones and the selection metric's."""
-    return tuple(sorted({*ks, int(selection_metric(protocol).split("@")[1])}))
+def validation_ks(ks: tuple[int, ...], data: PreparedDataset) -> tuple[int, ...]:
+    """The cut-offs validation computes: the run's meaningful ones (a run recorded before the rule
+    may hold K=100 under ncf) and the selection metric's."""
+    return tuple(sorted({*(k for k in ks if meaningful(k, data)), int(selection_metric(data.protocol).split("@")[1])}))
 
 
 @dataclasses.dataclass
@@ -201,7 +202,7 @@ class Trainer:
         split = validation_split(self.data)
         # Sharded lookups are collective: every worker scores the same batches (all users).
         shared = self.world_size > 1 and not self.sharded
-        metrics = evaluate(self.model, self.data, split, ks=validation_ks(self.settings.eval.ks, self.data.protocol),
+        metrics = evaluate(self.model, self.data, split, ks=validation_ks(self.settings.eval.ks, self.data),
                            device=self.device, batch_size=self.settings.eval.eval_batch_size,
                            rank=self.rank if shared else 0, world_size=self.world_size if shared else 1,
                            reduce=self._reduce if shared else None)

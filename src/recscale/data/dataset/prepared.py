@@ -89,6 +89,15 @@ class PreparedDataset:
         return self.meta["protocol"]["name"]
 
     @property
+    def sampled_negatives(self) -> int | None:
+        """Negatives each held-out positive is ranked against under a sampled protocol (ncf); None
+        when evaluation ranks all items."""
+        if self.protocol != "ncf":
+            return None
+        counts = self.meta["counts"]
+        return counts.get("test_negatives", 0) // max(counts.get("test", 1), 1)
+
+    @property
     def n_users(self) -> int:
         return self.meta["counts"]["users"]
 

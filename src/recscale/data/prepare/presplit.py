@@ -117,6 +117,9 @@ def import_split(name: str, parts: dict[str, pl.DataFrame], protocol: str, out: 
             for split_name, frame in negatives.items():
                 encoded[f"{split_name}_negatives"] = _ordered_negatives(frame, users, items, encoded[split_name])
             test_negatives = encoded["test_negatives"].height // max(encoded["test"].height, 1)
+            if test_negatives < 1:
+                raise RecscaleError("the test negatives file gives no negative per test user; every metric "
+                                    "would be 1.0")
         params |= {"valid": "valid" in encoded, "test_negatives": test_negatives}
     raw = RawDataset(name, pl.DataFrame(), item_features, files)
     return write_prepared(raw, protocol, encoded, users, items, params, out, overwrite, test_negatives, seed)
