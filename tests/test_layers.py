@@ -13,7 +13,7 @@ PACKAGE = ROOT / "src" / "recscale"
 # lowest first; a module belongs to the longest prefix listed
 LAYERS = [
     ("recscale.errors", "recscale.fsutil", "recscale.resources", "recscale._version", "recscale.tensorfiles",
-     "recscale.ranking"),
+     "recscale.ranking", "recscale.progress"),
     ("recscale.config",),
     ("recscale.data", "recscale.data.ingest", "recscale.data.dataset", "recscale.serving"),
     ("recscale.data.prepare", "recscale.data.loading"),

@@ -139,7 +139,16 @@ class Run:
             raise RecscaleError(f"{self.path}: not a run directory (no config.toml; run `recscale train`)")
 
     def __repr__(self) -> str:
-        return f"Run({str(self.path)!r})"
+        """The model, the dataset and the best validation metric, read from the run's files (the
+        checkpoint is not loaded)."""
+        try:
+            cfg, _ = read_run_config(self.path)
+            best = self.best
+        except RecscaleError as exc:
+            return f"Run({str(self.path)!r}: {exc})"
+        metric = selection_metric(best["protocol"])
+        score = f", best {metric} {best[metric]:.4f} (epoch {best['epoch'] + 1})" if metric in best else ""
+        return f"Run({str(self.path)!r}: {cfg.model} on {cfg.data}, {len(self.history)} epoch(s){score})"
 
     @property
     def loaded(self) -> LoadedRun:

@@ -25,6 +25,7 @@ from recscale.errors import RecscaleError
 from recscale.evaluation.protocols import dense_rows
 from recscale.fsutil import atomic_file, check_output
 from recscale.models.base import Recommender
+from recscale.progress import bar
 from recscale.ranking import top_k
 
 FORMATS = (".tsv", ".parquet")
@@ -93,8 +94,10 @@ def recommendation_batches(model: Recommender, data: PreparedDataset, users: np.
     user_ids, item_ids = data.original_user_ids(), data.original_item_ids()
     history_size = np.diff(inputs.indptr)
     popularity = torch.from_numpy(np.asarray(data.rows("train").sum(axis=0)).ravel()).float().to(device)
+    shown = bar(total=users.size, desc="recommend", unit="user")
     for start in range(0, users.size, batch_size):
         u = users[start:start + batch_size]
+        shown.update(u.size)
         history = dense_rows(inputs, u, device) if model.needs_history else None
         scores = model.score(torch.from_numpy(u).to(device), history).float()
         empty = torch.from_numpy(history_size[u] == 0).to(device)  # (B,) nothing to go on
@@ -109,6 +112,7 @@ def recommendation_batches(model: Recommender, data: PreparedDataset, users: np.
                "item": item_ids[index.cpu().numpy()].ravel()[valid],
                "score": values.cpu().numpy().ravel()[valid].astype(np.float32),
                "fallback": np.repeat(empty.cpu().numpy(), k)[valid].astype(np.int8)}
+    shown.close()
 
 
 def is_recommendations(path: Path) -> bool:

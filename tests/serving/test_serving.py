@@ -135,6 +135,7 @@ def test_the_service_answers_like_recscale_recommend(bundles, tmp_path, name):
 def test_folding_in_a_training_users_history_gives_that_users_top_k(bundles, name):
     _, bundle = bundles(name)
     opened = Bundle(bundle)
+    assert repr(opened).startswith(f"Bundle({str(bundle)!r}: {name}, {opened.n_users:,} users x ")
     with TestClient(create_app(bundle)) as client:
         for user in range(0, 40, 7):
             items = opened.item_ids[opened.history[user].indices].tolist()

@@ -84,6 +84,7 @@ def cmd_demo(args) -> int:
         for name in models:
             run_dir = out / f"{name}-{protocol}"
             quick = {"epochs": 2} if args.quick else {}
+            print(f"[train] {name} on the {protocol} split ...", flush=True)
             started = time.perf_counter()
             run = api.train(data, name, run_dir, overwrite=True, seed=args.seed, device=args.device, **quick)
             rows[f"{name} (test)"] = run.evaluate("test")

@@ -10,6 +10,7 @@ from recscale._version import __version__
 from recscale.cli import datasets, prepare, runs, train
 from recscale.cli.parsing import OneLineParser, add_common_arguments
 from recscale.errors import RecscaleError
+from recscale.progress import set_verbosity
 from recscale.resources import limit_threads
 
 # name -> (adds its parser, runs it)
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = make_parser().parse_args(argv)
     args.argv = argv
+    set_verbosity(args.quiet, args.verbose)
     try:
         limit_threads()
         return COMMANDS[args.command][1](args)

@@ -14,7 +14,11 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, top: bool = False) -> None:
-    """--debug, given before or after the subcommand (a subcommand's copy leaves the top-level
-    value alone unless it is given there)."""
+    """--debug, -q and -v, given before or after the subcommand (a subcommand's copy leaves the
+    top-level value alone unless it is given there)."""
     default = False if top else argparse.SUPPRESS
     parser.add_argument("--debug", action="store_true", default=default, help="show tracebacks")
+    loudness = parser.add_mutually_exclusive_group()
+    loudness.add_argument("-q", "--quiet", action="store_true", default=default,
+                          help="no progress bars or notes: results, warnings and errors only")
+    loudness.add_argument("-v", "--verbose", action="store_true", default=default, help="debug messages too")

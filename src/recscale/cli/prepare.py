@@ -3,7 +3,6 @@ fields, the split-import flags SplitFiles', the settings PrepareConfig's: all ge
 
 from __future__ import annotations
 
-import sys
 import time
 
 from recscale.config.arguments import add_arguments, from_namespace
@@ -14,6 +13,7 @@ from recscale.data.ingest.download import parse_checksums
 from recscale.data.ingest.inputs import RawInput
 from recscale.data.prepare.engine import prepare_from
 from recscale.data.prepare.presplit import SplitFiles
+from recscale.progress import LOGGER
 
 
 def add_prepare(sub) -> None:
@@ -34,10 +34,10 @@ def cmd_prepare(args) -> int:
     started = time.perf_counter()
     meta, engine = prepare_from(source, cfg, args.out, args.overwrite, files)
     if engine == "stream":
-        print("engine: stream (bounded memory)", file=sys.stderr)
+        LOGGER.info("engine: stream (bounded memory)")
     counts = ", ".join(f"{k}={v}" for k, v in meta["counts"].items())
     print(f"prepared {meta['source']['dataset']} ({cfg.protocol}) in {time.perf_counter() - started:.1f}s "
           f"-> {args.out}\n  {counts}")
     for note in dataset_notes(meta):
-        print(f"note: {note}", file=sys.stderr)
+        LOGGER.info(f"note: {note}")
     return 0

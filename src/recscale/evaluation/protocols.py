@@ -19,6 +19,7 @@ from recscale.data.dataset.prepared import PreparedDataset
 from recscale.errors import RecscaleError
 from recscale.evaluation.metrics import exact_sum, interval_half_width, metric_names, per_user_metrics
 from recscale.models.base import Recommender
+from recscale.progress import bar
 from recscale.ranking import top_k
 
 DEFAULT_KS = (10, 20, 50, 100)
@@ -146,7 +147,8 @@ def sampled_ranking(model, data, split, inputs, ks, device, batch_size, shard=sl
     total: dict = {}
     coverage = _Coverage(data.n_items, ks, device)
     rank, world_size = shard.start or 0, shard.step or 1
-    for u, positives, negatives in data.candidate_batches(split, batch_size, rank, world_size):
+    for u, positives, negatives in bar(data.candidate_batches(split, batch_size, rank, world_size),
+                                       desc=f"evaluate {split}", unit="batch"):
         if u.numel() == 0:
             continue
         candidates = torch.cat([positives[:, None], negatives], 1)
@@ -165,7 +167,7 @@ def full_ranking(model, data, sets, ks, device, batch_size, shard=slice(None), r
     users = users[shard]
     total: dict = {}
     coverage = _Coverage(data.n_items, ks, device)
-    for start in range(0, users.size, batch_size):
+    for start in bar(range(0, users.size, batch_size), desc="evaluate", unit="batch"):
         u = users[start:start + batch_size]
         history = dense_rows(inputs, u, device) if model.needs_history else None  # (B, I)
         known = history if history is not None and masked is inputs else dense_rows(masked, u, device)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 import warnings
 
 import torch
@@ -41,6 +40,7 @@ from torch import nn
 from recscale.config.run import OptimConfig, SystemConfig
 from recscale.errors import RecscaleError
 from recscale.models.tables import EmbeddingTables
+from recscale.progress import LOGGER
 from recscale.resources import parse_size
 
 CPU_TABLE_OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad")
@@ -216,8 +216,8 @@ def shard(model: nn.Module, optim: OptimConfig, system: SystemConfig, device: to
     name = check(model, optim, system, device, world_size)
     lr = table_lr(optim, name)
     if name != optim.optimizer and dist.get_rank() == 0:
-        print(f"recscale train: note: FBGEMM has no fused {optim.optimizer} on {device.type}; the sharded tables "
-              f"use {name} at lr {lr:g} (--table-optimizer, --table-lr)", file=sys.stderr)
+        LOGGER.info(f"recscale train: note: FBGEMM has no fused {optim.optimizer} on {device.type}; the sharded "
+                    f"tables use {name} at lr {lr:g} (--table-optimizer, --table-lr)")
     tables = model.tables
     sharded = ShardedTables(tables)
     model.tables = sharded

@@ -70,6 +70,11 @@ class Bundle:
     manifest's counts before anything is served. `trust` allows torch.export programs (which
     unpickle when loaded); without it only ONNX graphs run."""
 
+    def __repr__(self) -> str:
+        graphs = ", ".join(k for k, v in self.manifest["graphs"].items() if v) or "no graph"
+        return (f"Bundle({str(self.root)!r}: {self.manifest['model']}, {self.n_users:,} users x {self.n_items:,} "
+                f"items, {graphs})")
+
     def __init__(self, root: str | Path, runtime: str = "auto", threads: int = 0, trust: bool = False):
         self.root = Path(root)
         if runtime not in RUNTIMES:

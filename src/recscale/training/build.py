@@ -124,15 +124,15 @@ def seeded(seed: int, device: torch.device):
 
 
 def build_trainer(cfg: RunConfig, model: Recommender, data: PreparedDataset, device: torch.device,
-                  run=None, info: distributed.DistInfo = distributed.DistInfo()) -> Trainer:
+                  run=None, info: distributed.DistInfo = distributed.DistInfo(), label: str | None = None) -> Trainer:
     """The trainer around `model` (already on `device`): loader, optimizers, scaler, schedules.
     Under torchrun the model is wrapped in DDP for the forward, or with --embeddings sharded its
     tables are sharded by TorchRec (parallel/sharding.py); `model` stays the module that is checkpointed."""
     if cfg.system.embeddings == "sharded":
         from recscale.parallel import sharding
         net, fused = sharding.shard(model, cfg.optim, cfg.system, device, info.world_size)
-        return Trainer(model, data, TrainSettings.of(cfg), device, run, info.rank, info.world_size, net, fused)
-    return Trainer(model, data, TrainSettings.of(cfg), device, run, info.rank, info.world_size,
+        return Trainer(model, data, TrainSettings.of(cfg, label), device, run, info.rank, info.world_size, net, fused)
+    return Trainer(model, data, TrainSettings.of(cfg, label), device, run, info.rank, info.world_size,
                    distributed.wrap(model, info, device))
 
 

@@ -1,25 +1,25 @@
-"""Rank-0 sinks of a run: metrics.jsonl, TensorBoard events (when installed), a progress line on a
-terminal, and curves.png (when matplotlib is installed)."""
+"""Rank-0 sinks of a run: metrics.jsonl, TensorBoard events (when installed), the epoch lines and
+notes (the `recscale` logger), a progress bar per epoch (progress.py), and curves.png (when
+matplotlib is installed)."""
 
 from __future__ import annotations
 
 import json
-import sys
-import time
 from pathlib import Path
 
 from recscale.errors import RecscaleError
 from recscale.fsutil import atomic_file
+from recscale.progress import LOGGER, bar
 
 
 class RunLogger:
     """`run` is the RunDirectory (its `path` moves when a run built aside is published; files are
     opened by path each time, and the TensorBoard writer's open file moves with its directory)."""
 
-    def __init__(self, run, enabled: bool = True, progress: bool = True):
-        self.run, self.enabled = run, enabled
-        self.tty = enabled and progress and sys.stderr.isatty()
-        self._last = 0.0
+    def __init__(self, run, enabled: bool = True, progress: bool = True, label: str = ""):
+        """`label` names what is trained in every line (the model, and the trial under tune)."""
+        self.run, self.enabled, self.label = run, enabled, label
+        self.bars = enabled and progress
         self.tensorboard = None
         if enabled and run is not None:
             try:
@@ -28,23 +28,18 @@ class RunLogger:
             except Exception:  # tensorboard not installed: metrics.jsonl is the record
                 self.tensorboard = None
 
-    def progress(self, epoch: int, epochs: int, step: int, steps: int, loss: float, rate: float) -> None:
-        now = time.monotonic()
-        if not self.tty or (now - self._last < 0.5 and step != steps):
-            return
-        self._last = now
-        print(f"\repoch {epoch + 1}/{epochs}  step {step}/{steps}  loss {loss:.4f}  {rate:,.0f} samples/s",
-              end="", file=sys.stderr, flush=True)
+    def epoch_bar(self, epoch: int, epochs: int, steps: int, done: int):
+        """The bar of one epoch's steps (elapsed, steps/s, ETA), starting at step `done`."""
+        return bar(total=steps, initial=done, desc=f"{self.label} epoch {epoch + 1}/{epochs}".strip(), unit="step",
+                   enabled=self.bars)
 
     def epoch(self, record: dict, metric: str) -> None:
         if not self.enabled:
             return
-        if self.tty:
-            print("\r", end="", file=sys.stderr)
         value = record.get(metric)
-        print(f"epoch {record['epoch'] + 1}: loss {record['loss']:.4f}, {record['samples_per_second']:,.0f} samples/s"
-              + (f", {metric} {value:.4f}{' *' if record.get('best') else ''}" if value is not None else ""),
-              file=sys.stderr)
+        LOGGER.info(f"{self.label} epoch {record['epoch'] + 1}: loss {record['loss']:.4f}, ".lstrip()
+                    + f"{record['samples_per_second']:,.0f} samples/s"
+                    + (f", {metric} {value:.4f}{' *' if record.get('best') else ''}" if value is not None else ""))
         if self.run is None:
             return
         try:
@@ -58,8 +53,9 @@ class RunLogger:
                     self.tensorboard.add_scalar(key, val, record["epoch"])
 
     def message(self, text: str) -> None:
+        """A note or warning of the run (rank 0 only); warnings stay under -q."""
         if self.enabled:
-            print(text, file=sys.stderr)
+            (LOGGER.warning if text.startswith("warning") else LOGGER.info)(text)
 
     def close(self, records: list[dict], metric: str) -> None:
         if not self.enabled or self.run is None:

@@ -33,6 +33,7 @@ from recscale.fsutil import atomic_file, refuse_if_input, signal_handlers
 from recscale.optim.factory import check_optimizer
 from recscale.parallel import distributed
 from recscale.parallel.checkpoints import gather_sharded
+from recscale.progress import LOGGER
 from recscale.tensorfiles import load_checkpoint, save_checkpoint
 from recscale.training.build import (
     build_model,
@@ -170,9 +171,10 @@ def _process_group(info, device):
 
 
 def start_run(cfg: RunConfig, model_params: Layer | dict, out: str | Path, overwrite: bool = False,
-              on_epoch=None) -> dict:
+              on_epoch=None, label: str | None = None) -> dict:
     """Train `cfg.model` on `cfg.data`, write the run to `out`, and return the best validation record;
-    `on_epoch(record)` is called after each epoch (an exception it raises ends the run there).
+    `on_epoch(record)` is called after each epoch (an exception it raises ends the run there);
+    `label` names the run in its lines (default: the model).
 
     Under torchrun every worker calls this; rank 0 alone writes files. A worker group that torchrun
     restarted after a failure (`--max-restarts`) resumes from the run's `last` checkpoint."""
@@ -189,7 +191,7 @@ def start_run(cfg: RunConfig, model_params: Layer | dict, out: str | Path, overw
     if info.rank == 0:
         run, note = RunDirectory.create(out, overwrite, inputs=(cfg.data,))
         if note:
-            print(f"recscale train: {note}", file=sys.stderr)
+            LOGGER.info(f"recscale train: {note}")
     try:
         with seeded(cfg.system.seed, device), _process_group(info, device):
             model, model_cfg = build_model(cfg, model_params, data, info.world_size, for_training=True)
@@ -210,7 +212,7 @@ def start_run(cfg: RunConfig, model_params: Layer | dict, out: str | Path, overw
             distributed.barrier()
             if model.closed_form:
                 return _fit_closed_form(model, data, cfg, device, run)
-            trainer = build_trainer(cfg, model, data, device, run, info)
+            trainer = build_trainer(cfg, model, data, device, run, info, label)
             trainer.on_epoch = on_epoch
             return _train(trainer, out.absolute())
     except BaseException:

@@ -79,18 +79,19 @@ class Diverged(RecscaleError):
 
 @dataclasses.dataclass(frozen=True)
 class TrainSettings:
-    """What the trainer reads of a run's settings: its groups and epochs, never the data's path or
-    the model's name."""
+    """What the trainer reads of a run's settings: its groups and epochs, never the data's path.
+    `label` only names its lines and bars (the model, and the trial under tune)."""
 
     epochs: int
     optim: OptimConfig
     loader: LoaderConfig
     eval: EvalConfig
     system: SystemConfig
+    label: str = ""
 
     @classmethod
-    def of(cls, cfg: RunConfig) -> "TrainSettings":
-        return cls(cfg.epochs, cfg.optim, cfg.loader, cfg.eval, cfg.system)
+    def of(cls, cfg: RunConfig, label: str | None = None) -> "TrainSettings":
+        return cls(cfg.epochs, cfg.optim, cfg.loader, cfg.eval, cfg.system, cfg.model if label is None else label)
 
 
 class Trainer:
@@ -120,7 +121,7 @@ class Trainer:
         self.state = TrainState()
         self.stop_signal: int | None = None  # set by a signal handler; honoured after the current step
         self.on_epoch = None  # called with each finished epoch's record, once it is checkpointed (tune prunes there)
-        self.logger = RunLogger(run, enabled=rank == 0, progress=settings.system.progress)
+        self.logger = RunLogger(run, enabled=rank == 0, progress=settings.system.progress, label=settings.label)
         if device.type == "cpu" and settings.system.precision == "bf16" and not native_bf16():
             self.logger.message("warning: --precision bf16: this CPU has no native bf16 (AVX512-BF16 or AMX); "
                                 "PyTorch emulates it, usually several times slower than fp32")
@@ -167,15 +168,17 @@ class Trainer:
         start = time.perf_counter()
         timed_samples = 0
         n = len(self.loader)
+        shown = self.logger.epoch_bar(self.state.epoch, self.settings.epochs, n, self.state.position)
         for batch in self.batches:
             loss = self.train_step(batch)
             total += loss.double()
             self.state.position += 1
             self.state.samples += len(batch)
             timed_samples += len(batch)
-            if self.logger.tty:
-                self.logger.progress(self.state.epoch, self.settings.epochs, self.state.position, n, float(loss),
-                                     timed_samples / (time.perf_counter() - start))
+            shown.update()
+            if not shown.disable:  # float(loss) waits for the device: only when someone watches
+                shown.set_postfix_str(f"loss {float(loss):.4f}, {timed_samples / (time.perf_counter() - start):,.0f} "
+                                      f"samples/s", refresh=False)
             every = self.settings.system.checkpoint_every
             if self.stop_signal is not None or (every and self.state.step % every == 0 and self.state.position < n):
                 self._check_finite(total)
@@ -183,6 +186,7 @@ class Trainer:
                 self.save("last")
                 if self.stop_signal is not None:
                     raise StopRequested(self.stop_signal, self.state)
+        shown.close()
         seconds = time.perf_counter() - start
         total = self._reduce(total.reshape(1)) / self.world_size if self.world_size > 1 else total  # mean over ranks
         self._check_finite(total)

@@ -34,11 +34,13 @@ import re
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from recscale.config.layers import Layer
 from recscale.errors import RecscaleError
 from recscale.fsutil import atomic_file, refuse_if_input
+from recscale.progress import bar
 from recscale.tuning.space import Param
 
 STUDY_NAME = "recscale"
@@ -103,6 +105,8 @@ def _optuna():
     except ImportError:
         raise RecscaleError("recscale tune needs Optuna: pip install 'recscale[tune]'") from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # "MaxTrialsCallback is experimental" and the like say nothing to someone tuning a model
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     return optuna
 
 
@@ -186,7 +190,7 @@ def _objective(job: TuneJob):
         trial.set_user_attr("run", str(job.trials_dir() / f"{trial.number:04d}"))
         try:
             best = start_run(cfg, params, job.trials_dir() / f"{trial.number:04d}", overwrite=True,
-                             on_epoch=report)
+                             on_epoch=report, label=f"{cfg.model} trial {trial.number}")
         finally:
             trial.set_user_attr("seconds", time.perf_counter() - started)
         return float(best[metric])
@@ -208,8 +212,17 @@ def _worker(job: TuneJob, worker: int) -> None:
                                                               optuna.trial.TrialState.PRUNED))
     remaining = job.trials - _count_finished(job)
     if remaining > 0:
-        study.optimize(_objective(job), n_trials=remaining, timeout=job.timeout, callbacks=[stop],
-                       catch=(RecscaleError,))
+        with bar(total=remaining, desc=f"tune {job.model}", unit="trial", enabled=worker == 0) as shown:
+            study.optimize(_objective(job), n_trials=remaining, timeout=job.timeout,
+                           callbacks=[stop, lambda study, trial: _show_trial(shown, study)], catch=(RecscaleError,))
+
+
+def _show_trial(shown, study) -> None:
+    """One more trial on the bar, with the best value so far."""
+    shown.update()
+    finished = [t for t in study.get_trials(deepcopy=False) if t.value is not None]
+    if finished:
+        shown.set_postfix_str(f"best {max(t.value for t in finished):.4f}")
 
 
 @contextlib.contextmanager

@@ -79,6 +79,14 @@ class PreparedDataset:
                 if part in files and f"{part}_negatives" in files and counts.get(f"{part}_negatives") != counts.get(part, 0) * n:
                     raise RecscaleError(f"{meta_path}: {part}_negatives should hold {n} rows per {part} row")
 
+    def __repr__(self) -> str:
+        counts = self.meta["counts"]
+        parts = ", ".join(f"{name} {counts[name]:,}" for name in ("train", "valid", "test", "valid_heldout",
+                                                                  "test_heldout") if name in counts)
+        source = self.meta.get("source", {}).get("dataset", "?")
+        return (f"PreparedDataset({str(self.root)!r}: {source}, protocol {self.protocol}, {self.n_users:,} users x "
+                f"{self.n_items:,} items; {parts})")
+
     @property
     def tie_break(self) -> str:
         """How interactions with equal timestamps were ordered (schema 1 datasets: by item id)."""

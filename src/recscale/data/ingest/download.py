@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import sys
 import tarfile
 import tempfile
 import urllib.error
@@ -27,6 +26,7 @@ from pathlib import Path, PurePosixPath
 
 from recscale.errors import RecscaleError
 from recscale.fsutil import atomic_directory
+from recscale.progress import LOGGER, bar
 
 
 @dataclass(frozen=True)
@@ -49,17 +49,6 @@ def dataset_dir(remote: Remote, root: Path | None = None) -> Path:
     return (root or cache_root()) / remote.name
 
 
-def _progress(name: str, done: int, total: int | None) -> None:
-    if not sys.stderr.isatty():
-        return
-    size = f"{done / 2**20:,.1f} MiB" + (f" of {total / 2**20:,.1f} MiB" if total else "")
-    bar = ""
-    if total:
-        filled = int(30 * done / total)
-        bar = "[" + "#" * filled + "." * (30 - filled) + "] "
-    print(f"\r{name}: {bar}{size}", end="" if done != total else "\n", file=sys.stderr, flush=True)
-
-
 def fetch(url: str, target: Path, expected: tuple[str, str] | None, hint: str, timeout: float = 60) -> str:
     """Download `url` to `target` via a temporary file in the same directory; returns the SHA-256.
     A checksum mismatch leaves nothing behind."""
@@ -74,15 +63,14 @@ def fetch(url: str, target: Path, expected: tuple[str, str] | None, hint: str, t
             except (urllib.error.URLError, OSError, ValueError) as exc:
                 reason = getattr(exc, "reason", None) or exc
                 raise RecscaleError(f"download failed: {url}: {reason}; {hint}") from None
-            with response:
-                total = int(response.headers.get("Content-Length") or 0) or None
-                done = 0
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with response, bar(total=total, desc=f"download {target.name}", unit="B", unit_scale=True,
+                               unit_divisor=1024) as shown:
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
                     for d in digests.values():
                         d.update(chunk)
-                    done += len(chunk)
-                    _progress(target.name, done, total)
+                    shown.update(len(chunk))
             out.flush()
             os.fsync(out.fileno())
         if expected is not None:
@@ -211,8 +199,8 @@ def ensure_dataset(remote: Remote, root: Path | None = None, checksums: dict[str
             digest = _digests(archive)["sha256"]
         else:
             digest = _digests(archive)["sha256"]
-            print(f"recscale: {archive} has no published checksum; recorded its sha256 {digest} "
-                  f"(trust on first use: later copies must match)", file=sys.stderr)
+            LOGGER.info(f"recscale: {archive} has no published checksum; recorded its sha256 {digest} "
+                        f"(trust on first use: later copies must match)")
         if expected is None or (given and given != known):
             _remember(root, url, digest)
         archives.append(archive)

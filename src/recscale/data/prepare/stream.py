@@ -51,6 +51,7 @@ from recscale.fsutil import (
     remove_stale_scratch,
     scratch_prefix,
 )
+from recscale.progress import bar
 
 ROWS_PER_BUCKET = 2_000_000
 
@@ -226,7 +227,7 @@ def _prepare_stream(source: ScanSource, cfg: PrepareConfig, out: Path, overwrite
 
     # 3. filter each bucket; users and items of the survivors
     survivors, items_seen = [], []
-    for b in range(starts.size):
+    for b in bar(range(starts.size), desc="prepare: filter", unit="bucket"):
         frame = _bucket(scratch / "raw", b)
         if frame.height == 0:
             continue
@@ -265,7 +266,7 @@ def _prepare_stream(source: ScanSource, cfg: PrepareConfig, out: Path, overwrite
         rank = np.argsort(order, kind="stable")
         sorted_order = order[rank]
         offsets = {"valid": 0, "test": 0}
-        for b in buckets:
+        for b in bar(buckets, desc="prepare: split", unit="bucket"):
             parts = vae_parts(filtered(b), groups, item_ids, cfg.holdout_fraction, cfg.seed, offsets)
             for name, part in parts.items():
                 encoded = encode_final_ids(part.filter(pl.col("item").is_in(item_ids)), sorted_order, item_ids)
@@ -275,7 +276,7 @@ def _prepare_stream(source: ScanSource, cfg: PrepareConfig, out: Path, overwrite
     else:
         item_ids = np.sort(pl.concat(items_seen).unique().to_numpy())
         offset = 0
-        for b in buckets:
+        for b in bar(buckets, desc="prepare: split", unit="bucket"):
             frame = filtered(b)
             parts = split_users(frame, cfg, offset)
             offset += frame.height
