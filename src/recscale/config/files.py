@@ -83,20 +83,8 @@ def run_layers(sections: Mapping[str, Any], source: str) -> tuple[list[Layer], L
 
 
 def to_toml(sections: Mapping[str, Any]) -> str:
-    """Write a two-level mapping of sections as TOML (enough for our resolved configs)."""
-
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, (list, tuple)):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-    lines: list[str] = []
-    for section, body in sections.items():
-        lines.append(f"[{section}]")
-        lines += [f"{k} = {value(v)}" for k, v in body.items() if v is not None]
-        lines.append("")
-    return "\n".join(lines)
+    """A two-level mapping of sections as TOML, by a real TOML writer (tomli-w): any string, with
+    quotes, backslashes or newlines, reads back as it was written. None values are left out."""
+    import tomli_w
+    return tomli_w.dumps({section: {k: list(v) if isinstance(v, tuple) else v for k, v in body.items() if v is not None}
+                          for section, body in sections.items()})
