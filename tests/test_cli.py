@@ -61,7 +61,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert "hr@10" in out and "recall@20" in out
     assert all(f"{m} (test)" in out for m in ("neumf", "multvae", "ease", "popularity"))
     recs = (tmp_path / "demo" / "popularity-ncf" / "recs.tsv").read_text().splitlines()
-    assert recs[0] == "user\trank\titem\tscore\tfallback" and len(recs) == 1 + 671 * 10
+    assert recs[0] == "user\trank\titem\tscore\tfallback\ttitle\tgenres" and len(recs) == 1 + 671 * 10
     result = json.loads((tmp_path / "demo" / "popularity-ncf" / "eval-test.json").read_text())
     assert 0.3 < result["hr@10"] < 0.8 and result["users"] == 671
 

@@ -58,8 +58,28 @@ def test_never_recommends_a_seen_item_and_parquet_matches_tsv(prepared, tmp_path
     assert recs.group_by("user").agg(pl.col("rank"))["rank"].to_list() == [list(range(1, 21))] * data.n_users
     assert main(["recommend", "--run", str(tmp_path / "run"), "--k", "20", "--all",
                  "--out", str(tmp_path / "recs.tsv")]) == 0
-    tsv = pl.read_csv(tmp_path / "recs.tsv", separator="\t")
+    tsv = pl.read_csv(tmp_path / "recs.tsv", separator="\t", quote_char=None)
     assert tsv["item"].to_list() == recs["item"].to_list()
+    assert tsv.columns == recs.columns == ["user", "rank", "item", "score", "fallback", "title", "genres"]
+    assert tsv["title"].to_list() == recs["title"].to_list()
+
+
+def test_recommendations_carry_the_item_features_chosen(prepared, tmp_path, capsys):
+    data = prepared("random")
+    start_run(build_run_config({"data": str(data.root), "model": "popularity", "device": "cpu"}), {}, tmp_path / "run")
+    base = ["recommend", "--run", str(tmp_path / "run"), "--k", "3", "--all"]
+    assert main([*base, "--out", str(tmp_path / "a.parquet"), "--columns", "title"]) == 0
+    recs = pl.read_parquet(tmp_path / "a.parquet")
+    items = data.table("items")
+    titles = dict(zip(items["original_id"].to_list(), items["title"].to_list()))
+    assert recs.columns[-1] == "title" and "genres" not in recs.columns
+    assert all(titles[i] == t for i, t in zip(recs["item"].to_list(), recs["title"].to_list()))
+    assert main([*base, "--out", str(tmp_path / "b.tsv"), "--columns", ""]) == 0
+    assert (tmp_path / "b.tsv").read_text().splitlines()[0] == "user\trank\titem\tscore\tfallback"
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "c.tsv"), "--columns", "titel"]) == 2
+    assert "--columns: 'titel' is not an item feature" in capsys.readouterr().err
+    assert not (tmp_path / "c.tsv").exists()
 
 
 def test_unknown_and_malformed_user_ids_are_reported_and_the_rest_served(tmp_path, capsys):

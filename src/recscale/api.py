@@ -219,16 +219,18 @@ class Run:
             raise RecscaleError(f"unknown user id(s): {', '.join(unknown[:5])}" + (" ..." if len(unknown) > 5 else ""))
         return np.array([lookup[u] for u in wanted], dtype=np.int64)
 
-    def recommend(self, users: Iterable[Any] | None = None, k: int = 10) -> pl.DataFrame:
-        """Top-k unseen items of the given original user ids (every user for None) as a frame."""
+    def recommend(self, users: Iterable[Any] | None = None, k: int = 10,
+                  columns: Iterable[str] | None = None) -> pl.DataFrame:
+        """Top-k unseen items of the given original user ids (every user for None) as a frame, with
+        the item features `columns` names (None: every one the dataset has, title and genres)."""
         if k < 1:
             raise RecscaleError(f"k: must be >= 1, got {k}")
         loaded = self.loaded
         return recommend_frame(loaded.model, loaded.data, self.users(users), k, loaded.device,
-                               loaded.config.eval.eval_batch_size)
+                               loaded.config.eval.eval_batch_size, None if columns is None else tuple(columns))
 
     def write_recommendations(self, out: str | Path, users: np.ndarray | None = None, k: int = 10,
-                              overwrite: bool = False, inputs=()) -> int:
+                              overwrite: bool = False, inputs=(), columns: Iterable[str] | None = None) -> int:
         """Write top-k lists (contiguous `users`, every user for None) to a .tsv or .parquet file,
         batch by batch; returns the number of rows. An existing file is replaced only with
         `overwrite`, and only when it is recommendations that recscale wrote."""
@@ -237,7 +239,8 @@ class Run:
         loaded = self.loaded
         users = np.arange(loaded.data.n_users) if users is None else users
         return write_recommendations(loaded.model, loaded.data, users, k, out, loaded.device,
-                                     loaded.config.eval.eval_batch_size, overwrite, (self.path, *inputs))
+                                     loaded.config.eval.eval_batch_size, overwrite, (self.path, *inputs),
+                                     None if columns is None else tuple(columns))
 
 
 def _dataset_path(data: Any) -> str:

@@ -1,6 +1,7 @@
 """Top-k recommendations with already-seen items filtered out, with original ids.
 
-Columns: user, rank (1-based), item, score, fallback; equal scores rank the lower item id first. A
+Columns: user, rank (1-based), item, score, fallback, then the item features the dataset has
+(title; genres joined by "|") unless `columns` chooses fewer; equal scores rank the lower item id first. A
 user with no history (no input interactions: nothing for the model to go on) gets the most popular
 unseen training items instead, with fallback = 1. Original ids are integers or strings, as the
 raw data had them. `recommend` writes TSV or Parquet by the file's suffix, batch by batch into a
@@ -30,6 +31,7 @@ from recscale.ranking import top_k
 
 FORMATS = (".tsv", ".parquet")
 COLUMNS = ("user", "rank", "item", "score", "fallback")
+ITEM_FEATURES = ("title", "genres")  # what `columns` may add, in this order
 HEADER_WORDS = ("user", "userid", "user_id")
 
 
@@ -71,6 +73,28 @@ def read_user_file(path: str | Path, data: PreparedDataset, report=None) -> np.n
     return np.array(found, dtype=np.int64)
 
 
+def item_columns(data: PreparedDataset, columns: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    """The item features written beside each recommended item, as text indexed by contiguous item
+    id: `columns` of ITEM_FEATURES (None: every one the dataset has)."""
+    items = data.table("items")
+    available = [c for c in ITEM_FEATURES if c in items.columns]
+    chosen = available if columns is None else list(columns)
+    unknown = [c for c in chosen if c not in available]
+    if unknown:
+        raise RecscaleError(f"--columns: {unknown[0]!r} is not an item feature of {data.root} "
+                            f"(it has: {', '.join(available) or 'none'})")
+    items = items.sort("item")
+    out = {}
+    for name in chosen:
+        if name == "genres":  # genre ids back to their names, as the server answers them
+            vocabulary = pl.Series(data.meta["features"]["genres"]["vocabulary"])
+            text = items["genres"].list.eval(pl.lit(vocabulary).gather(pl.element())).list.join("|")
+        else:
+            text = items[name].cast(pl.Utf8)
+        out[name] = text.fill_null("").str.replace_all(r"[\t\r\n]", " ").to_numpy().astype(object)
+    return out
+
+
 def _arrow_type(ids: np.ndarray) -> pa.DataType:
     return pa.int64() if ids.dtype.kind in "iu" else pa.string()
 
@@ -85,10 +109,12 @@ def model_inputs(data: PreparedDataset):
 
 @torch.no_grad()
 def recommendation_batches(model: Recommender, data: PreparedDataset, users: np.ndarray, k: int,
-                           device="cpu", batch_size: int = 1024) -> Iterator[dict[str, np.ndarray]]:
+                           device="cpu", batch_size: int = 1024, columns: tuple[str, ...] | None = None
+                           ) -> Iterator[dict[str, np.ndarray]]:
     """The top-`k` unseen items of each contiguous user id in `users`, a batch of users at a time,
-    as columns with original ids."""
+    as columns with original ids and the item features `columns` names (`item_columns`)."""
     model.eval()
+    features = item_columns(data, columns)
     inputs, seen = model_inputs(data)
     k = min(k, data.n_items)
     user_ids, item_ids = data.original_user_ids(), data.original_item_ids()
@@ -107,11 +133,13 @@ def recommendation_batches(model: Recommender, data: PreparedDataset, users: np.
         index = top_k(scores, torch.zeros_like(scores, dtype=torch.bool), k)
         values = torch.gather(scores, 1, index)  # (B, k)
         valid = torch.isfinite(values).cpu().numpy().ravel()  # fewer than k unseen items
+        chosen = index.cpu().numpy().ravel()[valid]  # (rows,) contiguous item ids
         yield {"user": np.repeat(user_ids[u], k)[valid],
                "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), u.size)[valid],
-               "item": item_ids[index.cpu().numpy()].ravel()[valid],
+               "item": item_ids[chosen],
                "score": values.cpu().numpy().ravel()[valid].astype(np.float32),
-               "fallback": np.repeat(empty.cpu().numpy(), k)[valid].astype(np.int8)}
+               "fallback": np.repeat(empty.cpu().numpy(), k)[valid].astype(np.int8),
+               **{name: text[chosen] for name, text in features.items()}}
     shown.close()
 
 
@@ -129,7 +157,8 @@ def is_recommendations(path: Path) -> bool:
 
 
 def recommend(model: Recommender, data: PreparedDataset, users: np.ndarray, k: int, out: str | Path,
-              device="cpu", batch_size: int = 1024, overwrite: bool = False, inputs=()) -> int:
+              device="cpu", batch_size: int = 1024, overwrite: bool = False, inputs=(),
+              columns: tuple[str, ...] | None = None) -> int:
     """Write the top-`k` unseen items for each contiguous user id in `users`; return rows written.
     An existing `out` is replaced only with `overwrite` and only when `recommend` wrote it; `out`
     may not be any of `inputs` (the run, the dataset, the users file) nor contain them."""
@@ -139,32 +168,35 @@ def recommend(model: Recommender, data: PreparedDataset, users: np.ndarray, k: i
     if out.is_dir():
         raise RecscaleError(f"{out}: is a directory, expected a file name")
     check_output(out, "recommendations file", is_recommendations, overwrite, (data.root, *inputs))
+    extra = tuple(item_columns(data, columns))
     schema = pa.schema([("user", _arrow_type(data.original_user_ids())), ("rank", pa.int32()),
                         ("item", _arrow_type(data.original_item_ids())), ("score", pa.float32()),
-                        ("fallback", pa.int8())])
+                        ("fallback", pa.int8()), *[(name, pa.string()) for name in extra]])
     rows = 0
     with atomic_file(out) as tmp:
         if out.suffix == ".parquet":
             with pq.ParquetWriter(tmp, schema) as writer:
-                for batch in recommendation_batches(model, data, users, k, device, batch_size):
-                    writer.write_table(pa.table([batch[c] for c in COLUMNS], schema=schema))
+                for batch in recommendation_batches(model, data, users, k, device, batch_size, extra):
+                    writer.write_table(pa.table([batch[c] for c in schema.names], schema=schema))
                     rows += batch["rank"].size
         else:
             with open(tmp, "w", encoding="utf-8") as handle:
-                handle.write("\t".join(COLUMNS) + "\n")
-                for batch in recommendation_batches(model, data, users, k, device, batch_size):
+                handle.write("\t".join(schema.names) + "\n")
+                for batch in recommendation_batches(model, data, users, k, device, batch_size, extra):
                     if batch["rank"].size:
                         text = zip(batch["user"].astype(str), batch["rank"].astype(str), batch["item"].astype(str),
-                                   np.char.mod("%.6g", batch["score"]), batch["fallback"].astype(str))
+                                   np.char.mod("%.6g", batch["score"]), batch["fallback"].astype(str),
+                                   *[batch[name] for name in extra])
                         handle.write("\n".join("\t".join(row) for row in text) + "\n")
                     rows += batch["rank"].size
     return rows
 
 
 def recommend_frame(model: Recommender, data: PreparedDataset, users: np.ndarray, k: int, device="cpu",
-                    batch_size: int = 1024) -> pl.DataFrame:
+                    batch_size: int = 1024, columns: tuple[str, ...] | None = None) -> pl.DataFrame:
     """The same recommendations as a Polars frame (in memory: for notebooks and services)."""
-    parts = [pl.DataFrame(batch) for batch in recommendation_batches(model, data, users, k, device, batch_size)]
+    extra = tuple(item_columns(data, columns))
+    parts = [pl.DataFrame(batch) for batch in recommendation_batches(model, data, users, k, device, batch_size, extra)]
     if not parts:
-        return pl.DataFrame({c: [] for c in COLUMNS})
+        return pl.DataFrame({c: [] for c in (*COLUMNS, *extra)})
     return pl.concat(parts)

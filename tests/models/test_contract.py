@@ -152,6 +152,6 @@ def test_the_readme_api_example_runs(tmp_path, monkeypatch, capsys):
     exec(compile(_readme_example(), "README.md", "exec"), namespace)
     run, top = namespace["run"], namespace["top"]
     assert (tmp_path / "runs" / "neumf" / "checkpoints" / "best.pt").is_file()
-    assert top.columns == ["user", "rank", "item", "score", "fallback"] and top.height == 20
+    assert top.columns == ["user", "rank", "item", "score", "fallback", "title", "genres"] and top.height == 20
     assert set(top["user"].to_list()) == {1, 2}
     assert 0 < run.evaluate("test", write=False)["hr@10"] <= 1

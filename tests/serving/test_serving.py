@@ -105,7 +105,7 @@ def _recommend_cli(run: Path, users: list, tmp_path: Path) -> dict:
                  "--out", str(tmp_path / "recs.tsv")]) == 0
     out: dict = {}
     for line in (tmp_path / "recs.tsv").read_text().splitlines()[1:]:
-        user, _, item, score, _ = line.split("\t")
+        user, _, item, score, *_ = line.split("\t")  # then fallback and the item features
         out.setdefault(user, []).append((item, float(score)))
     return out
 

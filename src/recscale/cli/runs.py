@@ -40,6 +40,8 @@ def add_recommend(sub) -> None:
     p.add_argument("--out", required=True, help="recs.tsv or recs.parquet")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it is recommendations "
                    "recscale wrote")
+    p.add_argument("--columns", help="item features written beside each item, comma-separated: title, genres "
+                   "('' for none) [default: every one the dataset has]")
 
 
 def add_export(sub) -> None:
@@ -86,7 +88,9 @@ def cmd_recommend(args) -> int:
         raise RecscaleError("recommend: give exactly one of --users FILE or --all")
     run = api.load_run(args.run, args.device, args.checkpoint)
     users = read_user_file(args.users, run.data) if args.users else None
-    rows = run.write_recommendations(args.out, users, args.k, args.overwrite, [args.users] if args.users else [])
+    columns = None if args.columns is None else tuple(c.strip() for c in args.columns.split(",") if c.strip())
+    rows = run.write_recommendations(args.out, users, args.k, args.overwrite, [args.users] if args.users else [],
+                                     columns)
     print(f"wrote {rows} recommendations -> {args.out}")
     return 0
 
