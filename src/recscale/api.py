@@ -44,7 +44,7 @@ from recscale.training.run import LoadedRun, read_run_config, resume_run, start_
 from recscale.training.run import load_run as load_trained
 from recscale.training.trainer import selection_metric
 
-COLUMN_OPTIONS = ("sep", "movies", "user_col", "item_col", "rating_col", "time_col")  # RawInput's, by flag name
+COLUMN_OPTIONS = ("sep", "movies", "user_col", "item_col", "rating_col", "time_col", "time_format")  # RawInput's, by flag name
 SPLIT_OPTIONS = tuple(f.name for f in dataclasses.fields(SplitFiles))
 FRAME_COLUMNS = {"user": "user_col", "item": "item_col", "rating": "rating_col", "timestamp": "time_col"}
 

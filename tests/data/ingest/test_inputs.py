@@ -78,3 +78,30 @@ def test_the_api_imports_a_split_made_elsewhere_as_the_command_line_does(tmp_pat
                    check=True, capture_output=True)
     cli = json.loads((tmp_path / "cli" / "meta.json").read_text())
     assert api.meta["protocol"]["imported"] and api.meta["sha256"] == cli["sha256"]
+
+
+@pytest.mark.parametrize("engine", ["memory", "stream"])
+def test_times_as_iso_text_a_pattern_or_native_parquet_datetimes_mean_the_same(tmp_path, engine):
+    import datetime
+    frame = pl.read_csv(_tsv(tmp_path / "ratings.tsv"), separator="\t")
+    moments = [datetime.datetime(2020, 1, 1) + datetime.timedelta(hours=int(t) * 7 + u)
+               for u, t in zip(frame["userId"], frame["timestamp"])]
+    as_seconds = frame.with_columns(pl.Series("timestamp", [int(m.replace(tzinfo=datetime.timezone.utc).timestamp())
+                                                            for m in moments]))
+    as_seconds.write_csv(tmp_path / "seconds.csv")
+    frame.with_columns(pl.Series("timestamp", [m.isoformat() for m in moments])).write_csv(tmp_path / "iso.csv")
+    frame.with_columns(pl.Series("timestamp", [m.strftime("%d/%m/%Y %H:%M") for m in moments])).write_csv(
+        tmp_path / "pattern.csv")
+    frame.with_columns(pl.Series("timestamp", moments)).write_parquet(tmp_path / "native.parquet")
+    options = {"test_negatives": 5, "engine": engine}
+    digests = [recscale.prepare(str(tmp_path / "seconds.csv"), tmp_path / "s", **options).meta["sha256"]["test"],
+               recscale.prepare(str(tmp_path / "iso.csv"), tmp_path / "i", time_format="iso",
+                                **options).meta["sha256"]["test"],
+               recscale.prepare(str(tmp_path / "pattern.csv"), tmp_path / "p", time_format="%d/%m/%Y %H:%M",
+                                **options).meta["sha256"]["test"],
+               recscale.prepare(str(tmp_path / "native.parquet"), tmp_path / "n", **options).meta["sha256"]["test"]]
+    assert len(set(digests)) == 1  # the same latest interaction held out per user, by every way of writing time
+    (tmp_path / "bad.csv").write_text("userId,movieId,rating,timestamp\n1,2,4.0,2020-01-01\n1,3,4.0,yesterday\n")
+    with pytest.raises(RecscaleError, match=r"bad.csv:3: timestamp is not a time in the format 'iso'"):
+        recscale.prepare(str(tmp_path / "bad.csv"), tmp_path / "b", time_format="iso", **options)
+    assert not (tmp_path / "b").exists()

@@ -44,7 +44,10 @@ class RawInput:
     user_col: str = option("userId", "--ratings user column")
     item_col: str = option("movieId", "--ratings item column")
     rating_col: str | None = option("rating", "--ratings rating column; '' for implicit feedback (every row 1.0)")
-    time_col: str | None = option("timestamp", "--ratings time column (integer); '' for none")
+    time_col: str | None = option("timestamp", "--ratings time column; '' for none")
+    time_format: str | None = option(None, "--time-col's text: iso (ISO 8601 dates and times, an offset "
+                                     "allowed) or a strftime pattern such as '%%Y-%%m-%%d %%H:%%M:%%S' (default: "
+                                     "integers such as Unix seconds; Parquet dates and datetimes are read natively)")
     checksums: dict[str, str] = dataclasses.field(default_factory=dict)  # --sha256 of downloads
 
     @property
@@ -70,7 +73,7 @@ class RawInput:
     def read_file(self, path: str | Path) -> pl.DataFrame:
         """The ratings file, or one file of a split made elsewhere, with the column and separator rules."""
         return read_interactions(path, separator(self.sep, path), self.user_col, self.item_col, self.rating_col,
-                                 self.time_col)
+                                 self.time_col, self.time_format)
 
     def items(self) -> pl.DataFrame | None:
         return read_movies_csv(self.movies) if self.movies else None
@@ -90,7 +93,7 @@ class RawInput:
         self.check()
         if self.ratings:
             return ratings_source(self.ratings, separator(self.sep, self.ratings), self.user_col, self.item_col,
-                                  self.rating_col, self.time_col, self.items())
+                                  self.rating_col, self.time_col, self.items(), self.time_format)
         if self.dataset == "ml-latest-small":
             return embedded_source() if not self.raw_dir else format_source("movielens-csv", self.raw_dir)
         if self.format:

@@ -11,6 +11,7 @@ which is slow but finds the exact line and says what is wrong with it.
 from __future__ import annotations
 
 import csv
+import datetime
 import math
 from pathlib import Path
 
@@ -59,6 +60,30 @@ def require_columns(path: Path, header: list[str], required: list[str]) -> None:
 KINDS = {"int": pl.Int64, "float": pl.Float64, "str": pl.Utf8}
 
 
+def time_kind(time_format: str | None) -> str:
+    """The kind of a time column in text: integers (Unix seconds, or any integer clock) by
+    default, else `time:FORMAT` with FORMAT 'iso' (ISO 8601 dates and times, with or without an
+    offset) or a strftime pattern ('%Y-%m-%d %H:%M:%S')."""
+    return f"time:{time_format}" if time_format else "int"
+
+
+def _strptime_format(kind: str) -> str | None:
+    fmt = kind.split(":", 1)[1]
+    return None if fmt == "iso" else fmt
+
+
+def epoch_seconds(expr: pl.Expr, kind: str) -> pl.Expr:
+    """Text times of `kind` as Int64 seconds since 1970-01-01 UTC (times without an offset taken
+    as UTC). Both prepare engines parse with this one expression."""
+    parsed = expr.str.strip_chars().str.to_datetime(format=_strptime_format(kind), strict=True, time_unit="us")
+    return parsed.dt.epoch("s")
+
+
+def temporal_seconds(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    """A native date or datetime column (Parquet, a DataFrame) as Int64 seconds since the epoch."""
+    return (expr.cast(pl.Datetime("us")) if dtype == pl.Date else expr).dt.epoch("s")
+
+
 INTERACTION_KINDS = {"user": "int", "item": "int", "rating": "float", "timestamp": "int"}  # in file order
 
 
@@ -73,6 +98,13 @@ def _problem(text: str, name: str, kind: str) -> str:
         return f"missing value for {name}"
     if kind in ("str", "id"):
         return _text_id_problem(text, name) if kind == "id" else ""
+    if kind.startswith("time:"):
+        fmt = _strptime_format(kind)
+        try:
+            datetime.datetime.fromisoformat(text.strip()) if fmt is None else datetime.datetime.strptime(text.strip(), fmt)
+        except ValueError:
+            return f"{name} is not a time in the format {kind[5:]!r} (--time-format): {text.strip()!r}"
+        return ""
     try:
         value = int(text) if kind == "int" else float(text)
     except ValueError:
@@ -149,10 +181,11 @@ def read_delimited(path: str | Path, sep: str, fields: dict[str, str], names: di
         # Polars names headerless columns itself (the scheme changed across versions): ask it.
         default_names = pl.read_csv(path, n_rows=1, infer_schema=False, **options).columns
         source = {c: default_names[read_at[c]] for c in fields}
-        types = {source[c]: pl.Utf8 if kind == "id" and text_ids else KINDS.get(kind, pl.Int64)
-                 for c, kind in fields.items()}
+        types = {source[c]: pl.Utf8 if (kind == "id" and text_ids) or kind.startswith("time:")
+                 else KINDS.get(kind, pl.Int64) for c, kind in fields.items()}
         frame = pl.read_csv(path, columns=[source[c] for c in fields], **options, schema_overrides=types)
-        frame = frame.select(pl.col(source[c]).alias(c) for c in fields)
+        frame = frame.select(epoch_seconds(pl.col(source[c]), kind).alias(c) if kind.startswith("time:")
+                             else pl.col(source[c]).alias(c) for c, kind in fields.items())
         return frame.filter(~pl.all_horizontal(pl.all().is_null()))  # blank lines
 
     try:
@@ -255,8 +288,10 @@ def canonical_movies(frame: pl.DataFrame) -> pl.DataFrame:
 
 def column_type_problem(column: str, dtype: pl.DataType) -> str:
     """Why a table column of `dtype` cannot be the canonical `column` ('' when it can): ids are
-    integers, integral floats or text; ratings and times numbers. Nested, binary and other
-    types are refused by name, by both prepare engines."""
+    integers, integral floats or text; ratings numbers; times numbers, dates or datetimes. Nested,
+    binary and other types are refused by name, by both prepare engines."""
+    if column == "timestamp" and (dtype == pl.Date or isinstance(dtype, pl.Datetime)):
+        return ""
     if column in ("user", "item"):
         ok = dtype.is_integer() or dtype.is_float() or dtype == pl.Utf8
         return "" if ok else f"holds {dtype}, expected integer or text ids"
@@ -311,6 +346,8 @@ def frame_interactions(frame: pl.DataFrame, where: str, names: dict[str, str] | 
     if problem := table_problem(frame, names, where):
         raise RecscaleError(problem)
     frame = frame.with_columns(pl.col(c).cast(pl.Int64) for c in ("user", "item") if frame[c].dtype.is_float())
+    if "timestamp" in frame.columns and frame["timestamp"].dtype.is_temporal():
+        frame = frame.with_columns(temporal_seconds(pl.col("timestamp"), frame["timestamp"].dtype))
     if frame.height == 0:
         raise RecscaleError(f"{where}: no rows")
     if "rating" not in frame.columns:
@@ -332,7 +369,8 @@ def column_names(user_col: str, item_col: str, rating_col: str | None, time_col:
 
 
 def read_interactions(path: str | Path, sep: str = ",", user_col: str = "userId", item_col: str = "movieId",
-                      rating_col: str = "rating", time_col: str = "timestamp") -> pl.DataFrame:
+                      rating_col: str = "rating", time_col: str = "timestamp",
+                      time_format: str | None = None) -> pl.DataFrame:
     """Any CSV/TSV (header line) or Parquet file with a user and an item column. Without a rating
     column every row is a 1.0 (implicit feedback); without a time column every timestamp is 0.
     Ids that are not all integers are kept as text (numbered in sorted order by `prepare`)."""
@@ -353,7 +391,7 @@ def read_interactions(path: str | Path, sep: str = ",", user_col: str = "userId"
     if rating_col:
         fields["rating"] = "float"
     if time_col:
-        fields["timestamp"] = "int"
+        fields["timestamp"] = time_kind(time_format)
     frame = read_delimited(path, sep, fields, names=names)
     if not rating_col:
         frame = frame.with_columns(pl.lit(1.0).alias("rating"))

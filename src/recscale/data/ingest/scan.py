@@ -13,9 +13,12 @@ import polars as pl
 from recscale.data.ingest.readers import (
     INTERACTION_KINDS,
     column_names,
+    epoch_seconds,
     first_bad_line,
     require_columns,
     table_problem,
+    temporal_seconds,
+    time_kind,
 )
 from recscale.errors import RecscaleError
 
@@ -56,6 +59,9 @@ def scan_delimited(path: Path, sep: str, names: dict[str, str] | None, kinds: di
         columns = []
         for position, (column, kind) in enumerate(kinds.items()):
             source = pl.col(names[column]) if names is not None else pl.nth(1 + position * (2 if wide else 1))
+            if kind.startswith("time:"):
+                columns.append(epoch_seconds(source.str.strip_chars("\r"), kind).alias(column))
+                continue
             dtype = pl.Utf8 if column in text_ids else {"int": pl.Int64, "id": pl.Int64, "float": pl.Float64}[kind]
             columns.append(source.str.strip_chars("\r").cast(dtype).alias(column))
         frame = frame.select("_line", *columns)
@@ -84,6 +90,8 @@ def scan_parquet(path: Path, names: dict[str, str], items: pl.DataFrame | None =
             expr = pl.col(source)
             if column in ("user", "item"):
                 expr = expr.cast(pl.Utf8 if column in text_ids or schema[source] == pl.Utf8 else pl.Int64)
+            elif column == "timestamp" and schema[source].is_temporal():
+                expr = temporal_seconds(expr, schema[source])
             columns.append(expr.alias(column))
         return _canonical(frame.select("_line", *columns), {c: "float" if c == "rating" else "int" for c in names})
 
@@ -112,7 +120,7 @@ MOVIELENS_COLUMNS = {"user": "userId", "item": "movieId", "rating": "rating", "t
 
 def ratings_source(path: str | Path, sep: str = ",", user_col: str = "userId", item_col: str = "movieId",
                    rating_col: str | None = "rating", time_col: str | None = "timestamp",
-                   items: pl.DataFrame | None = None) -> ScanSource:
+                   items: pl.DataFrame | None = None, time_format: str | None = None) -> ScanSource:
     """`--ratings FILE` (CSV/TSV with a header, or Parquet) with the same column flags as the
     in-memory reader."""
     path = Path(path)
@@ -129,7 +137,8 @@ def ratings_source(path: str | Path, sep: str = ",", user_col: str = "userId", i
     missing = [c for c in names.values() if c not in header]
     if missing:
         raise RecscaleError(f"{path}: missing column(s) {', '.join(missing)} (header: {', '.join(header)})")
-    return scan_delimited(path, sep, names, {c: INTERACTION_KINDS[c] for c in names}, items)
+    kinds = {c: time_kind(time_format) if c == "timestamp" else INTERACTION_KINDS[c] for c in names}
+    return scan_delimited(path, sep, names, kinds, items)
 
 
 def format_source(name: str, root: str | Path) -> ScanSource | None:
