@@ -14,6 +14,7 @@ from recscale.config.layers import Layer
 from recscale.config.run import RunConfig
 from recscale.data.dataset.prepared import PreparedDataset
 from recscale.errors import RecscaleError
+from recscale.evaluation.report import format_rows
 from recscale.fsutil import atomic_file
 from recscale.training.build import build_model, build_trainer, open_data, pick_device, resolve_data_loading, seeded
 
@@ -58,13 +59,15 @@ def benchmark(cfg: RunConfig, model_params: Layer | dict, untimed_epochs: int = 
     }
 
 
-def format_benchmark(result: dict) -> str:
+def format_benchmark(result: dict, fmt: str = "table") -> str:
+    """The timing of one benchmark run, as a table, JSON (the whole result), CSV or Markdown."""
+    if fmt == "json":
+        return json.dumps(result, indent=2)
     rate = f"{result['unit']}_per_second"
-    return "\n".join([
-        f"{'model':12s} {'device':8s} {'batch':>9s} {'epoch s':>9s} {'valid s':>9s} {rate:>18s} {'peak MiB':>9s}",
-        f"{result['model']:12s} {result['device']:8s} {result['batch_size']:9d} {result['epoch_seconds']:9.3f} "
-        f"{result['valid_seconds']:9.3f} {result[rate]:18,.0f} {result['peak_memory_mib']:9.0f}",
-    ])
+    header = ["model", "device", "batch", "epoch s", "valid s", rate, "peak MiB"]
+    row = [result["model"], result["device"], result["batch_size"], f"{result['epoch_seconds']:.3f}",
+           f"{result['valid_seconds']:.3f}", f"{result[rate]:,.0f}", f"{result['peak_memory_mib']:.0f}"]
+    return format_rows(header, [row], fmt)
 
 
 def write_json(result: dict, path) -> None:

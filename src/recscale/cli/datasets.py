@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from recscale import api
+from recscale.cli.parsing import add_format_argument
 from recscale.config.arguments import add_arguments
 from recscale.config.layers import build, flags
 from recscale.data.dataset.schema import dataset_notes
@@ -34,6 +35,7 @@ def add_demo(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--quick", action="store_true", help="2 epochs per neural model (a smoke run)")
+    add_format_argument(p)
 
 
 def cmd_datasets(args) -> int:
@@ -95,7 +97,7 @@ def cmd_demo(args) -> int:
         print(f"\nTest metrics, {protocol} protocol "
               f"({'100 sampled negatives' if protocol == 'ncf' else 'full ranking, fold-in users'}; "
               f"± is the 95% interval over users):")
-        print(format_table(rows, DEMO_KS[protocol], protocol) + "\n", flush=True)
+        print(format_table(rows, DEMO_KS[protocol], protocol, args.report_format) + "\n", flush=True)
         for note in dataset_notes(data.meta):
             print(f"note: {note}\n", flush=True)
     return 0

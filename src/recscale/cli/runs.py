@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from recscale import api
+from recscale.cli.parsing import add_format_argument, say
 from recscale.config.arguments import add_arguments, from_namespace
 from recscale.config.layers import Layer, build, flags
 from recscale.config.run import MAX_K, EvalConfig
@@ -29,6 +30,7 @@ def add_evaluate(sub) -> None:
     p.add_argument("--test-history", choices=("train+valid", "train"), default=None,
                    help="ncf/random: score test users from train+valid or from train only "
                    "[default: the run's setting, train+valid]")
+    add_format_argument(p)
 
 
 def add_recommend(sub) -> None:
@@ -76,8 +78,8 @@ def cmd_evaluate(args) -> int:
     ks = _parse_ks(args.k) if args.k is not None else None
     result = api.load_run(args.run, args.device, args.checkpoint).evaluate(args.split, ks, args.test_history)
     shown = sorted({int(key.split("@")[1]) for key in result if key.startswith("hr@")})
-    print(format_table({f"{result['model']} ({args.split})": result}, shown, result["protocol"]))
-    print(f"wrote {Path(args.run) / f'eval-{args.split}.json'}")
+    print(format_table({f"{result['model']} ({args.split})": result}, shown, result["protocol"], args.report_format))
+    say(args, f"wrote {Path(args.run) / f'eval-{args.split}.json'}")
     return 0
 
 

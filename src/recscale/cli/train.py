@@ -4,17 +4,20 @@ generated from RunConfig (config/arguments.py) and the one layer merge of api.re
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
+import json
 import os
 from pathlib import Path
 
 from recscale import api
 from recscale.bench import benchmark, format_benchmark, write_json
+from recscale.cli.parsing import add_format_argument, say
 from recscale.config.arguments import add_run_arguments, run_flags
 from recscale.config.files import tomllib
 from recscale.config.layers import Layer, flags
 from recscale.errors import RecscaleError
-from recscale.evaluation.report import format_table
+from recscale.evaluation.report import format_rows, format_table
 from recscale.models.registry import MODELS
 
 PRETRAINED_FLAGS = ("pretrained_gmf", "pretrained_mlp")  # flags kept from before they became model settings
@@ -43,6 +46,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 def fitting_parser(sub, name: str, text: str) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=text, epilog=models_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     add_train_arguments(p)
+    add_format_argument(p)
     return p
 
 
@@ -138,8 +142,9 @@ def cmd_train(args) -> int:
         if args.out or args.config or args.param or given or any(getattr(args, k) for k in PRETRAINED_FLAGS):
             raise RecscaleError("--resume: takes only --device; the run's config.toml holds the rest")
         best = api.resume(args.resume, args.device).best
-        print(f"resumed and finished {args.resume}")
-        print(format_table({f"best ({best.get('split', '-')})": best}, (10, 20, 50, 100), best.get("protocol", "ncf")))
+        say(args, f"resumed and finished {args.resume}")
+        print(format_table({f"best ({best.get('split', '-')})": best}, (10, 20, 50, 100), best.get("protocol", "ncf"),
+                           args.report_format))
         return 0
     if not args.out:
         raise RecscaleError("--out: a run directory is required (or --resume RUN)")
@@ -148,8 +153,8 @@ def cmd_train(args) -> int:
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return 0
     record = run.best
-    print(f"trained {cfg.model} -> {args.out}")
-    print(format_table({f"{cfg.model} ({record['split']})": record}, cfg.eval.ks, record["protocol"]))
+    say(args, f"trained {cfg.model} -> {args.out}")
+    print(format_table({f"{cfg.model} ({record['split']})": record}, cfg.eval.ks, record["protocol"], args.report_format))
     return 0
 
 
@@ -180,8 +185,13 @@ def cmd_tune(args) -> int:
                   cfg.system.seed, max(1, usable_cpus() // args.jobs), check_study_name(args.study),
                   fingerprint(cfg.model, cfg.data, data.protocol, space), args.overwrite)
     summary = tune(job, args.jobs)
-    print(job.output("trials.tsv").read_text(), end="")
-    print(f"best: trial {summary['best_trial']} ({summary['best_value']:.4f}), {summary['complete']} complete, "
+    with open(job.output("trials.tsv"), newline="") as handle:
+        header, *trials = list(csv.reader(handle, delimiter="\t"))
+    if args.report_format == "json":
+        print(json.dumps({"trials": [dict(zip(header, t)) for t in trials], **summary}, indent=2, default=str))
+        return 0
+    print(format_rows(header, trials, args.report_format))
+    say(args, f"best: trial {summary['best_trial']} ({summary['best_value']:.4f}), {summary['complete']} complete, "
           f"{summary['pruned']} pruned of {summary['trials']}; reproduce with: recscale train --config "
           f"{job.output('best.toml')} --out runs/best")
     return 0
@@ -190,13 +200,15 @@ def cmd_tune(args) -> int:
 def cmd_benchmark(args) -> int:
     cfg, params = resolve_flags(args)
     result = benchmark(cfg, params, untimed_epochs=args.untimed_epochs)
-    print(format_benchmark(result))
+    print(format_benchmark(result, args.report_format))
+    if args.report_format == "json":
+        return 0
     validation = result["validation"]
     print(format_table({f"{cfg.model} ({validation['split']}, last epoch)": validation}, cfg.eval.ks,
                        result["protocol"]))
     if args.json:
         write_json(result, args.json)
-        print(f"wrote {args.json}")
+        say(args, f"wrote {args.json}")
     return 0
 
 
