@@ -80,3 +80,18 @@ def test_datasets_and_runs_say_what_they_are(small_ncf, tmp_path, capsys):
     assert main(_train(small_ncf, tmp_path / "run")) == 0
     text = repr(recscale.load_run(tmp_path / "run"))
     assert "gmf on " in text and "2 epoch(s)" in text and "best hr@10 0." in text
+
+
+def test_the_saved_config_keeps_what_was_asked_and_the_machines_choices_apart(small_ncf, tmp_path, capsys):
+    from recscale import api
+    from recscale.config.files import tomllib
+    from recscale.config.layers import Layer
+    from recscale.training.run import read_run_config
+    assert main(_train(small_ncf, tmp_path / "run")) == 0
+    saved = tomllib.loads((tmp_path / "run" / "config.toml").read_text())
+    assert saved["loader"]["data_loading"] == "auto" and saved["loader"]["memory_budget"] == "auto"
+    assert saved["machine"]["data_loading"] == "memory" and int(saved["machine"]["memory_budget"]) > 0  # bytes
+    assert read_run_config(tmp_path / "run")[0].loader.data_loading == "memory"  # the run resumes as it ran
+    # the file as a --config elsewhere: "auto" is resolved again there, not copied
+    cfg, _ = api.resolve_settings(tmp_path / "run" / "config.toml", Layer({}, "flags", "flag"), Layer({}, "flags"))
+    assert cfg.loader.data_loading == "auto" and cfg.model == "gmf"

@@ -29,6 +29,10 @@ MOVED_TO_MODEL = ("pretrained_gmf", "pretrained_mlp")  # were [train] settings, 
 
 
 RECORD_SECTION = "dataset"  # written by `recscale train` into config.toml: which dataset the run used
+# also written into config.toml: what this machine resolved of the settings left to "auto" (the
+# loading mode and the memory budget). The run itself reads it back (a resumed run shuffles in the
+# same windows); as a --config file it is left out, so another machine resolves "auto" again.
+MACHINE_SECTION = "machine"
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -62,7 +66,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 def run_layers(sections: Mapping[str, Any], source: str) -> tuple[list[Layer], Layer]:
     """The run-setting layers and the model layer of a config file's sections. Unknown sections
     are errors; a legacy [train] section is routed key by key (pretrained_* to [model])."""
-    known = ("run", *GROUPS, MODEL_SECTION, RECORD_SECTION, LEGACY_SECTION)
+    known = ("run", *GROUPS, MODEL_SECTION, RECORD_SECTION, MACHINE_SECTION, LEGACY_SECTION)
     layers: list[Layer] = []
     model: dict[str, Any] = {}
     for section, body in sections.items():
@@ -70,8 +74,8 @@ def run_layers(sections: Mapping[str, Any], source: str) -> tuple[list[Layer], L
             raise RecscaleError(f"{source}: unknown section [{section}] (known: {', '.join(known[:-1])})")
         if not isinstance(body, dict):
             raise RecscaleError(f"{source}: [{section}] must be a table of settings")
-        if section == RECORD_SECTION:
-            continue  # what a run's config.toml records about its dataset; not a setting
+        if section in (RECORD_SECTION, MACHINE_SECTION):
+            continue  # what a run's config.toml records about its dataset and machine; not a setting
         if section == MODEL_SECTION:
             model.update(body)
         elif section == LEGACY_SECTION:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from recscale.config.files import RECORD_SECTION, read_config_file, run_layers, to_toml
+from recscale.config.files import MACHINE_SECTION, RECORD_SECTION, read_config_file, run_layers, to_toml
 from recscale.config.layers import Layer, build_run_config
 from recscale.config.run import RunConfig
 from recscale.data.dataset.prepared import PreparedDataset
@@ -70,12 +70,19 @@ def _meta_digest(data_dir: Path) -> str:
         return ""
 
 
-def write_run_config(path: Path, cfg: RunConfig, model_cfg: Any, run_final: Path) -> None:
-    """config.toml: the resolved settings, one section per group, and the dataset it was trained
-    on (absolute path, path relative to the run, and a digest of its meta.json)."""
+MACHINE_RESOLVED = ("data_loading", "memory_budget")  # loader settings this machine decides when left to auto
+
+
+def write_run_config(path: Path, cfg: RunConfig, model_cfg: Any, run_final: Path, asked: RunConfig | None = None) -> None:
+    """config.toml: the settings as asked (`asked`; machine-resolved ones as given, e.g. "auto"),
+    one section per group; what this machine resolved of them ([machine]); and the dataset it was
+    trained on (absolute path, path relative to the run, and a digest of its meta.json)."""
     data = Path(cfg.data)
     dataset = {"path": str(data), "relative": os.path.relpath(data, run_final), "meta_sha256": _meta_digest(data)}
-    sections = {**cfg.sections(), "model": dataclasses.asdict(model_cfg), RECORD_SECTION: dataset}
+    asked = cfg if asked is None else asked.replace(data=cfg.data)
+    machine = {name: getattr(cfg.loader, name) for name in MACHINE_RESOLVED}
+    sections = {**asked.sections(), "model": dataclasses.asdict(model_cfg), MACHINE_SECTION: machine,
+                RECORD_SECTION: dataset}
     with atomic_file(path) as tmp:
         tmp.write_text("# written by recscale train; `recscale train --config` reads it back\n" + to_toml(sections))
 
@@ -108,8 +115,10 @@ def read_run_config(run: str | Path) -> tuple[RunConfig, Layer]:
         raise RecscaleError(f"{run}: not a run directory (no {CONFIG}; run `recscale train`)")
     sections = read_config_file(path)
     dataset = sections.pop(RECORD_SECTION, {})
+    machine = sections.pop(MACHINE_SECTION, {})  # runs written before it recorded the resolved values in [loader]
     layers, model = run_layers(sections, str(path))
-    cfg = build_run_config(*layers)
+    cfg = build_run_config(*layers, Layer({k: v for k, v in machine.items() if k in MACHINE_RESOLVED}, str(path),
+                                          "key", "loader"))
     return cfg.replace(data=str(locate_dataset(run, cfg.data, dataset))), without_retired(cfg.model, model)
 
 
@@ -184,6 +193,7 @@ def start_run(cfg: RunConfig, model_params: Layer | dict, out: str | Path, overw
         return resume_run(out)
     model_class(cfg.model)
     cfg = cfg.replace(data=str(Path(cfg.data).absolute()))  # found again from any working directory
+    asked = cfg
     cfg = resolve_data_loading(cfg, PreparedDataset(cfg.data))
     data = open_data(cfg)
     device = distributed.device_for(info, pick_device(cfg.system.device))
@@ -208,7 +218,7 @@ def start_run(cfg: RunConfig, model_params: Layer | dict, out: str | Path, overw
                 model.init_from_pretrained({role: load_run(path, "cpu").model for role, path in pretrained.items()})
             place(model, device)
             if run is not None:
-                write_run_config(run.path / CONFIG, cfg, model_cfg, run.final)
+                write_run_config(run.path / CONFIG, cfg, model_cfg, run.final, asked)
             distributed.barrier()
             if model.closed_form:
                 return _fit_closed_form(model, data, cfg, device, run)
