@@ -106,3 +106,12 @@ def test_unknown_names_get_a_did_you_mean_and_no_class_name(capsys, tmp_path, sm
                  "facotrs=8"]) == 2
     err = capsys.readouterr().err
     assert "--param facotrs: unknown key for gmf; did you mean 'factors'?" in err and "Config" not in err
+
+
+def test_help_names_the_models_own_defaults_and_reads_as_sentences(capsys):
+    with pytest.raises(SystemExit):
+        make_parser().parse_args(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "[default: 1024] (the models' own: neumf 4096," in text and "multvae 500" in text
+    assert "How training batches are made ([loader] in a config file):" in text
+    assert "gmf factors=64, embedding_gradients=auto" in text  # only the settings gmf uses

@@ -41,6 +41,18 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrained-mlp", dest="pretrained_mlp", help="neumf: a trained mlp run to start from "
                    "(the model setting pretrained_mlp)")
     add_run_arguments(p)
+    note_model_defaults(p)
+
+
+def note_model_defaults(p: argparse.ArgumentParser) -> None:
+    """A run flag whose default some models override says so in its help: the model's default
+    is the one a run of that model gets (NeuMF's batch size is 4096, not the general one)."""
+    for action in p._actions:
+        overrides = {name: cls.train_defaults[action.dest] for name, cls in MODELS.items()
+                     if action.dest in cls.train_defaults}
+        if overrides and action.help:
+            per_model = ", ".join(f"{name} {value}" for name, value in overrides.items())
+            action.help += f" (the models' own: {per_model})"
 
 
 def fitting_parser(sub, name: str, text: str) -> argparse.ArgumentParser:

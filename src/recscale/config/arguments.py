@@ -64,9 +64,11 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """Every RunConfig setting as a flag, in one --help group per section."""
-    add_arguments(parser.add_argument_group("run"), RunConfig)
-    for name, cls in GROUPS.items():
-        add_arguments(parser.add_argument_group(f"{name}: {cls.__doc__.split(':', 1)[1].strip()}"), cls)
+    add_arguments(parser.add_argument_group("What to train, on what, for how long ([run] in a config file)"),
+                  RunConfig)
+    for name, cls in GROUPS.items():  # the group's docstring, "[optim]: the optimizer ...", as a heading
+        text = cls.__doc__.split(":", 1)[1].strip().rstrip(".")
+        add_arguments(parser.add_argument_group(f"{text[0].upper()}{text[1:]} ([{name}] in a config file)"), cls)
 
 
 def from_namespace(cls: type, namespace: argparse.Namespace) -> dict[str, Any]:
