@@ -132,6 +132,9 @@ class SystemConfig(Checked):
     precision: str = option("fp32", "fp32, bf16 or fp16 (autocast; fp16 with loss scaling)", choices=PRECISIONS)
     seed: int = option(0, "seed for initialization, shuffling and sampling", check=SEED_RANGE)
     progress: bool = option(True, "show a progress line (only when stderr is a terminal)")
+    tracker: str = option("auto", "experiment tracking: auto (TensorBoard events in the run directory when "
+                          "tensorboard is installed), tensorboard, mlflow (MLFLOW_TRACKING_URI, else a local "
+                          "./mlruns store), or none", choices=("auto", "tensorboard", "mlflow", "none"))
     checkpoint_every: int = option(0, "also write checkpoints/last.pt every N steps within an epoch "
                                    "(0: at the end of each epoch only)", check=in_range(0, MAX_COUNT, high_inclusive=True))
     embeddings: str = option("replicated", "replicated (every worker holds every table: data parallel) or "

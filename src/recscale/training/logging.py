@@ -7,26 +7,26 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from recscale.config.files import tomllib
 from recscale.errors import RecscaleError
 from recscale.fsutil import atomic_file
 from recscale.progress import LOGGER, bar
+from recscale.training.tracking import Tracker, make_tracker
 
 
 class RunLogger:
     """`run` is the RunDirectory (its `path` moves when a run built aside is published; files are
     opened by path each time, and the TensorBoard writer's open file moves with its directory)."""
 
-    def __init__(self, run, enabled: bool = True, progress: bool = True, label: str = ""):
-        """`label` names what is trained in every line (the model, and the trial under tune)."""
+    def __init__(self, run, enabled: bool = True, progress: bool = True, label: str = "", tracker: str = "auto"):
+        """`label` names what is trained in every line (the model, and the trial under tune);
+        `tracker` (tracking.py) is told the run's config.toml once, each epoch, and the end."""
         self.run, self.enabled, self.label = run, enabled, label
         self.bars = enabled and progress
-        self.tensorboard = None
+        self.tracker = Tracker()
         if enabled and run is not None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-                self.tensorboard = SummaryWriter(str(run.path))
-            except Exception:  # tensorboard not installed: metrics.jsonl is the record
-                self.tensorboard = None
+            self.tracker = make_tracker(tracker, run, label)
+            self.tracker.start(recorded_settings(run.path / "config.toml"))
 
     def epoch_bar(self, epoch: int, epochs: int, steps: int, done: int):
         """The bar of one epoch's steps (elapsed, steps/s, ETA), starting at step `done`."""
@@ -47,10 +47,7 @@ class RunLogger:
                 handle.write(json.dumps(record) + "\n")
         except OSError as exc:
             raise RecscaleError(f"{self.run.path / 'metrics.jsonl'}: cannot write: {exc.strerror}") from None
-        if self.tensorboard is not None:
-            for key, val in record.items():
-                if isinstance(val, (int, float)) and key != "epoch":
-                    self.tensorboard.add_scalar(key, val, record["epoch"])
+        self.tracker.epoch(record)
 
     def message(self, text: str) -> None:
         """A note or warning of the run (rank 0 only); warnings stay under -q."""
@@ -60,9 +57,19 @@ class RunLogger:
     def close(self, records: list[dict], metric: str) -> None:
         if not self.enabled or self.run is None:
             return
-        if self.tensorboard is not None:
-            self.tensorboard.close()
         plot_curves(records, metric, self.run.path / "curves.png")
+        scored = [r for r in records if metric in r]
+        self.tracker.finish(max(scored, key=lambda r: r[metric]) if scored else (records[-1] if records else {}),
+                            self.run.path)
+
+
+def recorded_settings(path: Path) -> dict:
+    """config.toml's settings as flat `section.key` parameters (what trackers record)."""
+    try:
+        sections = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return {}
+    return {f"{section}.{key}": value for section, body in sections.items() for key, value in body.items()}
 
 
 def plot_curves(records: list[dict], metric: str, path: Path) -> bool:

@@ -121,7 +121,8 @@ class Trainer:
         self.state = TrainState()
         self.stop_signal: int | None = None  # set by a signal handler; honoured after the current step
         self.on_epoch = None  # called with each finished epoch's record, once it is checkpointed (tune prunes there)
-        self.logger = RunLogger(run, enabled=rank == 0, progress=settings.system.progress, label=settings.label)
+        self.logger = RunLogger(run, enabled=rank == 0, progress=settings.system.progress, label=settings.label,
+                                tracker=settings.system.tracker)
         if device.type == "cpu" and settings.system.precision == "bf16" and not native_bf16():
             self.logger.message("warning: --precision bf16: this CPU has no native bf16 (AVX512-BF16 or AMX); "
                                 "PyTorch emulates it, usually several times slower than fp32")
