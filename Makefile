@@ -6,7 +6,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.installed-dev
 TORCHREC_STAMP := $(VENV)/.installed-torchrec
 
-.PHONY: demo test test-fast install install-torchrec bench clean
+.PHONY: demo test test-fast install install-torchrec bench gpu-wheels clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -42,5 +42,13 @@ test-fast: $(STAMP) $(TORCHREC_STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/prepare.py
 
+# The wheels the GPU machine lacks for scripts/gpu-check.sh (Python 3.12 there; .whl/ is ignored
+# and travels with the device tool's carry): polars, its runtime and tomli-w, in this venv's versions.
+GPU_WHEELS = polars polars-runtime-32 tomli-w
+gpu-wheels: $(STAMP)
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+		$(foreach w,$(GPU_WHEELS),$(w)==$$($(PY) -c "import importlib.metadata as m; print(m.version('$(w)'))"))
+
 clean:
-	rm -rf $(VENV) runs build src/*.egg-info .pytest_cache
+	rm -rf $(VENV) runs build src/*.egg-info .pytest_cache .whl
