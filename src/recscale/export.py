@@ -37,6 +37,7 @@ import torch
 from recscale._version import __version__
 from recscale.errors import RecscaleError
 from recscale.fsutil import atomic_directory, check_output, json_marker
+from recscale.progress import bar
 from recscale.recommend import model_inputs
 from recscale.serving.format import BUNDLE_VERSION, MANIFEST, file_entries
 from recscale.serving.runtime import onnx_session
@@ -106,20 +107,24 @@ def _quiet_exporters():
 
 def export_graph(module: torch.nn.Module, kind: str, stem: Path, formats, n_users: int, n_items: int,
                  output: str) -> list[str]:
-    """Write `stem.pt2` and/or `stem.onnx` for `module`; returns the file names written."""
-    with _quiet_exporters():
-        return _export_graph(module, kind, stem, formats, n_users, n_items, output)
+    """Write `stem.pt2` and/or `stem.onnx` for `module`; returns the file names written. A bar
+    shows the steps (trace, torch.export file, ONNX export, parity check) on a terminal."""
+    steps = 1 + ("torch" in formats) + 2 * ("onnx" in formats)
+    with _quiet_exporters(), bar(total=steps, desc=f"export {stem.name}", unit="step") as shown:
+        return _export_graph(module, kind, stem, formats, n_users, n_items, output, shown)
 
 
 def _export_graph(module: torch.nn.Module, kind: str, stem: Path, formats, n_users: int, n_items: int,
-                  output: str) -> list[str]:
+                  output: str, shown) -> list[str]:
     module = module.eval()
     example = example_inputs(kind, n_users, n_items)
     written = []
+    shown.set_postfix_str("tracing (torch.export)")
     try:
         program = torch.export.export(module, example, dynamic_shapes=tuple(_dynamic_shapes(kind).values()))
     except Exception as exc:  # torch.export's own errors: a model it cannot trace
         raise RecscaleError(f"export: torch.export cannot trace this model: {str(exc).splitlines()[0]}") from None
+    shown.update()
     if "torch" in formats:
         # Into memory first: torch's archive writer aborts the interpreter when a write fails (full
         # disk); Python's own write raises OSError, which the bundle's atomic directory reports
@@ -127,8 +132,10 @@ def _export_graph(module: torch.nn.Module, kind: str, stem: Path, formats, n_use
         torch.export.save(program, buffer)
         stem.with_suffix(".pt2").write_bytes(buffer.getbuffer())
         written.append(stem.with_suffix(".pt2").name)
+        shown.update()
     if "onnx" in formats:
         _require_onnx()
+        shown.set_postfix_str("ONNX export")
         try:
             torch.onnx.export(module, example, str(stem.with_suffix(".onnx")), dynamo=True,
                               input_names=INPUT_NAMES[kind], output_names=[output],
@@ -138,7 +145,10 @@ def _export_graph(module: torch.nn.Module, kind: str, stem: Path, formats, n_use
         except Exception as exc:
             raise RecscaleError(f"export: the ONNX exporter failed: {str(exc).splitlines()[0]}") from None
         written.append(stem.with_suffix(".onnx").name)
+        shown.update()
+        shown.set_postfix_str("parity check (ONNX Runtime against the model)")
         check_parity(module, stem.with_suffix(".onnx"), kind, n_users, n_items, output)
+        shown.update()
     return written
 
 
