@@ -198,13 +198,17 @@ class Run:
         ks = check_ks(ks, data) if ks is not None else tuple(k for k in cfg.eval.ks if meaningful(k, data))
         ks = ks or default_ks(data)
         history = test_history or cfg.eval.test_history
+        per_user: dict = {}
         metrics = evaluate_split(loaded.model, data, split, ks=ks, device=loaded.device,
-                                 batch_size=cfg.eval.eval_batch_size, test_history=history)
+                                 batch_size=cfg.eval.eval_batch_size, test_history=history, per_user=per_user)
         result = {"run": str(self.path), "model": cfg.model, "split": split, "protocol": data.protocol,
                   "checkpoint": loaded.checkpoint, "test_history": history, **metrics}
-        if write:
+        if write:  # the metrics, and beside them each user's values (what `recscale compare` pairs)
             with atomic_file(self.path / f"eval-{split}.json") as tmp:
                 tmp.write_text(json.dumps(result, indent=2) + "\n")
+            users = pl.DataFrame({"user": data.original_user_ids()[per_user.pop("user")], **per_user})
+            with atomic_file(self.path / f"eval-{split}-users.parquet") as tmp:
+                users.write_parquet(tmp)
         return result
 
     def users(self, original_ids: Iterable[Any] | None) -> np.ndarray:
@@ -241,6 +245,42 @@ class Run:
         return write_recommendations(loaded.model, loaded.data, users, k, out, loaded.device,
                                      loaded.config.eval.eval_batch_size, overwrite, (self.path, *inputs),
                                      None if columns is None else tuple(columns))
+
+
+def compare(runs: Iterable[str | Path], split: str = "test", metrics: Iterable[str] | None = None,
+            seed: int = 0) -> list[dict]:
+    """Paired tests between runs on the same dataset (evaluation/compare.py): one record per
+    (pair, metric) with the mean difference, its bootstrap 95% interval, t-test and Wilcoxon
+    p-values, each also Holm-adjusted. Each run's per-user values come from its
+    eval-SPLIT-users.parquet (evaluated now when it is missing)."""
+    from recscale.config.files import tomllib
+    from recscale.evaluation.compare import compare_users
+    paths = [Path(r) for r in runs]
+    if len(paths) < 2:
+        raise RecscaleError("compare: give two runs or more")
+    digests = {}
+    for path in paths:
+        Run(path)  # a run directory, or one line saying it is not
+        digests[path] = tomllib.loads((path / "config.toml").read_text()).get("dataset", {}).get("meta_sha256")
+    if len(set(digests.values())) != 1:
+        raise RecscaleError("compare: the runs were trained on different datasets (their meta.json digests "
+                            "differ); paired tests need the same users and split")
+    labels = [p.name for p in paths] if len({p.name for p in paths}) == len(paths) else [str(p) for p in paths]
+    tables = {}
+    for label, path in zip(labels, paths):
+        users = path / f"eval-{split}-users.parquet"
+        if not users.is_file():
+            Run(path).evaluate(split)
+        tables[label] = pl.read_parquet(users)
+    available = [c for c in tables[labels[0]].columns if c != "user"]
+    if metrics is None:
+        cfg, _ = read_run_config(paths[0])
+        metrics = [selection_metric(PreparedDataset(cfg.data).protocol), "mrr"]
+    metrics = list(metrics)
+    missing = [m for m in metrics if any(m not in t.columns for t in tables.values())]
+    if missing:
+        raise RecscaleError(f"--metrics: {missing[0]!r} is not in every run's evaluation (known: {', '.join(available)})")
+    return compare_users(tables, metrics, seed)
 
 
 def _dataset_path(data: Any) -> str:

@@ -18,6 +18,7 @@ COMMANDS = {
     "prepare": (prepare.add_prepare, prepare.cmd_prepare),
     "train": (train.add_train, train.cmd_train),
     "evaluate": (runs.add_evaluate, runs.cmd_evaluate),
+    "compare": (runs.add_compare, runs.cmd_compare),
     "recommend": (runs.add_recommend, runs.cmd_recommend),
     "benchmark": (train.add_benchmark, train.cmd_benchmark),
     "tune": (train.add_tune, train.cmd_tune),

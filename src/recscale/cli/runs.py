@@ -1,7 +1,8 @@
-"""`recscale evaluate`, `recommend`, `export` and `serve`: what is done with a trained run."""
+"""`recscale evaluate`, `compare`, `recommend`, `export` and `serve`: what is done with trained runs."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from recscale import api
@@ -10,7 +11,7 @@ from recscale.config.arguments import add_arguments, from_namespace
 from recscale.config.layers import Layer, build, flags
 from recscale.config.run import MAX_K, EvalConfig
 from recscale.errors import RecscaleError
-from recscale.evaluation.report import format_table
+from recscale.evaluation.report import format_rows, format_table
 from recscale.recommend import read_user_file
 
 
@@ -115,3 +116,29 @@ def cmd_serve(args) -> int:
     return 0
 
 
+
+
+def add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="paired tests between runs on the same dataset: is one really better?")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="two or more run directories")
+    p.add_argument("--split", choices=["valid", "test"], default="test")
+    p.add_argument("--metrics", help="comma-separated, e.g. hr@10,ndcg@10 [default: the protocol's selection "
+                   "metric and mrr]")
+    p.add_argument("--seed", type=int, default=0, help="of the bootstrap resamples [default: 0]")
+    add_format_argument(p)
+
+
+def cmd_compare(args) -> int:
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+    rows = api.compare(args.runs, args.split, metrics, args.seed)
+    if args.report_format == "json":
+        print(json.dumps(rows, indent=2))
+        return 0
+    header = ["a", "b", "metric", "users", "mean a", "mean b", "b - a", "95% interval", "t-test p (Holm)",
+              "Wilcoxon p (Holm)"]
+    body = [[r["a"], r["b"], r["metric"], r["users"], f"{r['mean_a']:.4f}", f"{r['mean_b']:.4f}",
+             f"{r['difference']:+.4f}", f"[{r['ci95_low']:+.4f}, {r['ci95_high']:+.4f}]",
+             f"{r['t_test_p']:.3g} ({r['t_test_p_holm']:.3g})", f"{r['wilcoxon_p']:.3g} ({r['wilcoxon_p_holm']:.3g})"]
+            for r in rows]
+    print(format_rows(header, body, args.report_format))
+    return 0

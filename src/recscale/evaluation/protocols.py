@@ -104,6 +104,13 @@ class _Coverage:
             self.shown[i, ranked[:, :k].reshape(-1)] = True
 
 
+def per_user_values(total: dict, ks) -> dict[str, np.ndarray]:
+    """The evaluated users (contiguous ids) and each metric's value for each, from the totals."""
+    names = metric_names(ks)
+    return {"user": torch.cat(total["_user"]).numpy() if "_user" in total else np.zeros(0, dtype=np.int64),
+            **{name: torch.cat(total[name]).numpy() if name in total else np.zeros(0) for name in names}}
+
+
 def _finish(total: dict, ks, coverage: _Coverage, reduce=None) -> dict:
     """Averages from the per-user values, with the 95% interval of each (`ci95`: half-widths, from
     the per-user standard error). With `reduce` (an all-reduce over ranks), the exactly rounded local
@@ -129,20 +136,22 @@ def _finish(total: dict, ks, coverage: _Coverage, reduce=None) -> dict:
 @torch.no_grad()
 def evaluate(model: Recommender, data: PreparedDataset, split: str, ks=DEFAULT_KS, device="cpu",
              batch_size: int = 1024, rank: int = 0, world_size: int = 1, reduce=None,
-             test_history: str = "train+valid") -> dict:
+             test_history: str = "train+valid", per_user: dict | None = None) -> dict:
     """Metrics of `model` on `split`, each with its 95% interval (`ci95`) and the number of users.
     With several processes, each evaluates every `world_size`-th user from `rank` on, and `reduce`
-    sums their totals."""
+    sums their totals. `per_user`, when given, is filled with each evaluated user's values
+    (`per_user_values`: what `recscale compare` pairs between runs)."""
     model.eval()
     ks = tuple(sorted(set(ks)))
     shard = slice(rank, None, world_size)
     sets = evaluation_sets(data, split, test_history)
     if data.protocol == "ncf":
-        return sampled_ranking(model, data, split, sets[1], ks, device, batch_size, shard, reduce)
-    return full_ranking(model, data, sets, ks, device, batch_size, shard, reduce)
+        return sampled_ranking(model, data, split, sets[1], ks, device, batch_size, shard, reduce, per_user)
+    return full_ranking(model, data, sets, ks, device, batch_size, shard, reduce, per_user)
 
 
-def sampled_ranking(model, data, split, inputs, ks, device, batch_size, shard=slice(None), reduce=None) -> dict:
+def sampled_ranking(model, data, split, inputs, ks, device, batch_size, shard=slice(None), reduce=None,
+                    per_user: dict | None = None) -> dict:
     """Each user's held-out positive among its sampled negatives, the rows read a batch at a time."""
     total: dict = {}
     coverage = _Coverage(data.n_items, ks, device)
@@ -157,12 +166,15 @@ def sampled_ranking(model, data, split, inputs, ks, device, batch_size, shard=sl
         relevant = torch.zeros_like(candidates, dtype=torch.bool, device=device)
         relevant[:, 0] = True
         top = top_k(scores.float(), relevant, max(ks))
-        _accumulate(total, per_user_metrics(scores.float(), relevant, ks, top))
+        _accumulate(total, {"_user": u.cpu(), **per_user_metrics(scores.float(), relevant, ks, top)})
         coverage.add(candidates.to(device), top)
+    if per_user is not None:
+        per_user.update(per_user_values(total, ks))
     return _finish(total, ks, coverage, reduce)
 
 
-def full_ranking(model, data, sets, ks, device, batch_size, shard=slice(None), reduce=None) -> dict:
+def full_ranking(model, data, sets, ks, device, batch_size, shard=slice(None), reduce=None,
+                 per_user: dict | None = None) -> dict:
     users, inputs, masked, target = sets
     users = users[shard]
     total: dict = {}
@@ -175,6 +187,9 @@ def full_ranking(model, data, sets, ks, device, batch_size, shard=slice(None), r
         scores = scores.float().masked_fill(known > 0, float("-inf"))
         relevant = dense_rows(target, u, device) > 0
         top = top_k(scores, relevant, max(ks))
-        _accumulate(total, per_user_metrics(scores, relevant, ks, top))
+        has = relevant.any(dim=1).cpu()  # per_user_metrics keeps the rows with a relevant item
+        _accumulate(total, {"_user": torch.from_numpy(u)[has], **per_user_metrics(scores, relevant, ks, top)})
         coverage.add(None, top[relevant.any(dim=1)])
+    if per_user is not None:
+        per_user.update(per_user_values(total, ks))
     return _finish(total, ks, coverage, reduce)
