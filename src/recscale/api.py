@@ -200,7 +200,8 @@ class Run:
         history = test_history or cfg.eval.test_history
         per_user: dict = {}
         metrics = evaluate_split(loaded.model, data, split, ks=ks, device=loaded.device,
-                                 batch_size=cfg.eval.eval_batch_size, test_history=history, per_user=per_user)
+                                 batch_size=cfg.eval.eval_batch_size, test_history=history, per_user=per_user,
+                                 beyond=True)
         result = {"run": str(self.path), "model": cfg.model, "split": split, "protocol": data.protocol,
                   "checkpoint": loaded.checkpoint, "test_history": history, **metrics}
         if write:  # the metrics, and beside them each user's values (what `recscale compare` pairs)

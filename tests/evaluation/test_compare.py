@@ -50,6 +50,7 @@ def test_compare_a_run_with_its_twin_and_refuse_other_datasets(small_ncf, prepar
     users = pl.read_parquet(tmp_path / "pop" / "eval-test-users.parquet")  # written beside eval-test.json
     evaluated = json.loads((tmp_path / "pop" / "eval-test.json").read_text())
     assert users.height == evaluated["users"] and users["hr@10"].mean() == pytest.approx(evaluated["hr@10"])
+    assert 0 <= evaluated["gini@10"] <= 1 and evaluated["novelty@10"] > 0  # beyond accuracy, beside it
     assert _train(prepared("ncf"), tmp_path / "other", "popularity") == 0
     capsys.readouterr()
     assert main(["compare", str(tmp_path / "pop"), str(tmp_path / "other")]) == 2

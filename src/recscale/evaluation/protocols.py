@@ -17,6 +17,7 @@ import torch
 
 from recscale.data.dataset.prepared import PreparedDataset
 from recscale.errors import RecscaleError
+from recscale.evaluation.beyond import ListStats
 from recscale.evaluation.metrics import exact_sum, interval_half_width, metric_names, per_user_metrics
 from recscale.models.base import Recommender
 from recscale.progress import bar
@@ -136,22 +137,26 @@ def _finish(total: dict, ks, coverage: _Coverage, reduce=None) -> dict:
 @torch.no_grad()
 def evaluate(model: Recommender, data: PreparedDataset, split: str, ks=DEFAULT_KS, device="cpu",
              batch_size: int = 1024, rank: int = 0, world_size: int = 1, reduce=None,
-             test_history: str = "train+valid", per_user: dict | None = None) -> dict:
+             test_history: str = "train+valid", per_user: dict | None = None, beyond: bool = False) -> dict:
     """Metrics of `model` on `split`, each with its 95% interval (`ci95`) and the number of users.
     With several processes, each evaluates every `world_size`-th user from `rank` on, and `reduce`
     sums their totals. `per_user`, when given, is filled with each evaluated user's values
-    (`per_user_values`: what `recscale compare` pairs between runs)."""
+    (`per_user_values`: what `recscale compare` pairs between runs). `beyond` adds novelty, ARP,
+    intra-list diversity and the Gini coefficient of exposure at each K (beyond.py)."""
     model.eval()
     ks = tuple(sorted(set(ks)))
     shard = slice(rank, None, world_size)
     sets = evaluation_sets(data, split, test_history)
+    lists = ListStats(data, ks, device) if beyond else None
     if data.protocol == "ncf":
-        return sampled_ranking(model, data, split, sets[1], ks, device, batch_size, shard, reduce, per_user)
-    return full_ranking(model, data, sets, ks, device, batch_size, shard, reduce, per_user)
+        out = sampled_ranking(model, data, split, sets[1], ks, device, batch_size, shard, reduce, per_user, lists)
+    else:
+        out = full_ranking(model, data, sets, ks, device, batch_size, shard, reduce, per_user, lists)
+    return out if lists is None else {**out, **lists.finish(reduce)}
 
 
 def sampled_ranking(model, data, split, inputs, ks, device, batch_size, shard=slice(None), reduce=None,
-                    per_user: dict | None = None) -> dict:
+                    per_user: dict | None = None, lists: ListStats | None = None) -> dict:
     """Each user's held-out positive among its sampled negatives, the rows read a batch at a time."""
     total: dict = {}
     coverage = _Coverage(data.n_items, ks, device)
@@ -168,13 +173,15 @@ def sampled_ranking(model, data, split, inputs, ks, device, batch_size, shard=sl
         top = top_k(scores.float(), relevant, max(ks))
         _accumulate(total, {"_user": u.cpu(), **per_user_metrics(scores.float(), relevant, ks, top)})
         coverage.add(candidates.to(device), top)
+        if lists is not None:
+            lists.add(torch.gather(candidates.to(device), 1, top))
     if per_user is not None:
         per_user.update(per_user_values(total, ks))
     return _finish(total, ks, coverage, reduce)
 
 
 def full_ranking(model, data, sets, ks, device, batch_size, shard=slice(None), reduce=None,
-                 per_user: dict | None = None) -> dict:
+                 per_user: dict | None = None, lists: ListStats | None = None) -> dict:
     users, inputs, masked, target = sets
     users = users[shard]
     total: dict = {}
@@ -190,6 +197,8 @@ def full_ranking(model, data, sets, ks, device, batch_size, shard=slice(None), r
         has = relevant.any(dim=1).cpu()  # per_user_metrics keeps the rows with a relevant item
         _accumulate(total, {"_user": torch.from_numpy(u)[has], **per_user_metrics(scores, relevant, ks, top)})
         coverage.add(None, top[relevant.any(dim=1)])
+        if lists is not None:
+            lists.add(top[relevant.any(dim=1)])
     if per_user is not None:
         per_user.update(per_user_values(total, ks))
     return _finish(total, ks, coverage, reduce)
