@@ -135,14 +135,10 @@ def run_config(data_dir: Path, model: str, **settings):
                               source="benchmark")
 
 
-def trainer_for(cfg, model_settings: dict | None = None, seed: int = 0):
-    """The Trainer `recscale train` builds for `cfg` (seeded model, loader, optimizers), on the CPU."""
+def trainer_for(cfg, model_settings: dict | None = None):
+    """The Trainer `recscale train` builds for `cfg` (seeded model, loader, optimizers)."""
     from recscale.data.dataset.prepared import PreparedDataset
-    from recscale.training.build import build_model, build_trainer, seeded
-    data = PreparedDataset(Path(cfg.data))
-    device = torch.device(cfg.system.device)
-    with seeded(seed, device):
-        model, _ = build_model(cfg, model_settings or {}, data)
-        trainer = build_trainer(cfg, model, data, device)
+    from recscale.training.build import seeded_trainer
+    trainer = seeded_trainer(cfg, model_settings or {}, PreparedDataset(Path(cfg.data)), torch.device(cfg.system.device))
     trainer.model.train()
     return trainer

@@ -23,7 +23,7 @@ from recscale.data.dataset.prepared import PreparedDataset  # noqa: E402
 from recscale.data.loading.prefetch import Prefetcher  # noqa: E402
 from recscale.data.prepare.memory import prepare  # noqa: E402
 from recscale.evaluation.metrics import per_user_metrics  # noqa: E402
-from recscale.training.build import build_model, build_trainer, resolve_run_config, seeded  # noqa: E402
+from recscale.training.build import resolve_run_config, seeded_trainer  # noqa: E402
 from tests.helpers import synthetic_raw  # noqa: E402
 
 DEVICE = os.environ.get("RECSCALE_CUDA_TEST_DEVICE", "cuda")
@@ -49,9 +49,7 @@ def datasets(tmp_path_factory):
 def _trainer(data, model: str, device: str = DEVICE, **settings):
     cfg = resolve_run_config({"data": str(data.root), "model": model, "device": device, "progress": False,
                               "batch_size": 256 if STEP_MODELS[model] == "ncf" else 32, **settings})
-    with seeded(0, torch.device(device)):
-        net, _ = build_model(cfg, {}, data)
-        trainer = build_trainer(cfg, net.to(device), data, torch.device(device))
+    trainer = seeded_trainer(cfg, {}, data, torch.device(device))
     trainer.model.train()
     return trainer
 
@@ -73,7 +71,7 @@ def test_every_step_trained_model_takes_steps_on_the_device_in_each_precision(da
 def test_batches_are_built_on_the_device(datasets):
     for model in ("neumf", "multvae"):
         trainer = _trainer(datasets[STEP_MODELS[model]], model)
-        batch = next(iter(trainer.batches)).to(DEVICE)
+        batch = next(iter(trainer.batches))  # as the trainer gets it: not moved here
         tensors = [v for v in vars(batch).values() if isinstance(v, torch.Tensor)]
         assert tensors and all(t.device.type == torch.device(DEVICE).type for t in tensors)
 

@@ -16,7 +16,7 @@ from recscale.data.dataset.prepared import PreparedDataset
 from recscale.errors import RecscaleError
 from recscale.evaluation.report import format_rows
 from recscale.fsutil import atomic_file
-from recscale.training.build import build_model, build_trainer, open_data, pick_device, resolve_data_loading, seeded
+from recscale.training.build import model_class, open_data, pick_device, resolve_data_loading, seeded, seeded_trainer
 
 
 def peak_memory_mib(device: torch.device) -> float:
@@ -33,11 +33,11 @@ def benchmark(cfg: RunConfig, model_params: Layer | dict, untimed_epochs: int = 
     cfg = resolve_data_loading(cfg, PreparedDataset(cfg.data))
     data = open_data(cfg)
     device = pick_device(cfg.system.device)
+    if model_class(cfg.model).closed_form:
+        raise RecscaleError(f"--model: {cfg.model} is fitted in closed form; there are no epochs to time")
     with seeded(cfg.system.seed, device):
-        model, _ = build_model(cfg, model_params, data)
-        if model.closed_form:
-            raise RecscaleError(f"--model: {cfg.model} is fitted in closed form; there are no epochs to time")
-        trainer = build_trainer(cfg, model.to(device), data, device)
+        trainer = seeded_trainer(cfg, model_params, data, device)
+        model = trainer.model
         trainer.logger.enabled = False
         records = []
         for _ in range(cfg.epochs):

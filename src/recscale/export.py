@@ -210,7 +210,7 @@ def export_run(run: str | Path, out: str | Path, formats=FORMATS, checkpoint: st
             tmp / "items.parquet")
         _csr(seen, tmp / "seen.npz")
         _csr(inputs, tmp / "history.npz")
-        popularity = np.asarray(data.user_items("train").sum(axis=0)).ravel().astype(np.float32)
+        popularity = data.item_counts().astype(np.float32)
         np.save(tmp / "popularity.npy", popularity)
         meta_digest = hashlib.sha256((data.root / "meta.json").read_bytes()).hexdigest()
         manifest = {

@@ -119,28 +119,27 @@ def recommendation_batches(model: Recommender, data: PreparedDataset, users: np.
     k = min(k, data.n_items)
     user_ids, item_ids = data.original_user_ids(), data.original_item_ids()
     history_size = np.diff(inputs.indptr)
-    popularity = torch.from_numpy(np.asarray(data.rows("train").sum(axis=0)).ravel()).float().to(device)
-    shown = bar(total=users.size, desc="recommend", unit="user")
-    for start in range(0, users.size, batch_size):
-        u = users[start:start + batch_size]
-        shown.update(u.size)
-        history = dense_rows(inputs, u, device) if model.needs_history else None
-        scores = model.score(torch.from_numpy(u).to(device), history).float()
-        empty = torch.from_numpy(history_size[u] == 0).to(device)  # (B,) nothing to go on
-        scores = torch.where(empty[:, None], popularity.expand_as(scores), scores)
-        scores = scores.masked_fill(dense_rows(seen, u, device) > 0, float("-inf"))
-        # ties go to the lower item id (metrics.top_k's rule), so the output is deterministic
-        index = top_k(scores, torch.zeros_like(scores, dtype=torch.bool), k)
-        values = torch.gather(scores, 1, index)  # (B, k)
-        valid = torch.isfinite(values).cpu().numpy().ravel()  # fewer than k unseen items
-        chosen = index.cpu().numpy().ravel()[valid]  # (rows,) contiguous item ids
-        yield {"user": np.repeat(user_ids[u], k)[valid],
-               "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), u.size)[valid],
-               "item": item_ids[chosen],
-               "score": values.cpu().numpy().ravel()[valid].astype(np.float32),
-               "fallback": np.repeat(empty.cpu().numpy(), k)[valid].astype(np.int8),
-               **{name: text[chosen] for name, text in features.items()}}
-    shown.close()
+    popularity = torch.from_numpy(data.item_counts()).float().to(device)
+    with bar(total=users.size, desc="recommend", unit="user") as shown:  # closed also if the caller stops early
+        for start in range(0, users.size, batch_size):
+            u = users[start:start + batch_size]
+            shown.update(u.size)
+            history = dense_rows(inputs, u, device) if model.needs_history else None
+            scores = model.score(torch.from_numpy(u).to(device), history).float()
+            empty = torch.from_numpy(history_size[u] == 0).to(device)  # (B,) nothing to go on
+            scores = torch.where(empty[:, None], popularity.expand_as(scores), scores)
+            scores = scores.masked_fill(dense_rows(seen, u, device) > 0, float("-inf"))
+            # ties go to the lower item id (metrics.top_k's rule), so the output is deterministic
+            index = top_k(scores, torch.zeros_like(scores, dtype=torch.bool), k)
+            values = torch.gather(scores, 1, index)  # (B, k)
+            valid = torch.isfinite(values).cpu().numpy().ravel()  # fewer than k unseen items
+            chosen = index.cpu().numpy().ravel()[valid]  # (rows,) contiguous item ids
+            yield {"user": np.repeat(user_ids[u], k)[valid],
+                   "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), u.size)[valid],
+                   "item": item_ids[chosen],
+                   "score": values.cpu().numpy().ravel()[valid].astype(np.float32),
+                   "fallback": np.repeat(empty.cpu().numpy(), k)[valid].astype(np.int8),
+                   **{name: text[chosen] for name, text in features.items()}}
 
 
 def is_recommendations(path: Path) -> bool:

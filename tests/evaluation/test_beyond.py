@@ -18,7 +18,7 @@ def test_gini_of_equal_and_of_concentrated_exposure():
 def test_hand_computed_lists():
     # 4 training users; items 0..3 had 4, 2, 1 and 0 of them; genres: 0 -> {a}, 1 -> {a}, 2 -> {b}, 3 -> none
     train = sp.csr_matrix(np.array([[1, 1, 1, 0], [1, 1, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0]], dtype=np.float32))
-    data = types.SimpleNamespace(n_users=4, user_items=lambda part: train,
+    data = types.SimpleNamespace(n_users=4, item_counts=lambda: np.asarray(train.sum(axis=0), dtype=np.float64).ravel(),
                                  item_genres=lambda: (torch.tensor([0, 0, 1]), torch.tensor([0, 1, 2, 3])))
     stats = ListStats(data, (1, 2), "cpu")
     stats.add(torch.tensor([[0, 1], [2, 3]]))

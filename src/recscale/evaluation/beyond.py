@@ -35,7 +35,7 @@ class ListStats:
     """Accumulates novelty, ARP, ILD and exposure of ranked catalog ids, for each K."""
 
     def __init__(self, data: PreparedDataset, ks, device):
-        counts = torch.from_numpy(data.user_items("train").sum(axis=0).A1).double().to(device)  # (I,)
+        counts = torch.from_numpy(data.item_counts()).to(device)  # (I,)
         self.ks, self.popularity = tuple(ks), counts
         self.information = -torch.log2(counts.clamp(min=1) / max(data.n_users, 1))  # (I,)
         self.genres = _genre_vectors(data, device)  # (I, G) unit rows, or None

@@ -136,6 +136,15 @@ def build_trainer(cfg: RunConfig, model: Recommender, data: PreparedDataset, dev
                    distributed.wrap(model, info, device))
 
 
+def seeded_trainer(cfg: RunConfig, params: Layer | Mapping[str, Any], data: PreparedDataset,
+                   device: torch.device) -> Trainer:
+    """The model built under the run's seed, on `device`, and the trainer around it, in one process
+    and writing nothing (`recscale benchmark`, the benchmark scripts, the device tests)."""
+    with seeded(cfg.system.seed, device):
+        model, _ = build_model(cfg, params, data)
+        return build_trainer(cfg, model.to(device), data, device)
+
+
 def place(model: Recommender, device: torch.device) -> Recommender:
     """`model.to(device)`, leaving tables deferred to the sharding on the meta device (they have
     no data to move yet)."""

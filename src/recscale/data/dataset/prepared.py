@@ -219,6 +219,10 @@ class PreparedDataset:
     def original_item_ids(self) -> np.ndarray:
         return self.table("items")["original_id"].to_numpy()
 
+    def item_counts(self) -> np.ndarray:
+        """(I,) float64: training users per item (the popularity fallback, exports and novelty)."""
+        return np.asarray(self.rows("train").sum(axis=0), dtype=np.float64).ravel()
+
     def item_genres(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Multi-hot genres of every item as (values, offsets) for nn.EmbeddingBag, or None."""
         items = self.table("items")
