@@ -201,7 +201,7 @@ class Run:
         per_user: dict = {}
         metrics = evaluate_split(loaded.model, data, split, ks=ks, device=loaded.device,
                                  batch_size=cfg.eval.eval_batch_size, test_history=history, per_user=per_user,
-                                 beyond=True)
+                                 beyond=True, block_bytes=cfg.eval.score_block_mib << 20)
         result = {"run": str(self.path), "model": cfg.model, "split": split, "protocol": data.protocol,
                   "checkpoint": loaded.checkpoint, "test_history": history, **metrics}
         if write:  # the metrics, and beside them each user's values (what `recscale compare` pairs)
@@ -232,7 +232,8 @@ class Run:
             raise RecscaleError(f"k: must be >= 1, got {k}")
         loaded = self.loaded
         return recommend_frame(loaded.model, loaded.data, self.users(users), k, loaded.device,
-                               loaded.config.eval.eval_batch_size, None if columns is None else tuple(columns))
+                               loaded.config.eval.eval_batch_size, None if columns is None else tuple(columns),
+                               loaded.config.eval.score_block_mib << 20)
 
     def write_recommendations(self, out: str | Path, users: np.ndarray | None = None, k: int = 10,
                               overwrite: bool = False, inputs=(), columns: Iterable[str] | None = None) -> int:
@@ -245,7 +246,7 @@ class Run:
         users = np.arange(loaded.data.n_users) if users is None else users
         return write_recommendations(loaded.model, loaded.data, users, k, out, loaded.device,
                                      loaded.config.eval.eval_batch_size, overwrite, (self.path, *inputs),
-                                     None if columns is None else tuple(columns))
+                                     None if columns is None else tuple(columns), loaded.config.eval.score_block_mib << 20)
 
 
 def compare(runs: Iterable[str | Path], split: str = "test", metrics: Iterable[str] | None = None,

@@ -23,11 +23,11 @@ import torch
 
 from recscale.data.dataset.prepared import PreparedDataset
 from recscale.errors import RecscaleError
-from recscale.evaluation.protocols import dense_rows
+from recscale.evaluation.blocks import SCORE_BLOCK_BYTES, RowBlocks, blocked_width, rank_in_blocks
+from recscale.evaluation.protocols import model_history
 from recscale.fsutil import atomic_file, check_output
 from recscale.models.base import Recommender
 from recscale.progress import bar
-from recscale.ranking import top_k
 
 FORMATS = (".tsv", ".parquet")
 COLUMNS = ("user", "rank", "item", "score", "fallback")
@@ -109,10 +109,11 @@ def model_inputs(data: PreparedDataset):
 
 @torch.no_grad()
 def recommendation_batches(model: Recommender, data: PreparedDataset, users: np.ndarray, k: int,
-                           device="cpu", batch_size: int = 1024, columns: tuple[str, ...] | None = None
-                           ) -> Iterator[dict[str, np.ndarray]]:
+                           device="cpu", batch_size: int = 1024, columns: tuple[str, ...] | None = None,
+                           block_bytes: int = SCORE_BLOCK_BYTES) -> Iterator[dict[str, np.ndarray]]:
     """The top-`k` unseen items of each contiguous user id in `users`, a batch of users at a time,
-    as columns with original ids and the item features `columns` names (`item_columns`)."""
+    as columns with original ids and the item features `columns` names (`item_columns`); no
+    (users x items) block of scores larger than `block_bytes`."""
     model.eval()
     features = item_columns(data, columns)
     inputs, seen = model_inputs(data)
@@ -124,14 +125,17 @@ def recommendation_batches(model: Recommender, data: PreparedDataset, users: np.
         for start in range(0, users.size, batch_size):
             u = users[start:start + batch_size]
             shown.update(u.size)
-            history = dense_rows(inputs, u, device) if model.needs_history else None
-            scores = model.score(torch.from_numpy(u).to(device), history).float()
             empty = torch.from_numpy(history_size[u] == 0).to(device)  # (B,) nothing to go on
-            scores = torch.where(empty[:, None], popularity.expand_as(scores), scores)
-            scores = scores.masked_fill(dense_rows(seen, u, device) > 0, float("-inf"))
-            # ties go to the lower item id (metrics.top_k's rule), so the output is deterministic
-            index = top_k(scores, torch.zeros_like(scores, dtype=torch.bool), k)
-            values = torch.gather(scores, 1, index)  # (B, k)
+            history = model_history(model, inputs, u, block_bytes, device)
+            scorer = model.catalog_scorer(torch.from_numpy(u).to(device), history)
+
+            def blend(start: int, stop: int, scorer=scorer, empty=empty) -> torch.Tensor:
+                scores = scorer(start, stop).float()  # (B, b)
+                return torch.where(empty[:, None], popularity[start:stop].expand_as(scores), scores)
+            # in item blocks with the tie rule (evaluation/blocks.py): ties go to the lower item id
+            index, values, _, _ = rank_in_blocks(blend, u.size, data.n_items, k,
+                                                 blocked_width(u.size, data.n_items, block_bytes),
+                                                 RowBlocks(seen, u, device), device=device)
             valid = torch.isfinite(values).cpu().numpy().ravel()  # fewer than k unseen items
             chosen = index.cpu().numpy().ravel()[valid]  # (rows,) contiguous item ids
             yield {"user": np.repeat(user_ids[u], k)[valid],
@@ -157,7 +161,7 @@ def is_recommendations(path: Path) -> bool:
 
 def recommend(model: Recommender, data: PreparedDataset, users: np.ndarray, k: int, out: str | Path,
               device="cpu", batch_size: int = 1024, overwrite: bool = False, inputs=(),
-              columns: tuple[str, ...] | None = None) -> int:
+              columns: tuple[str, ...] | None = None, block_bytes: int = SCORE_BLOCK_BYTES) -> int:
     """Write the top-`k` unseen items for each contiguous user id in `users`; return rows written.
     An existing `out` is replaced only with `overwrite` and only when `recommend` wrote it; `out`
     may not be any of `inputs` (the run, the dataset, the users file) nor contain them."""
@@ -175,13 +179,13 @@ def recommend(model: Recommender, data: PreparedDataset, users: np.ndarray, k: i
     with atomic_file(out) as tmp:
         if out.suffix == ".parquet":
             with pq.ParquetWriter(tmp, schema) as writer:
-                for batch in recommendation_batches(model, data, users, k, device, batch_size, extra):
+                for batch in recommendation_batches(model, data, users, k, device, batch_size, extra, block_bytes):
                     writer.write_table(pa.table([batch[c] for c in schema.names], schema=schema))
                     rows += batch["rank"].size
         else:
             with open(tmp, "w", encoding="utf-8") as handle:
                 handle.write("\t".join(schema.names) + "\n")
-                for batch in recommendation_batches(model, data, users, k, device, batch_size, extra):
+                for batch in recommendation_batches(model, data, users, k, device, batch_size, extra, block_bytes):
                     if batch["rank"].size:
                         text = zip(batch["user"].astype(str), batch["rank"].astype(str), batch["item"].astype(str),
                                    np.char.mod("%.6g", batch["score"]), batch["fallback"].astype(str),
@@ -192,10 +196,11 @@ def recommend(model: Recommender, data: PreparedDataset, users: np.ndarray, k: i
 
 
 def recommend_frame(model: Recommender, data: PreparedDataset, users: np.ndarray, k: int, device="cpu",
-                    batch_size: int = 1024, columns: tuple[str, ...] | None = None) -> pl.DataFrame:
+                    batch_size: int = 1024, columns: tuple[str, ...] | None = None,
+                    block_bytes: int = SCORE_BLOCK_BYTES) -> pl.DataFrame:
     """The same recommendations as a Polars frame (in memory: for notebooks and services)."""
     extra = tuple(item_columns(data, columns))
-    parts = [pl.DataFrame(batch) for batch in recommendation_batches(model, data, users, k, device, batch_size, extra)]
+    parts = [pl.DataFrame(batch) for batch in recommendation_batches(model, data, users, k, device, batch_size, extra, block_bytes)]
     if not parts:
         return pl.DataFrame({c: [] for c in (*COLUMNS, *extra)})
     return pl.concat(parts)

@@ -131,6 +131,28 @@ def test_the_service_answers_like_recscale_recommend(bundles, tmp_path, name):
             assert _same_top(served, expected[user]), (user, served, expected[user])
 
 
+@pytest.mark.parametrize("name", ["multvae", "neumf", "popularity"])
+def test_a_batch_split_under_the_score_bound_answers_as_one(bundles, monkeypatch, name):
+    """A large catalog's batch is scored a few jobs at a time (no (jobs x items) array above
+    SCORE_BLOCK_BYTES): the same answers, fallbacks and exclusions included."""
+    from recscale.serving import app
+    from recscale.serving.app import Job, Service
+    _, bundle = bundles(name)
+    opened = Bundle(bundle)
+    jobs = [Job(user=u, k=5, exclude=np.array([u % opened.n_items])) for u in range(0, 40, 3)]
+    jobs += [Job(history=np.array([1, 2, 3]), k=4), Job(history=np.array([], dtype=np.int64), k=3)] \
+        if opened.kind == "rows" else []
+    whole = Service(opened).score(jobs)
+    sizes = []
+    inner = Service._score
+    monkeypatch.setattr(app, "SCORE_BLOCK_BYTES", 4 * opened.n_items * 3)  # three jobs at a time
+    monkeypatch.setattr(Service, "_score", lambda self, part: sizes.append(len(part)) or inner(self, part))
+    split = Service(opened).score(jobs)
+    assert max(sizes) == 3 and sum(sizes) == len(jobs)
+    for a, b in zip(split, whole):
+        assert len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
 @pytest.mark.parametrize("name", ["multvae", "multdae", "autoencoder", "ease"])
 def test_folding_in_a_training_users_history_gives_that_users_top_k(bundles, name):
     _, bundle = bundles(name)

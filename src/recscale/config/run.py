@@ -107,6 +107,9 @@ class LoaderConfig(Checked):
                                 "available)", check=lambda v: size_problem(v))
 
 
+SCORE_BLOCK_MIB = 256  # the default bound of one (users x items) float32 block of scores
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalConfig(Checked):
     """[eval]: validation during training and model selection."""
@@ -122,6 +125,9 @@ class EvalConfig(Checked):
     test_history: str = option("train+valid", "ncf/random test users are scored from their train+valid "
                                "interactions, or from train only (RecBole's choice); both are masked",
                                choices=("train+valid", "train"))
+    score_block_mib: int = option(SCORE_BLOCK_MIB, "largest block of (users x items) scores that full ranking holds, "
+                                  "in MiB; a larger catalog is scored in item blocks with a running top-k "
+                                  "(the same results)", check=in_range(1, 1 << 20, high_inclusive=True))
 
 
 @dataclasses.dataclass(frozen=True)

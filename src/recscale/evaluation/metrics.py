@@ -92,10 +92,16 @@ def per_user_metrics(scores: torch.Tensor, relevant: torch.Tensor, ks: tuple[int
     if top is None:
         top = top_k(scores, relevant, max(ks))
     scores, relevant, top = scores[keep], relevant[keep], top[keep]
-    n_relevant = relevant.sum(dim=1)
-    hits = torch.gather(relevant, 1, top)
+    return metrics_from_hits(torch.gather(relevant, 1, top), relevant.sum(dim=1),
+                             first_relevant_rank(scores, relevant), ks, relevant.shape[1])
+
+
+def metrics_from_hits(hits: torch.Tensor, n_relevant: torch.Tensor, first_rank: torch.Tensor,
+                      ks: tuple[int, ...], n_candidates: int) -> dict[str, torch.Tensor]:
+    """Every metric at every K from what they depend on, for rows with a relevant item: `hits`
+    (U, min(max K, C)) whether each of the top ranks is relevant, `n_relevant` (U,), `first_rank`
+    (U,) the 1-based rank of the first relevant candidate in the whole ranking; name -> (U,) on CPU."""
     out = {}
-    n_candidates = relevant.shape[1]
     for named_k in ks:
         # past the number of candidates nothing changes (but precision still divides by K)
         k = min(named_k, n_candidates)
@@ -106,7 +112,7 @@ def per_user_metrics(scores: torch.Tensor, relevant: torch.Tensor, ks: tuple[int
         out[f"ndcg@{named_k}"] = ndcg(hits, n_relevant, k)
         out[f"map@{named_k}"] = average_precision(hits, n_relevant, k)
         out[f"mrr@{named_k}"] = reciprocal_rank_at(hits, k)
-    out["mrr"] = reciprocal_rank(first_relevant_rank(scores, relevant))
+    out["mrr"] = reciprocal_rank(first_rank)
     return {name: value.cpu() for name, value in out.items()}
 
 

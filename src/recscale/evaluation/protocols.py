@@ -18,7 +18,14 @@ import torch
 from recscale.data.dataset.prepared import PreparedDataset
 from recscale.errors import RecscaleError
 from recscale.evaluation.beyond import ListStats
-from recscale.evaluation.metrics import exact_sum, interval_half_width, metric_names, per_user_metrics
+from recscale.evaluation.blocks import SCORE_BLOCK_BYTES, RowBlocks, blocked_width, rank_in_blocks, sparse_rows
+from recscale.evaluation.metrics import (
+    exact_sum,
+    interval_half_width,
+    metric_names,
+    metrics_from_hits,
+    per_user_metrics,
+)
 from recscale.models.base import Recommender
 from recscale.progress import bar
 from recscale.ranking import top_k
@@ -137,12 +144,14 @@ def _finish(total: dict, ks, coverage: _Coverage, reduce=None) -> dict:
 @torch.no_grad()
 def evaluate(model: Recommender, data: PreparedDataset, split: str, ks=DEFAULT_KS, device="cpu",
              batch_size: int = 1024, rank: int = 0, world_size: int = 1, reduce=None,
-             test_history: str = "train+valid", per_user: dict | None = None, beyond: bool = False) -> dict:
+             test_history: str = "train+valid", per_user: dict | None = None, beyond: bool = False,
+             block_bytes: int = SCORE_BLOCK_BYTES) -> dict:
     """Metrics of `model` on `split`, each with its 95% interval (`ci95`) and the number of users.
     With several processes, each evaluates every `world_size`-th user from `rank` on, and `reduce`
     sums their totals. `per_user`, when given, is filled with each evaluated user's values
     (`per_user_values`: what `recscale compare` pairs between runs). `beyond` adds novelty, ARP,
-    intra-list diversity and the Gini coefficient of exposure at each K (beyond.py)."""
+    intra-list diversity and the Gini coefficient of exposure at each K (beyond.py). Under full
+    ranking no (users x items) block of scores exceeds `block_bytes` (blocks.py)."""
     model.eval()
     ks = tuple(sorted(set(ks)))
     shard = slice(rank, None, world_size)
@@ -151,7 +160,7 @@ def evaluate(model: Recommender, data: PreparedDataset, split: str, ks=DEFAULT_K
     if data.protocol == "ncf":
         out = sampled_ranking(model, data, split, sets[1], ks, device, batch_size, shard, reduce, per_user, lists)
     else:
-        out = full_ranking(model, data, sets, ks, device, batch_size, shard, reduce, per_user, lists)
+        out = full_ranking(model, data, sets, ks, device, batch_size, shard, reduce, per_user, lists, block_bytes)
     return out if lists is None else {**out, **lists.finish(reduce)}
 
 
@@ -181,24 +190,45 @@ def sampled_ranking(model, data, split, inputs, ks, device, batch_size, shard=sl
 
 
 def full_ranking(model, data, sets, ks, device, batch_size, shard=slice(None), reduce=None,
-                 per_user: dict | None = None, lists: ListStats | None = None) -> dict:
+                 per_user: dict | None = None, lists: ListStats | None = None,
+                 block_bytes: int = SCORE_BLOCK_BYTES) -> dict:
+    """Every item ranked for each user, in item blocks (blocks.py): no (users x items) array of
+    scores larger than `block_bytes`, the same results as ranking the whole rows."""
     users, inputs, masked, target = sets
     users = users[shard]
     total: dict = {}
     coverage = _Coverage(data.n_items, ks, device)
     for start in bar(range(0, users.size, batch_size), desc="evaluate", unit="batch"):
-        u = users[start:start + batch_size]
-        history = dense_rows(inputs, u, device) if model.needs_history else None  # (B, I)
-        known = history if history is not None and masked is inputs else dense_rows(masked, u, device)
-        scores = model.score(torch.from_numpy(u).to(device), history)
-        scores = scores.float().masked_fill(known > 0, float("-inf"))
-        relevant = dense_rows(target, u, device) > 0
-        top = top_k(scores, relevant, max(ks))
-        has = relevant.any(dim=1).cpu()  # per_user_metrics keeps the rows with a relevant item
-        _accumulate(total, {"_user": torch.from_numpy(u)[has], **per_user_metrics(scores, relevant, ks, top)})
-        coverage.add(None, top[relevant.any(dim=1)])
+        user_ids, part, top = _ranked_batch(model, users[start:start + batch_size], inputs, masked, target, ks,
+                                            block_bytes, device)
+        _accumulate(total, {"_user": user_ids, **part})
+        coverage.add(None, top)
         if lists is not None:
-            lists.add(top[relevant.any(dim=1)])
+            lists.add(top)
     if per_user is not None:
         per_user.update(per_user_values(total, ks))
     return _finish(total, ks, coverage, reduce)
+
+
+def _ranked_batch(model, u: np.ndarray, inputs, masked, target, ks, block_bytes: int, device):
+    """(evaluated users, their metrics, their top max(ks)) for one batch of users."""
+    history = model_history(model, inputs, u, block_bytes, device)
+    scorer = model.catalog_scorer(torch.from_numpy(u).to(device), history)
+    relevant = RowBlocks(target, u, device)
+    n_items = target.shape[1]
+    top, _, hits, first = rank_in_blocks(scorer, u.size, n_items, max(ks), blocked_width(u.size, n_items, block_bytes),
+                                         RowBlocks(masked, u, device), relevant, device, first_rank=True)
+    counts = torch.from_numpy(relevant.counts).to(device)
+    has = counts > 0  # users with a relevant item (the others are not counted)
+    part = metrics_from_hits(hits[has], counts[has], first[has], ks, n_items)
+    return torch.from_numpy(u)[has.cpu()], part, top[has]
+
+
+def model_history(model, inputs, users: np.ndarray, block_bytes: int, device) -> torch.Tensor | None:
+    """What a history model reads of these users: dense (B, I) rows while they fit in
+    `block_bytes`, else a sparse CSR tensor (the model's sparse first layer reads it)."""
+    if not model.needs_history:
+        return None
+    if users.size * inputs.shape[1] * 4 <= block_bytes:
+        return dense_rows(inputs, users, device)
+    return sparse_rows(inputs, users, device)

@@ -54,6 +54,9 @@ class AutoEncoder(RowModel):
             torch.nn.init.uniform_(layer.bias, -bound, bound)
 
     def _reconstruct(self, batch: UserBatch) -> torch.Tensor:
+        return torch.sigmoid(self.layers[-1](self._hidden(batch)))  # (B, I) in [0, 1]
+
+    def _hidden(self, batch: UserBatch) -> torch.Tensor:
         first = self.layers[0]
         scale = 1.0 / self.cfg.max_rating
         if batch.sparse:
@@ -61,9 +64,12 @@ class AutoEncoder(RowModel):
         else:
             x = first.dense(batch.rows * scale)
         x = torch.sigmoid(x)
-        for layer in self.layers[1:]:
+        for layer in self.layers[1:-1]:
             x = torch.sigmoid(layer(x))
-        return x  # (B, I) in [0, 1]
+        return x  # (B, d)
+
+    def _activation(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits)
 
     def forward(self, batch: UserBatch, **schedule) -> Output:
         out = self._reconstruct(batch)
@@ -78,12 +84,6 @@ class AutoEncoder(RowModel):
 
     def score(self, users, history, items=None):
         return gather_candidates(self._reconstruct(UserBatch(users, history)), items)
-
-    def _before_output(self, history: torch.Tensor) -> torch.Tensor:
-        x = torch.sigmoid(self.layers[0].dense(history / self.cfg.max_rating))
-        for layer in self.layers[1:-1]:
-            x = torch.sigmoid(layer(x))
-        return x
 
     def _output_layer(self):
         return self.layers[-1]

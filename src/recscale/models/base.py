@@ -2,6 +2,10 @@
 
     forward(batch, **schedule) -> Output     the training loss (DDP sees every parameter)
     score(users, history, items=None)        higher is better; (B, I) or (B, C) for candidates
+    catalog_scorer(users, history)           scores of the catalog a block of items at a time
+                                             (start, stop) -> (B, stop - start), with the work every
+                                             block shares done once: how a catalog whose (B, I)
+                                             scores are too large to hold at once is ranked
 
 What a model declares about itself (the trainer never tests a model's name or type):
 
@@ -137,6 +141,21 @@ class Recommender(nn.Module):
     def score(self, users: torch.Tensor, history: torch.Tensor | None,
               items: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
+
+    def catalog_scorer(self, users: torch.Tensor, history: torch.Tensor | None) -> Callable[[int, int], torch.Tensor]:
+        """(start, stop) -> (B, stop - start) scores of the items start .. stop - 1, equal to the
+        columns of score(users, history), in a new tensor (the caller masks it in place). `history`
+        is dense (B, I) or a sparse CSR tensor (the evaluator's choice when a dense one would be
+        larger than its bound). By default the block's items are
+        scored as candidates: bounded for pairwise models; models whose candidate scores compute
+        the whole catalog (history models) override it."""
+        if history is not None and history.layout == torch.sparse_csr:
+            history = history.to_dense()
+
+        def block(start: int, stop: int) -> torch.Tensor:
+            items = torch.arange(start, stop, device=users.device).expand(users.shape[0], -1)  # (B, b)
+            return self.score(users, history, items)
+        return block
 
 
 PAIRS_PER_CHUNK = 1 << 19  # (user, item) pairs scored at once by pairwise models: bounds activation memory

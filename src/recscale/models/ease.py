@@ -48,6 +48,11 @@ class EASE(Recommender):
     def score(self, users, history, items=None):
         return gather_candidates(history @ self.weights, items)
 
+    def catalog_scorer(self, users, history):
+        def block(start: int, stop: int) -> torch.Tensor:
+            return history @ self.weights[:, start:stop]  # (B, b); a sparse CSR history stays sparse
+        return block
+
     def retrieval(self) -> Retrieval | None:
         """x_u B: the history row is the user vector and B's columns the item vectors, of
         dimension I: worth an index only for catalogs of a few tens of thousands of items."""

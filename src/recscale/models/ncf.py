@@ -183,16 +183,24 @@ class PairTowers(Recommender):
             return self._catalog_scores(users)  # (B, I)
         return score_pairs_in_chunks(self.logits, users, items, self._n_items())  # (B, C)
 
-    def _catalog_scores(self, users: torch.Tensor) -> torch.Tensor:
-        """(B, I) scores of every item. The head is linear and so is the tower's first layer, whose
-        input is [user; item]: W [u; i] + b = (W_u u + b) + W_i i is computed once per user and once
+    def catalog_scorer(self, users, history):
+        if not isinstance(self.tables, EmbeddingTables):
+            return super().catalog_scorer(users, history)
+        return lambda start, stop: self._catalog_scores(users, slice(start, stop))
+
+    def _catalog_scores(self, users: torch.Tensor, items: slice = slice(None)) -> torch.Tensor:
+        """(B, I) scores of every item, or (B, b) of the range `items`. The head is linear and so
+        is the tower's first layer, whose input is [user; item]: W [u; i] + b = (W_u u + b) + W_i i is computed once per user and once
         per item instead of once per pair, and the GMF part of the head is one (B, F) x (F, I)
         product. The same scores as `logits` up to float rounding, 2-2.5x faster on CPU (the
         first layer is most of NeuMF's work); the rest of the tower runs on blocks of
         CATALOG_BLOCK_PAIRS pairs, so memory stays bounded."""
-        weights = {name: table.weight for name, table in self.tables.items()}
+        specs = self.tables.specs
+        weights = {name: table.weight[items] if specs[name].feature == "items" else table.weight
+                   for name, table in self.tables.items()}  # item tables: the range's rows only
+        n_items = len(range(self._n_items())[items])
         head = self.head.weight[0]  # (F + L,) in the towers' order
-        scores = self.head.bias.expand(users.shape[0], self._n_items()).clone()  # (B, I)
+        scores = self.head.bias.expand(users.shape[0], n_items).clone()  # (B, I)
         if self.gmf is not None:
             f = self.cfg.factors
             scores += (weights["gmf_user"][users] * head[:f]) @ weights["gmf_item"].T  # (B, I)

@@ -214,10 +214,34 @@ class RowModel(Recommender):
 
     def _before_output(self, history: torch.Tensor) -> torch.Tensor:
         """(B, d) the last layer's input for dense history rows (eval mode)."""
+        users = torch.zeros(history.shape[0], dtype=torch.int64, device=history.device)
+        return self._hidden(UserBatch(users, history))
+
+    def _hidden(self, batch: UserBatch) -> torch.Tensor:
+        """(B, d) the last layer's input for the batch's rows, dense or sparse (eval mode)."""
         raise NotImplementedError
 
     def _output_layer(self) -> nn.Linear:
         raise NotImplementedError
+
+    def _activation(self, logits: torch.Tensor) -> torch.Tensor:
+        """What follows the last layer in `score` (nothing; the autoencoder's sigmoid)."""
+        return logits
+
+    def catalog_scorer(self, users, history):
+        """The hidden layer once for the batch, then the last layer on each block of items; a
+        sparse CSR history goes through the first layer's sparse path (never made dense)."""
+        if history.layout == torch.sparse_csr:
+            crow = history.crow_indices()
+            batch = UserBatch(users, indices=history.col_indices(), offsets=crow[:-1], values=history.values())
+        else:
+            batch = UserBatch(users, history)
+        hidden = self._hidden(batch)  # (B, d)
+        last = self._output_layer()
+
+        def block(start: int, stop: int) -> torch.Tensor:
+            return self._activation(F.linear(hidden, last.weight[start:stop], last.bias[start:stop]))  # (B, b)
+        return block
 
     def _l2(self) -> torch.Tensor | float:
         if self.cfg.lam == 0:
@@ -264,10 +288,9 @@ class MultVAE(RowModel):
         mu, _ = self._latent(self._encode_input(UserBatch(users, history)))
         return gather_candidates(_run(self.decoder, mu), items)
 
-    def _before_output(self, history: torch.Tensor) -> torch.Tensor:
-        users = torch.zeros(history.shape[0], dtype=torch.int64, device=history.device)
-        h, _ = self._latent(self._encode_input(UserBatch(users, history)))
-        return _run_hidden(self.decoder, h)
+    def _hidden(self, batch: UserBatch) -> torch.Tensor:
+        mu, _ = self._latent(self._encode_input(batch))
+        return _run_hidden(self.decoder, mu)
 
     def _output_layer(self) -> nn.Linear:
         return self.decoder[-1]
@@ -294,10 +317,8 @@ class MultDAE(RowModel):
     def score(self, users, history, items=None):
         return gather_candidates(self._logits(UserBatch(users, history)), items)
 
-    def _before_output(self, history: torch.Tensor) -> torch.Tensor:
-        users = torch.zeros(history.shape[0], dtype=torch.int64, device=history.device)
-        first = self._encode_input(UserBatch(users, history))
-        return _run_hidden(self.layers, first, first_done=True)
+    def _hidden(self, batch: UserBatch) -> torch.Tensor:
+        return _run_hidden(self.layers, self._encode_input(batch), first_done=True)
 
     def _output_layer(self) -> nn.Linear:
         return self.layers[-1]

@@ -32,10 +32,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from recscale.config.run import SCORE_BLOCK_MIB
 from recscale.errors import RecscaleError
 from recscale.serving.batcher import MicroBatcher
 from recscale.serving.bundle import PAIRS_PER_CALL, Bundle
 from recscale.serving.settings import MAX_ITEMS, MAX_REQUEST_K, ServerConfig
+
+SCORE_BLOCK_BYTES = SCORE_BLOCK_MIB << 20  # the largest (jobs x items) array of scores a batch holds
 
 Id = Union[int, str]
 
@@ -106,6 +109,12 @@ class Service:
         return b.popular_rows(len(jobs))
 
     def score(self, jobs: list[Job]) -> list[Any]:
+        """Each job's answer. The (jobs x items) scores of a large catalog are computed for a few
+        jobs at a time, so that no array of them exceeds SCORE_BLOCK_BYTES (at 1M items: 64 jobs)."""
+        rows = max(1, SCORE_BLOCK_BYTES // (4 * self.bundle.n_items))
+        return [answer for start in range(0, len(jobs), rows) for answer in self._score(jobs[start:start + rows])]
+
+    def _score(self, jobs: list[Job]) -> list[Any]:
         b = self.bundle
         popular = [self._popular(job) for job in jobs]
         modelled = [n for n, p in enumerate(popular) if not p]

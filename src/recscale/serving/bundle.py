@@ -175,10 +175,13 @@ class Bundle:
         """(B, I) scores of known users, as `recscale recommend` computes them."""
         if self.kind == "rows":
             return self.score_histories(self.rows(self.history, users))
-        if self.kind == "pairs":
-            flat_users = np.repeat(users, self.n_items)
-            flat_items = np.tile(np.arange(self.n_items), users.size)
-            return self.score_pairs(flat_users, flat_items).reshape(users.size, self.n_items)
+        if self.kind == "pairs":  # pairs made a chunk at a time: no (B x I) index arrays
+            out = np.empty(users.size * self.n_items, dtype=np.float32)
+            for start in range(0, out.size, PAIRS_PER_CALL):
+                pair = np.arange(start, min(out.size, start + PAIRS_PER_CALL))
+                out[start:start + pair.size] = self.scores(users[pair // self.n_items].astype(np.int64),
+                                                           (pair % self.n_items).astype(np.int64))
+            return out.reshape(users.size, self.n_items)
         return np.broadcast_to(self.popularity, (users.size, self.n_items)).copy()
 
     def top(self, scores: np.ndarray, exclude: list[tuple[int, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:

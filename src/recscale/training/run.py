@@ -276,7 +276,7 @@ def _fit_closed_form(model, data: PreparedDataset, cfg: RunConfig, device, run: 
     model.fit(sparse_tensor(data.user_items("train")).to(device))
     split = validation_split(data)
     metrics = evaluate(model, data, split, ks=validation_ks(cfg.eval.ks, data), device=device,
-                       batch_size=cfg.eval.eval_batch_size)
+                       batch_size=cfg.eval.eval_batch_size, block_bytes=cfg.eval.score_block_mib << 20)
     record = {"epoch": 0, "split": split, "protocol": data.protocol, "train_seconds": time.perf_counter() - start,
               **metrics}
     if run is not None:

@@ -210,7 +210,7 @@ class Trainer:
         metrics = evaluate(self.model, self.data, split, ks=validation_ks(self.settings.eval.ks, self.data),
                            device=self.device, batch_size=self.settings.eval.eval_batch_size,
                            rank=self.rank if shared else 0, world_size=self.world_size if shared else 1,
-                           reduce=self._reduce if shared else None)
+                           reduce=self._reduce if shared else None, block_bytes=self.settings.eval.score_block_mib << 20)
         return {"split": split, **metrics, "valid_seconds": time.perf_counter() - start}
 
     # ------------------------------------------------------------------ checkpoints
