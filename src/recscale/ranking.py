@@ -64,9 +64,8 @@ class RunningTopK:
         self.values: torch.Tensor | None = None  # (B, k) float32 scores of the kept candidates
 
     def add(self, scores: torch.Tensor, relevant: torch.Tensor, start: int) -> None:
-        """scores (B, b) float32, relevant (B, b) for the candidates start .. start + b - 1."""
-        if bool(torch.isnan(scores.max())):  # NaN ranks as -inf (a max finds one without a copy)
-            scores = torch.nan_to_num(scores, nan=float("-inf"))
+        """scores (B, b) float32 without NaN (rank one as -inf), relevant (B, b), for the candidates
+        start .. start + b - 1."""
         if self.keys is None or self.keys.shape[1] < self.k:
             local = top_k(scores, relevant, min(self.k, scores.shape[1]))  # (B, k')
             return self._merge(torch.gather(scores, 1, local), torch.gather(relevant, 1, local), local + start)

@@ -120,6 +120,8 @@ def recommendation_batches(model: Recommender, data: PreparedDataset, users: np.
     k = min(k, data.n_items)
     user_ids, item_ids = data.original_user_ids(), data.original_item_ids()
     history_size = np.diff(inputs.indptr)
+    if not model.scores_new_users and data.has("train"):  # per-user parameters untrained for them: fall back
+        history_size = np.where(np.diff(data.rows("train").indptr) > 0, history_size, 0)
     popularity = torch.from_numpy(data.item_counts()).float().to(device)
     with bar(total=users.size, desc="recommend", unit="user") as shown:  # closed also if the caller stops early
         for start in range(0, users.size, batch_size):
@@ -129,9 +131,9 @@ def recommendation_batches(model: Recommender, data: PreparedDataset, users: np.
             history = model_history(model, inputs, u, block_bytes, device)
             scorer = model.catalog_scorer(torch.from_numpy(u).to(device), history)
 
-            def blend(start: int, stop: int, scorer=scorer, empty=empty) -> torch.Tensor:
-                scores = scorer(start, stop).float()  # (B, b)
-                return torch.where(empty[:, None], popularity[start:stop].expand_as(scores), scores)
+            def blend(items: slice | torch.Tensor, scorer=scorer, empty=empty) -> torch.Tensor:
+                scores = scorer(items).float()  # (B, b)
+                return torch.where(empty[:, None], popularity[items].expand_as(scores), scores)
             # in item blocks with the tie rule (evaluation/blocks.py): ties go to the lower item id
             index, values, _, _ = rank_in_blocks(blend, u.size, data.n_items, k,
                                                  blocked_width(u.size, data.n_items, block_bytes),

@@ -56,7 +56,9 @@ def _same_dataset(a, b):
 @pytest.mark.parametrize("protocol, options", [
     ("ncf", {}), ("ncf", {"tie_break": "random"}), ("ncf", {"tie_break": "item", "valid": False}),
     ("ncf", {"min_user_interactions": 5, "min_rating": 2.0}), ("vae", {"heldout_users": 8}),
-    ("random", {}), ("random", {"ratios": (0.6, 0.2, 0.2), "seed": 3})])
+    ("random", {}), ("random", {"ratios": (0.6, 0.2, 0.2), "seed": 3}),
+    ("temporal", {}), ("temporal", {"cutoff": "4", "valid_cutoff": "0.3", "tie_break": "random"}),
+    ("temporal", {"valid": False, "cutoff": "0.6", "min_user_interactions": 4})])
 @pytest.mark.parametrize("text_ids", [False, True])
 def test_streaming_prepare_writes_what_the_in_memory_prepare_writes(tmp_path, protocol, options, text_ids):
     path = _log(tmp_path / "log.csv", text_ids=text_ids)

@@ -179,5 +179,7 @@ def test_every_model_scores_the_catalog_in_blocks_as_it_scores_it_whole():
             whole = model.score(users, h)  # (B, I)
             for given in ([h, sparse_rows(csr, np.arange(4), "cpu")] if model.needs_history else [None]):
                 scorer = model.catalog_scorer(users, given)
-                blocks = torch.cat([scorer(start, min(n_items, start + 15)) for start in range(0, n_items, 15)], 1)
+                blocks = torch.cat([scorer(slice(start, min(n_items, start + 15))) for start in range(0, n_items, 15)], 1)
                 torch.testing.assert_close(blocks, whole, msg=name)
+                picked = torch.tensor([7, 0, 39, 7])  # any items, in any order, repeated
+                torch.testing.assert_close(scorer(picked), whole[:, picked], msg=name)

@@ -80,6 +80,9 @@ def cmd_evaluate(args) -> int:
     result = api.load_run(args.run, args.device, args.checkpoint).evaluate(args.split, ks, args.test_history)
     shown = sorted({int(key.split("@")[1]) for key in result if key.startswith("hr@")})
     print(format_table({f"{result['model']} ({args.split})": result}, shown, result["protocol"], args.report_format))
+    if result.get("unscored_users"):
+        say(args, f"not scored: {result['unscored_users']:,} {args.split} users this model has nothing to go on for "
+                  f"(no history before the split, or no training interactions for a model that cannot fold in)")
     say(args, f"wrote {Path(args.run) / f'eval-{args.split}.json'}")
     return 0
 

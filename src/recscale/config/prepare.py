@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 
 from recscale.config.fields import (
     SEED_RANGE,
@@ -16,8 +17,42 @@ from recscale.config.fields import (
     size_problem,
 )
 
-PROTOCOLS = ("ncf", "vae", "random")
+PROTOCOLS = ("ncf", "vae", "random", "temporal")
 MAX_EVAL_NEGATIVES = 100_000  # far beyond the papers' 99-100; also keeps the candidate tensors int32-sized
+
+
+def parse_cutoff(value: str) -> tuple[str, float | int]:
+    """A point in time as `--cutoff` takes it: ("quantile", q) for a fraction strictly between 0
+    and 1 of the log's interactions, ("time", seconds) for a Unix timestamp or an ISO date or
+    date-time (UTC unless it names its zone). ValueError when it is none of these."""
+    text = str(value).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        number = None
+    if number is not None:
+        if 0.0 < number < 1.0:
+            return "quantile", number
+        if number == int(number) and number >= 1:
+            return "time", int(number)
+        raise ValueError(f"{text!r} is neither a quantile strictly between 0 and 1 nor a Unix timestamp")
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a quantile (0.9), a Unix timestamp or a date (2018-01-01)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return "time", int(moment.timestamp())
+
+
+def _cutoff_problem(value) -> str:
+    if value is None:
+        return ""
+    try:
+        parse_cutoff(value)
+    except ValueError as exc:
+        return str(exc)
+    return ""
 
 
 def eval_negatives_problem(value: int) -> str:
@@ -37,8 +72,8 @@ class PrepareConfig(Checked):
     """How `recscale prepare` turns raw interactions into a prepared dataset."""
 
     protocol: str = option("ncf", "split protocol: ncf (leave-latest-out + sampled test negatives), "
-                           "vae (strong generalization with fold-in), random (per-user ratio split)",
-                           choices=PROTOCOLS)
+                           "vae (strong generalization with fold-in), random (per-user ratio split), "
+                           "temporal (one global cut in time)", choices=PROTOCOLS)
     seed: int = option(0, "seed for every random choice of the split (same seed, same files)", check=SEED_RANGE)
     tie_break: str = option("file", "order of interactions with equal timestamps: file (the later line of "
                             "the input is the later interaction, as a stable sort gives; RecBole's rule), "
@@ -48,7 +83,14 @@ class PrepareConfig(Checked):
                                       "random, 4.0 for vae as in Liang et al. 2018)")
     min_user_interactions: int | None = option(None, "drop users with fewer interactions after "
                                                "filtering (default: 5 for vae, 1 otherwise)", check=at_least(1))
-    valid: bool = option(True, "ncf: also hold out each user's next-latest interaction for validation")
+    valid: bool = option(True, "ncf: also hold out each user's next-latest interaction for validation; "
+                         "temporal: a validation window before the cutoff")
+    cutoff: str = option("0.9", "temporal: test = the interactions at or after this point: a quantile of "
+                         "the log's timestamps (0.9), a Unix timestamp or a date (2018-01-01)",
+                         check=_cutoff_problem)
+    valid_cutoff: str | None = option(None, "temporal: validation = the interactions from this point to the "
+                                      "cutoff, in the same forms (default: as large a share of the log as "
+                                      "the test)", check=_cutoff_problem)
     test_negatives: int = option(100, "ncf: sampled negatives per held-out positive, validation and "
                                  "test (never a positive of that user)", check=eval_negatives_problem)
     heldout_users: int | None = option(None, "vae: users held out for validation and again for test "

@@ -73,50 +73,82 @@ def sparse_rows(matrix, rows: np.ndarray, device) -> torch.Tensor:
 
 
 def _blocks(n_items: int, width: int):
-    return ((start, min(n_items, start + width)) for start in range(0, n_items, width))
+    return (slice(start, min(n_items, start + width)) for start in range(0, n_items, width))
 
 
-def _scores(scorer, start: int, stop: int, masked: RowBlocks | None) -> torch.Tensor:
+def _scores(scorer, block: slice, masked: RowBlocks | None) -> torch.Tensor:
     """The block's scores, NaN as -inf and masked items at -inf, in place (the scorer's tensor is
     new: nothing of the size of a block is allocated twice)."""
-    scores = scorer(start, stop).float()  # (B, b)
+    scores = scorer(block).float()  # (B, b)
     if bool(torch.isnan(scores.max())):
         scores.nan_to_num_(nan=float("-inf"))
     if masked is not None:
-        rows, columns = masked.entries(start, stop)
+        rows, columns = masked.entries(block.start, block.stop)
         scores[rows, columns] = float("-inf")
     return scores
 
 
-def rank_in_blocks(scorer: Callable[[int, int], torch.Tensor], n_rows: int, n_items: int, k: int, width: int,
-                   masked: RowBlocks | None, relevant: RowBlocks | None = None, device="cpu",
+def _best_relevant(scorer, relevant: RowBlocks, masked: RowBlocks | None, n_rows: int, n_items: int, width: int,
+                   device) -> torch.Tensor:
+    """(B,) each row's best relevant score, from calls scoring only the batch's relevant items
+    (`width` of them at a time, as a block)."""
+    best = torch.full((n_rows,), float("-inf"), device=device)
+    items = np.unique(relevant.columns)
+    hidden = np.zeros(relevant.columns.size, dtype=bool)
+    if masked is not None:  # a relevant item that is also masked ranks at -inf
+        hidden = np.isin(relevant.row.cpu().numpy() * n_items + relevant.columns,
+                         masked.row.cpu().numpy() * n_items + masked.columns)
+    place = np.searchsorted(items, relevant.columns)  # (nnz,) each relevant entry's column among `items`
+    for lo in range(0, items.size, width):
+        part = items[lo:lo + width]
+        scores = torch.nan_to_num(scorer(torch.from_numpy(part).to(device)).float(), nan=float("-inf"))  # (B, c)
+        chosen = np.flatnonzero((place >= lo) & (place < lo + part.size))
+        values = scores[relevant.row[chosen], torch.from_numpy(place[chosen] - lo).to(device)]
+        values = values.masked_fill(torch.from_numpy(hidden[chosen]).to(device), float("-inf"))
+        best.scatter_reduce_(0, relevant.row[chosen], values, "amax")
+    return best
+
+
+def _ahead(scores: torch.Tensor, threshold: torch.Tensor, relevant: RowBlocks, block: slice) -> torch.Tensor:
+    """(B,) candidates of the block ranked ahead of a relevant score `threshold` (B,) that is the
+    row's best: every score at or above it, less the relevant ones (none is above it, and those
+    equal to it rank after the non-relevant ones of equal score)."""
+    ahead = torch.ge(scores, threshold[:, None]).sum(dim=1, dtype=torch.int32).long()
+    rows, columns = relevant.entries(block.start, block.stop)
+    return ahead.index_add_(0, rows, -(scores[rows, columns] >= threshold[rows]).long())
+
+
+def rank_in_blocks(scorer: Callable[[slice | torch.Tensor], torch.Tensor], n_rows: int, n_items: int, k: int,
+                   width: int, masked: RowBlocks | None, relevant: RowBlocks | None = None, device="cpu",
                    first_rank: bool = False):
     """(index (B, k'), values (B, k'), hits (B, k'), first relevant rank (B,) or None) of the rows'
     top k' = min(k, n_items) over the whole catalog, scored `width` items at a time; items in
-    `masked` rank last (-inf), those in `relevant` are the relevant ones of the tie rule."""
+    `masked` rank last (-inf), those in `relevant` are the relevant ones of the tie rule.
+
+    The first relevant rank beyond the top k counts the candidates ahead of the row's best
+    relevant score as the blocks go by, against that score as one call on the relevant items
+    alone gives it; where the blocks' own score of it differs (another kernel may round
+    otherwise), those rows are counted again in a second pass, against the blocks' score."""
     running = RunningTopK(min(k, n_items))
-    best = torch.full((n_rows,), float("-inf"), device=device)  # best relevant score of each row
-    for start, stop in _blocks(n_items, width):
-        scores = _scores(scorer, start, stop, masked)
-        marks = relevant.mask(start, stop) if relevant is not None else torch.zeros_like(scores, dtype=torch.bool)
-        running.add(scores, marks, start)
+    best = torch.full((n_rows,), float("-inf"), device=device)  # best relevant score, from the blocks
+    guess = _best_relevant(scorer, relevant, masked, n_rows, n_items, width, device) if first_rank else None
+    ahead = torch.zeros(n_rows, dtype=torch.int64, device=device)
+    for block in _blocks(n_items, width):
+        scores = _scores(scorer, block, masked)
+        marks = relevant.mask(block.start, block.stop) if relevant is not None else torch.zeros_like(scores, dtype=torch.bool)
+        running.add(scores, marks, block.start)
         if first_rank:
-            rows, columns = relevant.entries(start, stop)
+            rows, columns = relevant.entries(block.start, block.stop)
             best.scatter_reduce_(0, rows, scores[rows, columns], "amax")
+            ahead += _ahead(scores, guess, relevant, block)
     hits = running.relevant
     if not first_rank:
         return running.index, running.values, hits, None
-    rank = hits.int().argmax(dim=1) + 1  # where the first relevant item is in the top k
-    deeper = ~hits.any(dim=1)
-    if bool(deeper.any()):
-        # ahead of the best relevant item: every score at or above it, less the relevant ones
-        # (none is above it; those equal to it rank after the non-relevant ones of equal score)
-        ahead = torch.zeros(n_rows, dtype=torch.int64, device=device)
-        threshold = best[:, None]  # (B, 1)
-        for start, stop in _blocks(n_items, width):
-            scores = _scores(scorer, start, stop, masked)
-            ahead += torch.ge(scores, threshold).sum(dim=1, dtype=torch.int32)
-            rows, columns = relevant.entries(start, stop)
-            ahead.index_add_(0, rows, -(scores[rows, columns] >= best[rows]).long())
-        rank = torch.where(deeper, ahead + 1, rank)
+    rank = torch.where(hits.any(dim=1), hits.int().argmax(dim=1) + 1, ahead + 1)  # in the top k, or counted
+    recount = ~hits.any(dim=1) & (guess != best)
+    if bool(recount.any()):
+        again = torch.zeros(n_rows, dtype=torch.int64, device=device)
+        for block in _blocks(n_items, width):
+            again += _ahead(_scores(scorer, block, masked), best, relevant, block)
+        rank = torch.where(recount, again + 1, rank)
     return running.index, running.values, hits, rank

@@ -157,11 +157,26 @@ def evaluate(model: Recommender, data: PreparedDataset, split: str, ks=DEFAULT_K
     shard = slice(rank, None, world_size)
     sets = evaluation_sets(data, split, test_history)
     lists = ListStats(data, ks, device) if beyond else None
+    unscored = 0
     if data.protocol == "ncf":
         out = sampled_ranking(model, data, split, sets[1], ks, device, batch_size, shard, reduce, per_user, lists)
     else:
+        sets, unscored = scorable(model, data, sets)
         out = full_ranking(model, data, sets, ks, device, batch_size, shard, reduce, per_user, lists, block_bytes)
+    if unscored:  # users with targets the model has nothing to go on for (temporal cold users): said, not hidden
+        out["unscored_users"] = unscored
     return out if lists is None else {**out, **lists.finish(reduce)}
+
+
+def scorable(model: Recommender, data: PreparedDataset, sets) -> tuple[tuple, int]:
+    """The evaluation sets less the users the model cannot rank, and how many those are: users
+    with nothing in the rows the model reads, and, for models that do not score new users
+    (pairwise: per-user parameters), users without training interactions."""
+    users, inputs, masked, target = sets
+    keep = np.diff(inputs.indptr)[users] > 0
+    if not model.scores_new_users and data.has("train"):
+        keep &= np.diff(data.rows("train").indptr)[users] > 0
+    return (users[keep], inputs, masked, target), int((~keep).sum())
 
 
 def sampled_ranking(model, data, split, inputs, ks, device, batch_size, shard=slice(None), reduce=None,

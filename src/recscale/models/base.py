@@ -2,8 +2,8 @@
 
     forward(batch, **schedule) -> Output     the training loss (DDP sees every parameter)
     score(users, history, items=None)        higher is better; (B, I) or (B, C) for candidates
-    catalog_scorer(users, history)           scores of the catalog a block of items at a time
-                                             (start, stop) -> (B, stop - start), with the work every
+    catalog_scorer(users, history)           scores of the catalog a block of items at a time:
+                                             items (a slice or ids) -> (B, b), with the work every
                                              block shares done once: how a catalog whose (B, I)
                                              scores are too large to hold at once is ranked
 
@@ -20,6 +20,8 @@ What a model declares about itself (the trainer never tests a model's name or ty
     pretrained_runs(cfg)    run directories to initialize from; `init_from_pretrained` uses them
     needs_history           `score` reads the (B, I) dense rows of what each user interacted with
                             (training rows, or the fold-in rows of held-out users); else None
+    scores_new_users        `score` can rank for users absent from training (fold-in; popularity);
+                            evaluation counts the others as not scored, recommend falls back
     closed_form             fitted by `fit(user_items)` (a coalesced sparse COO tensor), not by steps
     throughput_unit         what its training throughput counts (samples or users)
     tune_space              `recscale tune`'s default search space (tuning/space.py's form); {}: none
@@ -131,6 +133,12 @@ class Recommender(nn.Module):
         return RowScores(self) if self.needs_history else None
 
     @property
+    def scores_new_users(self) -> bool:
+        """Whether `score` ranks for a user absent from training from the user's history alone:
+        history models fold it in; a model with per-user parameters (pairwise) cannot."""
+        return self.needs_history
+
+    @property
     def scoring_kind(self) -> str | None:
         """'rows' (history in, fold-in possible), 'pairs' (user ids in) or None (no graph)."""
         return "rows" if self.needs_history else None
@@ -142,9 +150,11 @@ class Recommender(nn.Module):
               items: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
 
-    def catalog_scorer(self, users: torch.Tensor, history: torch.Tensor | None) -> Callable[[int, int], torch.Tensor]:
-        """(start, stop) -> (B, stop - start) scores of the items start .. stop - 1, equal to the
-        columns of score(users, history), in a new tensor (the caller masks it in place). `history`
+    def catalog_scorer(self, users: torch.Tensor, history: torch.Tensor | None
+                       ) -> Callable[[slice | torch.Tensor], torch.Tensor]:
+        """items -> (B, b) scores of those items (a slice of the catalog, or a (b,) tensor of item
+        ids), equal to those columns of score(users, history), in a new tensor (the caller masks it
+        in place). `history`
         is dense (B, I) or a sparse CSR tensor (the evaluator's choice when a dense one would be
         larger than its bound). By default the block's items are
         scored as candidates: bounded for pairwise models; models whose candidate scores compute
@@ -152,9 +162,10 @@ class Recommender(nn.Module):
         if history is not None and history.layout == torch.sparse_csr:
             history = history.to_dense()
 
-        def block(start: int, stop: int) -> torch.Tensor:
-            items = torch.arange(start, stop, device=users.device).expand(users.shape[0], -1)  # (B, b)
-            return self.score(users, history, items)
+        def block(items: slice | torch.Tensor) -> torch.Tensor:
+            if isinstance(items, slice):
+                items = torch.arange(items.start, items.stop, device=users.device)
+            return self.score(users, history, items.expand(users.shape[0], -1))  # (B, b)
         return block
 
 

@@ -49,8 +49,8 @@ class EASE(Recommender):
         return gather_candidates(history @ self.weights, items)
 
     def catalog_scorer(self, users, history):
-        def block(start: int, stop: int) -> torch.Tensor:
-            return history @ self.weights[:, start:stop]  # (B, b); a sparse CSR history stays sparse
+        def block(items: slice | torch.Tensor) -> torch.Tensor:
+            return history @ self.weights[:, items]  # (B, b); a sparse CSR history stays sparse
         return block
 
     def retrieval(self) -> Retrieval | None:

@@ -186,10 +186,10 @@ class PairTowers(Recommender):
     def catalog_scorer(self, users, history):
         if not isinstance(self.tables, EmbeddingTables):
             return super().catalog_scorer(users, history)
-        return lambda start, stop: self._catalog_scores(users, slice(start, stop))
+        return lambda items: self._catalog_scores(users, items)
 
-    def _catalog_scores(self, users: torch.Tensor, items: slice = slice(None)) -> torch.Tensor:
-        """(B, I) scores of every item, or (B, b) of the range `items`. The head is linear and so
+    def _catalog_scores(self, users: torch.Tensor, items: slice | torch.Tensor = slice(None)) -> torch.Tensor:
+        """(B, I) scores of every item, or (B, b) of `items` (a slice or item ids). The head is linear and so
         is the tower's first layer, whose input is [user; item]: W [u; i] + b = (W_u u + b) + W_i i is computed once per user and once
         per item instead of once per pair, and the GMF part of the head is one (B, F) x (F, I)
         product. The same scores as `logits` up to float rounding, 2-2.5x faster on CPU (the
@@ -198,7 +198,7 @@ class PairTowers(Recommender):
         specs = self.tables.specs
         weights = {name: table.weight[items] if specs[name].feature == "items" else table.weight
                    for name, table in self.tables.items()}  # item tables: the range's rows only
-        n_items = len(range(self._n_items())[items])
+        n_items = next(w.shape[0] for name, w in weights.items() if specs[name].feature == "items")
         head = self.head.weight[0]  # (F + L,) in the towers' order
         scores = self.head.bias.expand(users.shape[0], n_items).clone()  # (B, I)
         if self.gmf is not None:

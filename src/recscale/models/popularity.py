@@ -33,6 +33,10 @@ class Popularity(Recommender):
     def forward(self, batch, **schedule) -> Output:
         raise RecscaleError("Popularity is fitted in closed form; it has no training loss")
 
+    @property
+    def scores_new_users(self) -> bool:
+        return True  # the same list for everyone
+
     def score(self, users, history, items=None):
         scores = self.counts.expand(users.shape[0], -1)  # (B, I)
         return gather_candidates(scores, items)

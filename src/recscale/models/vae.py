@@ -239,8 +239,8 @@ class RowModel(Recommender):
         hidden = self._hidden(batch)  # (B, d)
         last = self._output_layer()
 
-        def block(start: int, stop: int) -> torch.Tensor:
-            return self._activation(F.linear(hidden, last.weight[start:stop], last.bias[start:stop]))  # (B, b)
+        def block(items: slice | torch.Tensor) -> torch.Tensor:
+            return self._activation(F.linear(hidden, last.weight[items], last.bias[items]))  # (B, b)
         return block
 
     def _l2(self) -> torch.Tensor | float:

@@ -20,7 +20,7 @@ from recscale.data.dataset.csr import CSRFile, DiskRows
 from recscale.data.dataset.schema import READABLE_SCHEMAS
 from recscale.errors import RecscaleError
 
-PROTOCOL_FILES = {"ncf": ("train", "test", "test_negatives"), "random": ("train", "test"),
+PROTOCOL_FILES = {"ncf": ("train", "test", "test_negatives"), "random": ("train", "test"), "temporal": ("train", "test"),
                   "vae": ("train", "valid_foldin", "valid_heldout", "test_foldin", "test_heldout")}
 
 

@@ -26,6 +26,11 @@ def dataset_notes(meta: dict) -> list[str]:
         notes.append(f"only {counts['test_users']} validation and {counts['test_users']} test users are held out "
                      f"(10% of the users at most, by default): their metrics carry wide 95% intervals; "
                      f"--heldout-users N holds out more")
+    for part, cold in meta["protocol"].get("cold", {}).items():  # temporal: what the cut leaves unscorable
+        notes.append(f"{part}: {cold['new_users']:,} of its {cold['users']:,} users have no training interaction "
+                     f"(history models fold them in; {cold['users_without_history']:,} have nothing before it and "
+                     f"no model can score them); {cold['new_item_interactions']:,} interactions with "
+                     f"{cold['new_items']:,} items first seen after training are not among its targets")
     return notes
 
 

@@ -18,6 +18,7 @@ from recscale.data.prepare.filters import check_finite, filter_interactions
 from recscale.data.prepare.ids import encode_ids, encode_text_ids, id_map, sorted_id_maps
 from recscale.data.prepare.output import refuse_existing, write_prepared
 from recscale.data.prepare.protocols import protocol_params, split_users, strong_generalization
+from recscale.data.prepare.temporal import Cold, cutoffs, split_by_time
 
 
 def split(frame: pl.DataFrame, cfg: PrepareConfig, names: dict[str, pl.Series] | None = None
@@ -31,6 +32,15 @@ def split(frame: pl.DataFrame, cfg: PrepareConfig, names: dict[str, pl.Series] |
         users = id_map(order, "user", names).with_columns(
             pl.Series("group", np.repeat(["train", "valid", "test"], [groups[g].size for g in ("train", "valid", "test")])))
         items = id_map(np.sort(parts["train"]["item"].unique().to_numpy()), "item", names)
+    elif cfg.protocol == "temporal":
+        valid_cut, cut = cutoffs(cfg, frame.lazy())
+        parts = split_by_time(frame, valid_cut, cut, cfg.valid)
+        train_items = parts["train"]["item"].unique()
+        cold = Cold()
+        parts = cold.keep_known_items(parts, train_items)
+        params |= {"valid_cutoff": valid_cut, "cutoff": cut, "cold": cold.report()}
+        users, _ = sorted_id_maps(frame, names)
+        items = id_map(np.sort(train_items.to_numpy()), "item", names)
     else:
         parts = split_users(frame, cfg)
         users, items = sorted_id_maps(frame, names)

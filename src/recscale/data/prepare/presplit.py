@@ -29,6 +29,7 @@ from recscale.data.prepare.output import refuse_existing, write_prepared
 from recscale.errors import RecscaleError
 
 PARTS = {"ncf": (("train", "test"), ("valid",)), "random": (("train", "test"), ("valid",)),
+         "temporal": (("train", "test"), ("valid",)),
          "vae": (("train", "valid_foldin", "valid_heldout", "test_foldin", "test_heldout"), ())}
 
 

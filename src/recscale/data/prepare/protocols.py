@@ -176,6 +176,8 @@ def protocol_params(cfg: PrepareConfig, n_users: int) -> dict:
         return params | {"valid": cfg.valid, "test_negatives": cfg.test_negatives}
     if cfg.protocol == "vae":
         return params | {"heldout_users": heldout_users(cfg, n_users), "holdout_fraction": cfg.holdout_fraction}
+    if cfg.protocol == "temporal":  # the cuts themselves are added by the engine (temporal.cutoffs)
+        return params | {"valid": cfg.valid, "cutoff_asked": cfg.cutoff, "valid_cutoff_asked": cfg.valid_cutoff}
     return params | {"ratios": list(cfg.ratios)}
 
 

@@ -44,6 +44,7 @@ from recscale.data.prepare.filters import filter_rows
 from recscale.data.prepare.negatives import NEGATIVE_CHUNK_USERS, distinct_negatives_chunk
 from recscale.data.prepare.output import dataset_meta, finish_prepared, item_table, refuse_existing
 from recscale.data.prepare.protocols import PART_ORDER, protocol_params, split_users, vae_groups, vae_parts, with_order
+from recscale.data.prepare.temporal import Cold, cutoffs, split_by_time
 from recscale.errors import RecscaleError
 from recscale.fsutil import (
     atomic_directory,
@@ -273,6 +274,17 @@ def _prepare_stream(source: ScanSource, cfg: PrepareConfig, out: Path, overwrite
                 encoded = encoded.with_columns(
                     pl.lit(pl.Series(rank)).gather(pl.col("user")).cast(pl.Int32).alias("user")).sort("user", "item")
                 writer.write(name, encoded)
+    elif cfg.protocol == "temporal":  # the cuts over the whole filtered log, then bucket by bucket
+        log = pl.scan_parquet([scratch / f"filtered-{b}.parquet" for b in buckets])
+        valid_cut, cut = cutoffs(cfg, log)
+        train_items = log.filter(pl.col("timestamp") < valid_cut).select(pl.col("item").unique()).collect()["item"]
+        item_ids = np.sort(train_items.to_numpy())
+        cold = Cold()
+        for b in bar(buckets, desc="prepare: split", unit="bucket"):
+            parts = cold.keep_known_items(split_by_time(filtered(b), valid_cut, cut, cfg.valid), train_items)
+            for name in (n for n in PART_ORDER if n in parts):
+                writer.write(name, encode_final_ids(parts[name], user_ids, item_ids))
+        params |= {"valid_cutoff": valid_cut, "cutoff": cut, "cold": cold.report()}
     else:
         item_ids = np.sort(pl.concat(items_seen).unique().to_numpy())
         offset = 0
