@@ -8,9 +8,8 @@ Data: a synthetic log of --users users (100,000) and --items items (1,000,000): 
 then --extra (2,000,000) more interactions with power-law popularity; the `random` protocol
 (80/10/10), so that every user with a test interaction is evaluated (about 100,000 of them).
 Models, untrained (evaluation throughput does not depend on the weights; untrained, almost no user
-has a relevant item in the top 100, the worst case for our exact full-ranking MRR, which then
-for exact full-ranking MRR counts deep into the ranking): a Mult-VAE-sized scorer (I-64-32-64-I: history in, every item
-out) and NeuMF (16 factors, MLP 64-32-16). EASE is not run: its item-item matrix at 1M items would
+has a relevant item in the top 100, the worst case for the exact full-ranking MRR, which then counts
+deep into the ranking): a Mult-VAE-sized scorer (I-64-32-64-I: history in, every item out) and NeuMF (16 factors, MLP 64-32-16). EASE is not run: its item-item matrix at 1M items would
 be 4 TB.
 
 Measured, each in its own process: users/s of evaluating every test user (Mult-VAE; NeuMF on a
