@@ -102,6 +102,8 @@ class PrepareConfig(Checked):
     ratios: tuple[float, float, float] = option((0.8, 0.1, 0.1), "random: train,valid,test "
                                                 "fractions of each user's interactions",
                                                 check=each(non_negative))
+    extend: str | None = option(None, "a prepared dataset (yesterday's) whose user and item numbers this one "
+                                "keeps, new ones appended after them: same protocol and filters")
     engine: str = option("auto", "memory (read the whole log), stream (Polars' streaming engine and "
                          "partitioned passes: memory stays bounded), or auto (stream when the in-memory "
                          "path would need more than --memory-budget)", choices=("auto", "memory", "stream"))

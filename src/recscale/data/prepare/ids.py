@@ -4,12 +4,16 @@ keep the original ids beside them.
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import polars as pl
 
+from recscale.config.prepare import PrepareConfig
 from recscale.data.prepare.protocols import (
     ORDER_COLUMNS,
 )
+from recscale.errors import RecscaleError
 
 
 def encode_text_ids(frames: dict[str, pl.DataFrame]) -> tuple[dict[str, pl.DataFrame], dict[str, pl.Series]]:
@@ -43,6 +47,46 @@ def sorted_id_maps(frame: pl.DataFrame, names: dict[str, pl.Series] | None = Non
                    ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """User and item maps over every id in `frame`, in sorted order of the original ids."""
     return tuple(id_map(np.sort(frame[c].unique().to_numpy()), c, names) for c in ("user", "item"))
+
+
+def parent_maps(cfg: PrepareConfig) -> tuple[pl.DataFrame, pl.DataFrame, dict] | None:
+    """(users, items, parent record) of `cfg.extend`'s dataset, or None without one. A parent
+    prepared under another protocol or with other filters is refused in one line: its numbers
+    would belong to other users and items."""
+    if cfg.extend is None:
+        return None
+    from recscale.data.dataset.prepared import PreparedDataset
+    parent = PreparedDataset(cfg.extend)
+    asked = {"protocol": cfg.protocol, "min_rating": cfg.effective_min_rating,
+             "min_user_interactions": cfg.effective_min_user_interactions, "tie_break": cfg.tie_break}
+    had = {"protocol": parent.protocol, **{k: parent.meta["protocol"].get(k) for k in list(asked)[1:]}}
+    differ = [k for k in asked if asked[k] != had[k]]
+    if differ:
+        k = differ[0]
+        raise RecscaleError(f"--extend {cfg.extend}: prepared with {k} {had[k]!r}, this one asks {asked[k]!r}; "
+                            f"extend a dataset prepared the same way")
+    digest = hashlib.sha256((parent.root / "meta.json").read_bytes()).hexdigest()
+    record = {"path": str(parent.root), "meta_sha256": digest, "users": parent.n_users, "items": parent.n_items}
+    return parent.table("users"), parent.table("items"), record
+
+
+def extend_map(map: pl.DataFrame, name: str, parent: pl.DataFrame) -> pl.DataFrame:
+    """`map` (name, _key, original_id[, group]) renumbered so that every id of `parent` keeps its
+    number, even one absent here (then without `_key`: it has no interactions), and the new ones
+    follow in `map`'s order. Sorted by number."""
+    parent = parent.select(pl.col(name).cast(pl.Int32).alias("_parent"), "original_id")
+    if parent.schema["original_id"] != map.schema["original_id"]:
+        kind = {True: "text", False: "integer"}
+        raise RecscaleError(f"--extend: the parent's {name} ids are {kind[parent.schema['original_id'] == pl.Utf8]}, "
+                            f"this log's are {kind[map.schema['original_id'] == pl.Utf8]}")
+    joined = map.join(parent, on="original_id", how="left", maintain_order="left")
+    new = joined["_parent"].is_null()
+    numbers = joined["_parent"].fill_null(-1).to_numpy().astype(np.int32)
+    numbers[new.to_numpy()] = parent.height + np.arange(int(new.sum()), dtype=np.int32)
+    kept = joined.with_columns(pl.Series(name, numbers.astype(np.int32))).drop("_parent")
+    absent = parent.join(map.select("original_id"), on="original_id", how="anti") \
+        .select(pl.col("_parent").alias(name), "original_id")
+    return pl.concat([kept, absent], how="diagonal_relaxed").select(kept.columns).sort(name)
 
 
 def encode_ids(frame: pl.DataFrame, users: pl.DataFrame, items: pl.DataFrame) -> pl.DataFrame:

@@ -15,7 +15,7 @@ import polars as pl
 from recscale.config.prepare import PrepareConfig
 from recscale.data.ingest.raw import RawDataset
 from recscale.data.prepare.filters import check_finite, filter_interactions
-from recscale.data.prepare.ids import encode_ids, encode_text_ids, id_map, sorted_id_maps
+from recscale.data.prepare.ids import encode_ids, encode_text_ids, extend_map, id_map, parent_maps, sorted_id_maps
 from recscale.data.prepare.output import refuse_existing, write_prepared
 from recscale.data.prepare.protocols import protocol_params, split_users, strong_generalization
 from recscale.data.prepare.temporal import Cold, cutoffs, split_by_time
@@ -44,6 +44,10 @@ def split(frame: pl.DataFrame, cfg: PrepareConfig, names: dict[str, pl.Series] |
     else:
         parts = split_users(frame, cfg)
         users, items = sorted_id_maps(frame, names)
+    parent = parent_maps(cfg)
+    if parent is not None:  # yesterday's numbers kept, today's new users and items after them
+        users, items = extend_map(users, "user", parent[0]), extend_map(items, "item", parent[1])
+        params |= {"parent": parent[2]}
     encoded = {name: encode_ids(part, users, items) for name, part in parts.items()}
     return encoded, users, items, params
 

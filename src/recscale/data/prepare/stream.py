@@ -41,6 +41,7 @@ from recscale.data.ingest.readers import (
 )
 from recscale.data.ingest.scan import ScanSource
 from recscale.data.prepare.filters import filter_rows
+from recscale.data.prepare.ids import extend_map, parent_maps
 from recscale.data.prepare.negatives import NEGATIVE_CHUNK_USERS, distinct_negatives_chunk
 from recscale.data.prepare.output import dataset_meta, finish_prepared, item_table, refuse_existing
 from recscale.data.prepare.protocols import PART_ORDER, protocol_params, split_users, vae_groups, vae_parts, with_order
@@ -124,12 +125,39 @@ def _validate(frame: pl.DataFrame, source: ScanSource) -> None:
         raise RecscaleError(source.diagnose() or f"{source.name}: {where}: a missing, non-finite or malformed value")
 
 
-def encode_final_ids(frame: pl.DataFrame, user_ids: np.ndarray, item_ids: np.ndarray) -> pl.DataFrame:
-    """Pre-ids -> final contiguous ids (positions in the sorted final id arrays), sorted (user, item)."""
+def encode_final_ids(frame: pl.DataFrame, user_ids: np.ndarray, item_ids: np.ndarray,
+                     item_numbers: np.ndarray | None = None) -> pl.DataFrame:
+    """Pre-ids -> final contiguous ids (positions in the sorted final id arrays; items then through
+    `item_numbers` when a parent's numbers are kept), sorted (user, item)."""
+    item = pl.lit(pl.Series(item_ids)).search_sorted(pl.col("item"))
+    if item_numbers is not None:
+        item = pl.lit(pl.Series(item_numbers)).gather(item)
     return frame.with_columns(
         pl.lit(pl.Series(user_ids)).search_sorted(pl.col("user")).cast(pl.Int32).alias("user"),
-        pl.lit(pl.Series(item_ids)).search_sorted(pl.col("item")).cast(pl.Int32).alias("item"),
+        item.cast(pl.Int32).alias("item"),
     ).select("user", "item", pl.col("rating").cast(pl.Float32), "timestamp").sort("user", "item")
+
+
+def _parent_order(counts: pl.DataFrame, parent_users: pl.DataFrame) -> pl.DataFrame:
+    """The users' dense order when a parent's numbers are kept: the parent's users first, in its
+    numbering (those absent from this log with no rows), then the new ones in sorted order. Buckets
+    follow this order, so the parts stay sorted by final id."""
+    known = parent_users.select(pl.col("original_id").alias("user"))
+    if known.schema["user"] != counts.schema["user"]:
+        raise RecscaleError("--extend: the parent's user ids and this log's are not of one kind (text and integers)")
+    first = known.join(counts, on="user", how="left", maintain_order="left").with_columns(pl.col("rows").fill_null(0))
+    return pl.concat([first.select(counts.columns), counts.join(known, on="user", how="anti")])
+
+
+def _item_numbers(item_ids: np.ndarray, parent) -> tuple[pl.DataFrame, np.ndarray | None]:
+    """(the item map, written as items.parquet, and each sorted pre-id's final number or None):
+    positions in `item_ids`, or the parent's numbers kept and new items after them."""
+    items = pl.DataFrame({"item": np.arange(item_ids.size, dtype=np.int32), "_key": item_ids, "original_id": item_ids})
+    if parent is None:
+        return items, None
+    extended = extend_map(items, "item", parent[1])
+    numbers = extended.filter(pl.col("_key").is_not_null()).sort("_key")["item"].to_numpy()
+    return extended, numbers
 
 
 class _PartWriter:
@@ -218,6 +246,11 @@ def _prepare_stream(source: ScanSource, cfg: PrepareConfig, out: Path, overwrite
     counts, text_ids = _per_user_rows(source)
     if counts.height == 0:
         raise RecscaleError(f"{source.name}: no rows")
+    parent = parent_maps(cfg)
+    if parent is not None:
+        if cfg.protocol == "vae":
+            raise RecscaleError("--extend with --protocol vae: prepared in memory only for now (--engine memory)")
+        counts = _parent_order(counts, parent[0])
     users = counts["user"]
     starts = _buckets(counts["rows"].to_numpy(), rows_per_bucket)
     raw_rows_before = np.concatenate([[0], np.cumsum(counts["rows"].to_numpy())])[starts]
@@ -242,6 +275,8 @@ def _prepare_stream(source: ScanSource, cfg: PrepareConfig, out: Path, overwrite
         survivors.append(frame["user"].unique().to_numpy())
         items_seen.append(frame["item"].unique())
     user_ids = np.sort(np.concatenate(survivors)) if survivors else np.zeros(0, dtype=np.int64)
+    if parent is not None:  # the parent's users keep their numbers, filtered out here or not
+        user_ids = np.union1d(np.arange(parent[2]["users"]), user_ids)
     if user_ids.size == 0:
         raise RecscaleError(f"no interactions left after filtering (min_rating={cfg.effective_min_rating}, "
                             f"min_user_interactions={cfg.effective_min_user_interactions})")
@@ -279,21 +314,23 @@ def _prepare_stream(source: ScanSource, cfg: PrepareConfig, out: Path, overwrite
         valid_cut, cut = cutoffs(cfg, log)
         train_items = log.filter(pl.col("timestamp") < valid_cut).select(pl.col("item").unique()).collect()["item"]
         item_ids = np.sort(train_items.to_numpy())
+        items_map, item_numbers = _item_numbers(item_ids, parent)
         cold = Cold()
         for b in bar(buckets, desc="prepare: split", unit="bucket"):
             parts = cold.keep_known_items(split_by_time(filtered(b), valid_cut, cut, cfg.valid), train_items)
             for name in (n for n in PART_ORDER if n in parts):
-                writer.write(name, encode_final_ids(parts[name], user_ids, item_ids))
+                writer.write(name, encode_final_ids(parts[name], user_ids, item_ids, item_numbers))
         params |= {"valid_cutoff": valid_cut, "cutoff": cut, "cold": cold.report()}
     else:
         item_ids = np.sort(pl.concat(items_seen).unique().to_numpy())
+        items_map, item_numbers = _item_numbers(item_ids, parent)
         offset = 0
         for b in bar(buckets, desc="prepare: split", unit="bucket"):
             frame = filtered(b)
             parts = split_users(frame, cfg, offset)
             offset += frame.height
             for name in (n for n in PART_ORDER if n in parts):
-                writer.write(name, encode_final_ids(parts[name], user_ids, item_ids))
+                writer.write(name, encode_final_ids(parts[name], user_ids, item_ids, item_numbers))
     writer.close()
     names = list(writer.counts)
     if writer.counts.get("train", 0) == 0:
@@ -309,7 +346,7 @@ def _prepare_stream(source: ScanSource, cfg: PrepareConfig, out: Path, overwrite
                        .collect() for n in names}
 
         for part in (("valid", "test") if cfg.valid else ("test",)):
-            _negatives(encoded_buckets, part, item_ids.size, cfg.test_negatives, generator, negatives)
+            _negatives(encoded_buckets, part, items_map.height, cfg.test_negatives, generator, negatives)
         negatives.close()
         names += list(negatives.counts)
         writer.counts |= negatives.counts
@@ -319,14 +356,14 @@ def _prepare_stream(source: ScanSource, cfg: PrepareConfig, out: Path, overwrite
     users_table = pl.DataFrame({"user": np.arange(final_users.size, dtype=np.int32), "original_id": original_users})
     if group_of is not None:
         users_table = users_table.with_columns(pl.Series("group", group_of))
-    item_originals = item_ids
-    items = pl.DataFrame({"item": np.arange(item_ids.size, dtype=np.int32), "_key": item_ids,
-                          "original_id": item_originals})
+    items = items_map
     table, vocab = item_table(items, source.items)
     groups_count = ({g: int((group_of == g).sum()) for g in ("train", "valid", "test")} if group_of is not None
                     else None)
     part_counts = {name: writer.counts[name] for name in names}
-    meta = dataset_meta(source.name, source.files, cfg.protocol, params, final_users.size, item_ids.size,
+    if parent is not None:
+        params |= {"parent": parent[2]}
+    meta = dataset_meta(source.name, source.files, cfg.protocol, params, final_users.size, items.height,
                         part_counts, vocab, writer.rating_min, writer.rating_max,
                         writer.rating_min != writer.rating_max, groups_count)
     with atomic_directory(out, overwrite=overwrite) as tmp:
