@@ -296,6 +296,7 @@ def _prepare_stream(source: ScanSource, cfg: PrepareConfig, out: Path, overwrite
         train_set = np.sort(groups["train"])
         item_ids = np.sort(pl.concat([filtered(b).filter(pl.col("user").is_in(train_set))["item"].unique()
                                       for b in buckets]).unique().to_numpy())
+        items_map, _ = _item_numbers(item_ids, None)  # vae with --extend is refused above
         final_users = order
         # the final id of a pre-id is its position in `order` (groups one after the other): the k-th
         # smallest pre-id sits at argsort(order)[k]
