@@ -24,7 +24,7 @@ import torch
 from recscale.data.dataset.prepared import PreparedDataset
 from recscale.errors import RecscaleError
 from recscale.evaluation.blocks import SCORE_BLOCK_BYTES, RowBlocks, blocked_width, rank_in_blocks
-from recscale.evaluation.protocols import model_history
+from recscale.evaluation.protocols import model_history, scorable_users
 from recscale.fsutil import atomic_file, check_output
 from recscale.models.base import Recommender
 from recscale.progress import bar
@@ -119,15 +119,13 @@ def recommendation_batches(model: Recommender, data: PreparedDataset, users: np.
     inputs, seen = model_inputs(data)
     k = min(k, data.n_items)
     user_ids, item_ids = data.original_user_ids(), data.original_item_ids()
-    history_size = np.diff(inputs.indptr)
-    if not model.scores_new_users and data.has("train"):  # per-user parameters untrained for them: fall back
-        history_size = np.where(np.diff(data.rows("train").indptr) > 0, history_size, 0)
+    able = scorable_users(model, data, inputs)  # the others get the popular fallback
     popularity = torch.from_numpy(data.item_counts()).float().to(device)
     with bar(total=users.size, desc="recommend", unit="user") as shown:  # closed also if the caller stops early
         for start in range(0, users.size, batch_size):
             u = users[start:start + batch_size]
             shown.update(u.size)
-            empty = torch.from_numpy(history_size[u] == 0).to(device)  # (B,) nothing to go on
+            empty = torch.from_numpy(~able[u]).to(device)  # (B,) nothing to go on
             history = model_history(model, inputs, u, block_bytes, device)
             scorer = model.catalog_scorer(torch.from_numpy(u).to(device), history)
 

@@ -173,10 +173,18 @@ def scorable(model: Recommender, data: PreparedDataset, sets) -> tuple[tuple, in
     with nothing in the rows the model reads, and, for models that do not score new users
     (pairwise: per-user parameters), users without training interactions."""
     users, inputs, masked, target = sets
-    keep = np.diff(inputs.indptr)[users] > 0
-    if not model.scores_new_users and data.has("train"):
-        keep &= np.diff(data.rows("train").indptr)[users] > 0
+    keep = scorable_users(model, data, inputs)[users]
     return (users[keep], inputs, masked, target), int((~keep).sum())
+
+
+def scorable_users(model: Recommender, data: PreparedDataset, inputs) -> np.ndarray:
+    """(U,) whether the model can rank for each user from `inputs` (the rows it reads): something
+    there, and, for a model that does not score new users, training interactions too. The one rule
+    of evaluation (the others are not scored) and of recommend (the others get the fallback)."""
+    able = np.diff(inputs.indptr) > 0
+    if not model.scores_new_users and data.has("train"):
+        able &= np.diff(data.rows("train").indptr) > 0
+    return able
 
 
 def sampled_ranking(model, data, split, inputs, ks, device, batch_size, shard=slice(None), reduce=None,

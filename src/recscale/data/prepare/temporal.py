@@ -22,12 +22,14 @@ from recscale.errors import RecscaleError
 TARGETS = ("valid", "test")
 
 
+def _quantile(q: float, log: pl.LazyFrame) -> int:
+    # the lowest timestamp at or above the quantile: that share of the log, or a little more, trains
+    return int(log.select(pl.col("timestamp").quantile(q, interpolation="higher")).collect().item())
+
+
 def _time_at(text: str, log: pl.LazyFrame) -> int:
     kind, value = parse_cutoff(text)
-    if kind == "time":
-        return int(value)
-    # the lowest timestamp at or above the quantile: that share of the log, or a little more, trains
-    return int(log.select(pl.col("timestamp").quantile(value, interpolation="higher")).collect().item())
+    return int(value) if kind == "time" else _quantile(value, log)
 
 
 def cutoffs(cfg: PrepareConfig, log: pl.LazyFrame) -> tuple[int, int]:
@@ -50,7 +52,7 @@ def cutoffs(cfg: PrepareConfig, log: pl.LazyFrame) -> tuple[int, int]:
                 raise RecscaleError(f"--cutoff {cfg.cutoff}: the test holds {1 - before:.0%} of the log, so a "
                                     f"validation window as large does not fit before it; give --valid-cutoff "
                                     f"or --no-valid")
-            valid = _time_at(str(2 * before - 1), log)
+            valid = _quantile(2 * before - 1, log)
     if valid <= span["first"]:
         name = "--valid-cutoff" if cfg.valid else "--cutoff"
         raise RecscaleError(f"{name}: at or before the first interaction ({span['first']}): nothing to train on")
