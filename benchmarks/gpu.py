@@ -46,18 +46,7 @@ def measure(data_dir: Path, model: str, batch: int, precision: str, epochs: int,
         return benchmark(cfg, {}, untimed_epochs=1)
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    parser = arguments(__doc__)
-    parser.add_argument("--small", action="store_true", help="small sizes (CPU smoke run)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--json", help="also write the results here")
-    args = parser.parse_args(argv)
-    sizes = SMALL if args.small else FULL
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = True  # "fp32" on a GPU means TF32 matmuls, as NVIDIA reports
-        torch.backends.cudnn.allow_tf32 = True
-    work = Path(tempfile.mkdtemp(prefix="recscale-gpu-"))
+def run_plan(work: Path, sizes: dict, device: str) -> list[dict]:
     started = time.perf_counter()
     raw = synthesize(SynthSpec(sizes["users"], sizes["items"], sizes["interactions"], seed=0)).raw
     for protocol in ("ncf", "vae"):
@@ -71,6 +60,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
             results.append(r)
             print(f"{model} {precision}: {r[r['unit'] + '_per_second']:,.0f} {r['unit']}/s "
                   f"({r['epoch_seconds']:.2f}s per epoch, peak {r['peak_memory_mib']:,.0f} MiB)", flush=True)
+    return results
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = arguments(__doc__)
+    parser.add_argument("--small", action="store_true", help="small sizes (CPU smoke run)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args(argv)
+    sizes = SMALL if args.small else FULL
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True  # "fp32" on a GPU means TF32 matmuls, as NVIDIA reports
+        torch.backends.cudnn.allow_tf32 = True
+    with tempfile.TemporaryDirectory(prefix="recscale-gpu-") as work:  # prepared data is scratch
+        results = run_plan(Path(work), sizes, device)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     rows = [[r["model"], r["precision"], f"{r['batch_size']:,}", f"{r[r['unit'] + '_per_second']:,.0f} {r['unit']}/s",

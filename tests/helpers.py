@@ -25,6 +25,21 @@ def write_ratings(path, rows, header="userId,movieId,rating,timestamp"):
     return path
 
 
+def growing_logs(root, text_ids: bool = False):
+    """(yesterday's log, today's): today holds yesterday's rows but one user's, and new users and items."""
+    rng = np.random.default_rng(1)
+    rows = [(u, i, float(rng.integers(1, 6)), int(t)) for t, (u, i) in
+            enumerate(zip(rng.integers(0, 50, 900), rng.integers(0, 70, 900)))]
+    name = (lambda kind, n: f"{kind}{n:03d}") if text_ids else (lambda kind, n: str(n * 7 + 3))
+    lines = lambda rs: "userId,movieId,rating,timestamp\n" + "\n".join(  # noqa: E731
+        f"{name('u', u)},{name('i', i)},{r},{t}" for u, i, r, t in rs) + "\n"
+    yesterday = [r for r in rows if r[0] < 40 and r[1] < 55]
+    today = [r for r in rows if r[0] != 5]  # user 5 is gone today; users 40.. and items 55.. are new
+    (root / "yesterday.csv").write_text(lines(yesterday))
+    (root / "today.csv").write_text(lines(today))
+    return root / "yesterday.csv", root / "today.csv"
+
+
 def synthetic_raw(n_users=40, n_items=60, per_user=20, seed=0) -> RawDataset:
     """A small random interaction log with distinct timestamps per user."""
     rng = np.random.default_rng(seed)

@@ -295,7 +295,10 @@ def train(data: Any, model: str | None = None, out: str | Path | None = None, *,
     prepared dataset (a PreparedDataset or its directory) and return the Run.
     `settings`: run settings and model hyperparameters by name; `config`: a TOML file as for
     `recscale train --config` (keyword arguments override it). Without `out`, the run goes to a new
-    temporary directory."""
+    temporary directory. `warm_start`: a Run (or its directory) trained on the dataset `data`
+    extends, whose weights start this one."""
+    if "warm_start" in settings:  # a Run or a path, recorded as the path
+        settings["warm_start"] = str(getattr(settings["warm_start"], "path", settings["warm_start"]))
     run_settings, params = split_settings(settings)
     chosen = {"model": model} if model else {}  # else the config file's
     cfg, merged = resolve_settings(config, Layer({"data": _dataset_path(data), **chosen, **run_settings}, "train()"),

@@ -167,6 +167,9 @@ class RunConfig(Checked):
     model: str = option("", "model name (listed below); required")
     epochs: int = option(20, "training epochs (the model's default applies when not given)",
                          check=in_range(1, MAX_EPOCHS, high_inclusive=True))
+    warm_start: str = option("", "a run of the same model trained on the dataset this one extends (prepare "
+                             "--extend) or on an ancestor: its weights start this run, the rows of new users "
+                             "and items as a fresh run draws them; the optimizer starts fresh")
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     loader: LoaderConfig = dataclasses.field(default_factory=LoaderConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)

@@ -56,8 +56,11 @@ class AutoEncoder(RowModel):
     def _reconstruct(self, batch: UserBatch) -> torch.Tensor:
         return torch.sigmoid(self.layers[-1](self._hidden(batch)))  # (B, I) in [0, 1]
 
+    def _first(self):
+        return self.layers[0]
+
     def _hidden(self, batch: UserBatch) -> torch.Tensor:
-        first = self.layers[0]
+        first = self._first()
         scale = 1.0 / self.cfg.max_rating
         if batch.sparse:
             x = first.sparse(batch.indices, batch.offsets, batch.values * scale)

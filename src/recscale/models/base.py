@@ -30,6 +30,8 @@ What a model declares about itself (the trainer never tests a model's name or ty
     scoring_module()        its scoring as a module for export: forward(history) -> (B, I) for models
                             that read a history ("rows"), forward(users, items) -> (N,) for pairwise
                             models ("pairs"); None when the bundle's data is enough (popularity)
+    id_axes()               the axes of its state-dict tensors indexed by user, item or genre ids: what
+                            grows when a warm start (`grow_from`) moves it to an extended dataset
     retrieval()             where the score is a dot product of a user vector and item vectors (plus
                             terms equal for every item): a module for the user vectors (same inputs
                             as the scoring module) and the (I, d) item vectors; None otherwise
@@ -49,6 +51,7 @@ from torch import nn
 
 from recscale.data.loading.batch import BatchKind
 from recscale.errors import RecscaleError
+from recscale.models.growth import grow_from
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +127,15 @@ class Recommender(nn.Module):
 
     def init_from_pretrained(self, models: dict[str, "Recommender"]) -> None:
         raise RecscaleError(f"{type(self).__name__} cannot be initialized from pretrained runs")
+
+    def id_axes(self) -> dict[str, tuple[int, ...]]:
+        """State-dict key -> the axes indexed by ids (none by default: every tensor keeps its shape)."""
+        return {}
+
+    def grow_from(self, state: dict[str, torch.Tensor], source: str) -> None:
+        """Take the weights of this model trained on a parent dataset (models/growth.py): copied
+        whole, or their leading rows along `id_axes` where this dataset has more ids."""
+        grow_from(self, state, source, self.id_axes())
 
     def fit(self, user_items: torch.Tensor) -> None:
         raise RecscaleError(f"{type(self).__name__} is trained by steps, not fitted in closed form")

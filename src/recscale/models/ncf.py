@@ -160,6 +160,9 @@ class PairTowers(Recommender):
         """(table prefix, tower) of the towers this model composes, in the head's input order."""
         return [(name, tower) for name, tower in (("gmf", self.gmf), ("mlp", self.tower)) if tower is not None]
 
+    def id_axes(self) -> dict[str, tuple[int, ...]]:
+        return self.tables.id_axes("tables")
+
     def reset_parameters(self) -> None:
         # As NVIDIA's NCF: N(0, 0.01) embeddings (EmbeddingTables), Glorot-uniform tower, LeCun-uniform head.
         if self.tower is not None:

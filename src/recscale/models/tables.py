@@ -68,6 +68,7 @@ class EmbeddingTables(nn.ModuleDict):
         super().__init__({name: nn.Embedding(s.rows, s.dim, sparse=sparse, _weight=torch.empty(s.rows, s.dim, device=device))
                           for name, s in specs.items()})
         self.specs = dict(specs)
+        self.start_from: dict[str, torch.Tensor] = {}  # name -> (rows, dim) a warm start copies over the first rows
         # One draw from the caller's (seeded) generator: the dense layers initialized after the
         # tables draw the same numbers whether the tables are built here or sharded elsewhere.
         self.init_seed = int(torch.randint(1 << 62, (1,)))
@@ -85,8 +86,19 @@ class EmbeddingTables(nn.ModuleDict):
             self[name].weight.copy_(init_rows(self.init_seed, index, spec, slice(0, spec.rows)))
 
     def initial_values(self, name: str, rows: slice, columns: slice = slice(None)) -> torch.Tensor:
+        """Rows (and columns) of a table's starting values: the seeded draw, with the rows a warm
+        start carries over (models/growth.py) in place of the first ones."""
         index = list(self.specs).index(name)
-        return init_rows(self.init_seed, index, self.specs[name], rows, columns)
+        values = init_rows(self.init_seed, index, self.specs[name], rows, columns)  # (rows, columns)
+        warm = self.start_from.get(name)
+        if warm is not None and rows.start < warm.shape[0]:
+            stop = min(rows.stop, warm.shape[0])
+            values[:stop - rows.start] = warm[rows.start:stop, columns]
+        return values
+
+    def id_axes(self, prefix: str) -> dict[str, tuple[int, ...]]:
+        """Every table's rows are ids (users or items): axis 0 grows with the dataset."""
+        return {f"{prefix}.{name}.weight": (0,) for name in self.specs}
 
     def forward(self, ids: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {name: self[name](ids[spec.feature]) for name, spec in self.specs.items()}

@@ -65,6 +65,11 @@ class EmbeddingMLP(Recommender):
             width = out
         self.mlp = nn.Sequential(*layers, nn.Linear(width, 1))
 
+    def id_axes(self) -> dict[str, tuple[int, ...]]:
+        """The user and item tables' rows, and the genre bag's (an extended dataset keeps the
+        parent's genre numbers and appends new genres)."""
+        return {**self.tables.id_axes("tables"), **({"genres.weight": (0,)} if self.genres is not None else {})}
+
     def logits(self, users, items, genre_values=None, genre_offsets=None) -> torch.Tensor:
         e = self.tables({"users": users, "items": items})
         parts = [e["user"], e["item"]]

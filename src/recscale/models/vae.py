@@ -196,6 +196,13 @@ class RowModel(Recommender):
     def _first(self) -> SparseInputLinear:
         raise NotImplementedError
 
+    def id_axes(self) -> dict[str, tuple[int, ...]]:
+        """The item axis of the first layer's (I, w) weight and of the last layer's (I, d) weight
+        and (I,) bias: a grown catalog adds input and output units, the layers between keep theirs."""
+        key = {id(p): name for name, p in self.named_parameters()}
+        first, last = self._first(), self._output_layer()
+        return {key[id(first.weight)]: (0,), key[id(last.weight)]: (0,), key[id(last.bias)]: (0,)}
+
     def _encode_input(self, batch: UserBatch) -> torch.Tensor:
         """The first layer's output for the L2-normalized, dropped-out rows of the batch."""
         first = self._first()

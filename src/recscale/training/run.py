@@ -48,6 +48,7 @@ from recscale.training.build import (
 )
 from recscale.training.rundir import CONFIG, LAST, RunDirectory, has_checkpoint, is_run
 from recscale.training.trainer import StopRequested, Trainer, load_model_state, selection_metric, validation_ks
+from recscale.training.warmstart import warm_start_state
 
 STOP_GRACE_SECONDS = 10.0    # a stop signal not honoured by then (a long step) ends the process
 
@@ -208,14 +209,16 @@ def start_run(cfg: RunConfig, model_params: Layer | dict, out: str | Path, overw
             if model.closed_form and info.enabled:
                 raise RecscaleError(f"--model: {cfg.model} is fitted in closed form in one process; run it without torchrun")
             check_optimizer(model, cfg.optim.optimizer)
-            pretrained = model.pretrained_runs(model_cfg)
+            pretrained = {} if cfg.warm_start else model.pretrained_runs(model_cfg)  # a warm start replaces them
             if pretrained and cfg.system.embeddings == "sharded":
                 raise RecscaleError("--pretrained-gmf/--pretrained-mlp: not with --embeddings sharded (the tables "
                                     "are initialized shard by shard); train replicated, or without them")
             if run is not None:
-                refuse_if_input(run.final, pretrained.values())
+                refuse_if_input(run.final, [*pretrained.values(), *filter(None, [cfg.warm_start])], "--out")
             if pretrained:
                 model.init_from_pretrained({role: load_run(path, "cpu").model for role, path in pretrained.items()})
+            if cfg.warm_start:
+                _warm_start(model, cfg, data, info.rank)
             place(model, device)
             if run is not None:
                 write_run_config(run.path / CONFIG, cfg, model_cfg, run.final, asked)
@@ -232,6 +235,16 @@ def start_run(cfg: RunConfig, model_params: Layer | dict, out: str | Path, overw
     finally:
         if run is not None:
             run.close()
+
+
+def _warm_start(model, cfg: RunConfig, data: PreparedDataset, rank: int) -> None:
+    state = warm_start_state(cfg.warm_start, cfg.model, data)  # checked before a closed-form model ignores it
+    if model.closed_form:
+        if rank == 0:
+            LOGGER.info(f"recscale train: {cfg.model} is fitted in closed form; --warm-start has no weights to "
+                        f"carry over, it refits on the whole dataset")
+        return
+    model.grow_from(state, cfg.warm_start)
 
 
 def resume_run(run_dir: str | Path, device: str | None = None) -> dict:

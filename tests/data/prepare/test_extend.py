@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import polars as pl
 import pytest
 
@@ -20,21 +19,7 @@ from recscale.data.ingest.scan import ratings_source
 from recscale.data.prepare.memory import prepare
 from recscale.data.prepare.stream import prepare_stream
 from recscale.errors import RecscaleError
-
-
-def _logs(root, text_ids: bool):
-    """(yesterday's log, today's): today holds yesterday's rows but one user's, and new users and items."""
-    rng = np.random.default_rng(1)
-    rows = [(u, i, float(rng.integers(1, 6)), int(t)) for t, (u, i) in
-            enumerate(zip(rng.integers(0, 50, 900), rng.integers(0, 70, 900)))]
-    name = (lambda kind, n: f"{kind}{n:03d}") if text_ids else (lambda kind, n: str(n * 7 + 3))
-    lines = lambda rs: "userId,movieId,rating,timestamp\n" + "\n".join(  # noqa: E731
-        f"{name('u', u)},{name('i', i)},{r},{t}" for u, i, r, t in rs) + "\n"
-    yesterday = [r for r in rows if r[0] < 40 and r[1] < 55]
-    today = [r for r in rows if r[0] != 5]  # user 5 is gone today; users 40.. and items 55.. are new
-    (root / "yesterday.csv").write_text(lines(yesterday))
-    (root / "today.csv").write_text(lines(today))
-    return root / "yesterday.csv", root / "today.csv"
+from tests.helpers import growing_logs
 
 
 def _prepare(path, cfg, out, engine):
@@ -46,7 +31,7 @@ def _prepare(path, cfg, out, engine):
 @pytest.mark.parametrize("protocol", ["ncf", "random", "temporal", "vae"])
 @pytest.mark.parametrize("text_ids", [False, True])
 def test_the_parents_numbers_are_kept_and_new_ids_appended(tmp_path, protocol, text_ids):
-    old, new = _logs(tmp_path, text_ids)
+    old, new = growing_logs(tmp_path, text_ids)
     base = PrepareConfig(protocol=protocol, test_negatives=5, heldout_users=4, min_rating=1)
     _prepare(old, base, tmp_path / "parent", "memory")
     cfg = PrepareConfig(**{**base.__dict__, "extend": str(tmp_path / "parent")})
@@ -76,7 +61,7 @@ def test_the_parents_numbers_are_kept_and_new_ids_appended(tmp_path, protocol, t
 
 
 def test_a_parent_prepared_otherwise_is_refused_in_one_line(tmp_path):
-    old, new = _logs(tmp_path, False)
+    old, new = growing_logs(tmp_path, False)
     _prepare(old, PrepareConfig(protocol="ncf", test_negatives=5), tmp_path / "parent", "memory")
     for cfg, message in ((PrepareConfig(protocol="random", extend=str(tmp_path / "parent")), "protocol 'ncf'"),
                          (PrepareConfig(protocol="ncf", min_rating=3, test_negatives=5, extend=str(tmp_path / "parent")),

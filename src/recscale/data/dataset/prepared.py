@@ -7,6 +7,7 @@ It never reaches back to raw files. Matrices carry their orientation in their na
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from pathlib import Path
 
@@ -95,6 +96,18 @@ class PreparedDataset:
     @property
     def protocol(self) -> str:
         return self.meta["protocol"]["name"]
+
+    @functools.cached_property
+    def meta_digest(self) -> str:
+        """SHA-256 of meta.json: what a run records of the dataset it was trained on."""
+        return hashlib.sha256((self.root / "meta.json").read_bytes()).hexdigest()
+
+    @property
+    def lineage(self) -> list[str]:
+        """meta.json digests of this dataset and of those it extends (`prepare --extend`), nearest
+        first: the datasets whose user and item numbers this one keeps."""
+        parent = self.meta["protocol"].get("parent")
+        return [self.meta_digest, *([parent["meta_sha256"], *parent.get("ancestors", [])] if parent else [])]
 
     @property
     def sampled_negatives(self) -> int | None:

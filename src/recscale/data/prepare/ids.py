@@ -4,8 +4,6 @@ keep the original ids beside them.
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import polars as pl
 
@@ -65,8 +63,11 @@ def parent_maps(cfg: PrepareConfig) -> tuple[pl.DataFrame, pl.DataFrame, dict] |
         k = differ[0]
         raise RecscaleError(f"--extend {cfg.extend}: prepared with {k} {had[k]!r}, this one asks {asked[k]!r}; "
                             f"extend a dataset prepared the same way")
-    digest = hashlib.sha256((parent.root / "meta.json").read_bytes()).hexdigest()
-    record = {"path": str(parent.root), "meta_sha256": digest, "users": parent.n_users, "items": parent.n_items}
+    grandparent = parent.meta["protocol"].get("parent")
+    ancestors = [grandparent["meta_sha256"], *grandparent.get("ancestors", [])] if grandparent else []
+    genres = parent.meta.get("features", {}).get("genres", {}).get("vocabulary", [])
+    record = {"path": str(parent.root), "meta_sha256": parent.meta_digest, "ancestors": ancestors,  # nearest first
+              "users": parent.n_users, "items": parent.n_items, "genres": genres}
     return parent.table("users"), parent.table("items"), record
 
 

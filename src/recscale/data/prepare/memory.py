@@ -55,7 +55,7 @@ def split(frame: pl.DataFrame, cfg: PrepareConfig, names: dict[str, pl.Series] |
 def prepare(raw: RawDataset, cfg: PrepareConfig, out: str | Path, overwrite: bool = False) -> dict:
     """Write the prepared dataset for `raw` under `cfg` to `out`; return its meta.json content."""
     out = Path(out)
-    refuse_existing(out, overwrite, raw.files)
+    refuse_existing(out, overwrite, (*raw.files, *filter(None, [cfg.extend])))
     check_finite(raw.interactions, raw.name)
     frames, names = encode_text_ids({"interactions": raw.interactions})
     frame = filter_interactions(frames["interactions"], cfg)

@@ -28,8 +28,10 @@ def refuse_existing(out: Path, overwrite: bool, inputs=()) -> None:
     check_output(out, "prepared dataset", is_prepared, overwrite, inputs)
 
 
-def item_table(items: pl.DataFrame, raw_items: pl.DataFrame | None) -> tuple[pl.DataFrame, list[str]]:
-    """The item id map with titles and genre ids; returns it and the genre vocabulary."""
+def item_table(items: pl.DataFrame, raw_items: pl.DataFrame | None, known_genres: list[str] = ()
+               ) -> tuple[pl.DataFrame, list[str]]:
+    """The item id map with titles and genre ids; returns it and the genre vocabulary: the
+    `known_genres` (a parent's, under --extend) keep their numbers, the others follow sorted."""
     items = items.drop("_key")
     if raw_items is None:
         return items, []
@@ -38,7 +40,8 @@ def item_table(items: pl.DataFrame, raw_items: pl.DataFrame | None) -> tuple[pl.
         raw_items = raw_items.with_columns(pl.col("original_id").cast(pl.Utf8))
         items = items.with_columns(pl.col("original_id").cast(pl.Utf8))
     table = items.join(raw_items, on="original_id", how="left", maintain_order="left")
-    vocab = sorted(table["genres"].explode().drop_nulls().unique().to_list())
+    seen = set(table["genres"].explode().drop_nulls().unique().to_list())
+    vocab = [*known_genres, *sorted(seen - set(known_genres))]
     lookup = {g: i for i, g in enumerate(vocab)}
     table = table.with_columns(
         pl.col("title").fill_null(""),
@@ -95,7 +98,7 @@ def write_prepared(raw: RawDataset, protocol: str, parts: dict[str, pl.DataFrame
     n_users, n_items = users.height, items.height
     if protocol == "ncf" and "test_negatives" not in parts:
         parts |= sample_eval_negatives(parts, n_items, test_negatives, seed)
-    table, vocab = item_table(items, raw.items)
+    table, vocab = item_table(items, raw.items, params.get("parent", {}).get("genres", []))
     ratings = pl.concat([parts[name].select("rating") for name in interaction_parts(parts)])["rating"]
     groups = ({g: int((users["group"] == g).sum()) for g in ("train", "valid", "test")}
               if protocol == "vae" else None)

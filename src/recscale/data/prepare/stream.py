@@ -229,7 +229,7 @@ def prepare_stream(source: ScanSource, cfg: PrepareConfig, out: str | Path, over
     """Write the prepared dataset of `source` under `cfg` to `out` with bounded memory; returns
     meta.json's content (the same as `prepare` gives for the same input and settings)."""
     out = Path(out)
-    refuse_existing(out, overwrite, source.files)
+    refuse_existing(out, overwrite, (*source.files, *filter(None, [cfg.extend])))
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_scratch(out)  # what a killed run on the same output left
     scratch = Path(tempfile.mkdtemp(prefix=scratch_prefix(out, "scratch"), dir=out.parent))
@@ -358,7 +358,7 @@ def _prepare_stream(source: ScanSource, cfg: PrepareConfig, out: Path, overwrite
     if group_of is not None:
         users_table = users_table.with_columns(pl.Series("group", group_of))
     items = items_map
-    table, vocab = item_table(items, source.items)
+    table, vocab = item_table(items, source.items, parent[2]["genres"] if parent is not None else [])
     groups_count = ({g: int((group_of == g).sum()) for g in ("train", "valid", "test")} if group_of is not None
                     else None)
     part_counts = {name: writer.counts[name] for name in names}
