@@ -64,7 +64,8 @@ def test_a_warm_start_is_a_fresh_run_begun_from_the_copied_weights(tmp_path, fir
     parent, child = _datasets(tmp_path, protocol)
     old = api.train(parent, model, tmp_path / "old", **_settings())
     warm = api.train(child, model, tmp_path / "warm", **_settings(warm_start=old))
-    fresh_start = api.train(child, model, tmp_path / "fresh", **_settings()) and seen[2]
+    api.train(child, model, tmp_path / "fresh", **_settings())
+    fresh_start = seen[2]
     old_state = load_checkpoint(tmp_path / "old" / "checkpoints" / "best.pt")["model"]
 
     # what the warm run began from: the fresh run's draw, with the old run's weights over the old ids
@@ -129,5 +130,15 @@ def test_warm_starts_that_cannot_match_are_refused_in_one_line(tmp_path):
 def test_a_closed_form_model_refits_on_the_grown_dataset(tmp_path):
     parent, child = _datasets(tmp_path, "vae")
     old = api.train(parent, "ease", tmp_path / "old", **_settings())
-    run = api.train(child, "ease", tmp_path / "new", **_settings(warm_start=old))
-    assert run.best["split"] == "valid" and run.config.warm_start == str(tmp_path / "old")
+    warm = api.train(child, "ease", tmp_path / "warm", **_settings(warm_start=old))
+    api.train(child, "ease", tmp_path / "fresh", **_settings())
+    assert warm.config.warm_start == str(tmp_path / "old")
+    for key, value in _final(tmp_path / "warm").items():  # nothing of the old fit survives the refit
+        assert torch.equal(value, _final(tmp_path / "fresh")[key]), key
+
+
+def test_a_foreign_checkpoint_entry_is_refused_in_one_line():
+    model = MultDAE(DataShape(10, 12))
+    state = {**model.state_dict(), "layers.0.bias": [1.0, 2.0]}  # what a crafted checkpoint could hold
+    with pytest.raises(RecscaleError, match="is not a tensor"):
+        model.grow_from(state, "odd")

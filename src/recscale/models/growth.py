@@ -43,6 +43,8 @@ def grow_from(model: nn.Module, old: dict[str, torch.Tensor], source: str, id_ax
         raise RecscaleError(f"--warm-start: {source} has no {absent[0]} (a model of another kind or composition)")
     for key, new in own.items():
         was = old[key]
+        if not isinstance(was, torch.Tensor):
+            raise RecscaleError(f"--warm-start: {source}'s {key} is not a tensor (a damaged or foreign checkpoint)")
         if not _fits(was.shape, new.shape, id_axes.get(key, ())):
             raise RecscaleError(f"--warm-start: {source}'s {key} is {tuple(was.shape)}, this model's is "
                                 f"{tuple(new.shape)}; train with that run's model settings "

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 import signal
@@ -26,7 +25,7 @@ import torch
 from recscale.config.files import MACHINE_SECTION, RECORD_SECTION, read_config_file, run_layers, to_toml
 from recscale.config.layers import Layer, build_run_config
 from recscale.config.run import RunConfig
-from recscale.data.dataset.prepared import PreparedDataset
+from recscale.data.dataset.prepared import PreparedDataset, meta_digest
 from recscale.errors import RecscaleError, RunInterrupted
 from recscale.evaluation.protocols import evaluate, validation_split
 from recscale.fsutil import atomic_file, refuse_if_input, signal_handlers
@@ -66,7 +65,7 @@ def sparse_tensor(matrix) -> torch.Tensor:
 
 def _meta_digest(data_dir: Path) -> str:
     try:
-        return hashlib.sha256((data_dir / "meta.json").read_bytes()).hexdigest()
+        return meta_digest(data_dir)
     except OSError:
         return ""
 
@@ -214,7 +213,7 @@ def start_run(cfg: RunConfig, model_params: Layer | dict, out: str | Path, overw
                 raise RecscaleError("--pretrained-gmf/--pretrained-mlp: not with --embeddings sharded (the tables "
                                     "are initialized shard by shard); train replicated, or without them")
             if run is not None:
-                refuse_if_input(run.final, [*pretrained.values(), *filter(None, [cfg.warm_start])], "--out")
+                refuse_if_input(run.final, [*pretrained.values(), *filter(None, [cfg.warm_start])])
             if pretrained:
                 model.init_from_pretrained({role: load_run(path, "cpu").model for role, path in pretrained.items()})
             if cfg.warm_start:

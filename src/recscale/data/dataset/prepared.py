@@ -25,6 +25,11 @@ PROTOCOL_FILES = {"ncf": ("train", "test", "test_negatives"), "random": ("train"
                   "vae": ("train", "valid_foldin", "valid_heldout", "test_foldin", "test_heldout")}
 
 
+def meta_digest(root: str | Path) -> str:
+    """SHA-256 of a prepared directory's meta.json (the dataset's identity in runs and children)."""
+    return hashlib.sha256((Path(root) / "meta.json").read_bytes()).hexdigest()
+
+
 class PreparedDataset:
     def __init__(self, root: str | Path, streaming: bool = False):
         """`streaming`: `rows()` reads users' rows from the CSR files as asked, never a split whole."""
@@ -100,7 +105,7 @@ class PreparedDataset:
     @functools.cached_property
     def meta_digest(self) -> str:
         """SHA-256 of meta.json: what a run records of the dataset it was trained on."""
-        return hashlib.sha256((self.root / "meta.json").read_bytes()).hexdigest()
+        return meta_digest(self.root)
 
     @property
     def lineage(self) -> list[str]:

@@ -63,10 +63,8 @@ def parent_maps(cfg: PrepareConfig) -> tuple[pl.DataFrame, pl.DataFrame, dict] |
         k = differ[0]
         raise RecscaleError(f"--extend {cfg.extend}: prepared with {k} {had[k]!r}, this one asks {asked[k]!r}; "
                             f"extend a dataset prepared the same way")
-    grandparent = parent.meta["protocol"].get("parent")
-    ancestors = [grandparent["meta_sha256"], *grandparent.get("ancestors", [])] if grandparent else []
     genres = parent.meta.get("features", {}).get("genres", {}).get("vocabulary", [])
-    record = {"path": str(parent.root), "meta_sha256": parent.meta_digest, "ancestors": ancestors,  # nearest first
+    record = {"path": str(parent.root), "meta_sha256": parent.meta_digest, "ancestors": parent.lineage[1:],  # nearest first
               "users": parent.n_users, "items": parent.n_items, "genres": genres}
     return parent.table("users"), parent.table("items"), record
 
