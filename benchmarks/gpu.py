@@ -34,7 +34,7 @@ from recscale.training.build import resolve_run_config  # noqa: E402
 
 FULL = {"users": 138_493, "items": 26_744, "interactions": 20_000_000, "ncf_batch": 1_048_576,
         "vae_batch": 4096, "epochs": 3}
-SMALL = {"users": 300, "items": 150, "interactions": 4_500, "ncf_batch": 4096, "vae_batch": 128, "epochs": 2}
+SMALL = {"users": 200, "items": 150, "interactions": 1_500, "ncf_batch": 1024, "vae_batch": 64, "epochs": 2}
 PLAN = [("neumf", "ncf", "ncf_batch"), ("multvae", "vae", "vae_batch")]
 PRECISIONS = ("fp32", "bf16", "fp16")
 

@@ -37,8 +37,8 @@ from recscale.errors import RecscaleError
 from recscale.evaluation.protocols import check_ks, default_ks, meaningful
 from recscale.evaluation.protocols import evaluate as evaluate_split
 from recscale.fsutil import atomic_file
+from recscale.recommend import Histories, recommend_frame
 from recscale.recommend import recommend as write_recommendations
-from recscale.recommend import recommend_frame
 from recscale.training.build import resolve_run_config, without_retired
 from recscale.training.run import LoadedRun, read_run_config, resume_run, start_run
 from recscale.training.run import load_run as load_trained
@@ -225,28 +225,37 @@ class Run:
         return np.array([lookup[u] for u in wanted], dtype=np.int64)
 
     def recommend(self, users: Iterable[Any] | None = None, k: int = 10,
-                  columns: Iterable[str] | None = None) -> pl.DataFrame:
+                  columns: Iterable[str] | None = None, histories: dict | None = None) -> pl.DataFrame:
         """Top-k unseen items of the given original user ids (every user for None) as a frame, with
-        the item features `columns` names (None: every one the dataset has, title and genres)."""
+        the item features `columns` names (None: every one the dataset has, title and genres).
+        `histories` ({user: [original item ids]}) instead scores each of those users from its
+        items alone, as a new user (folded in by pairwise models)."""
         if k < 1:
             raise RecscaleError(f"k: must be >= 1, got {k}")
         loaded = self.loaded
-        return recommend_frame(loaded.model, loaded.data, self.users(users), k, loaded.device,
+        given = None if histories is None else Histories.of(histories, loaded.data)
+        chosen = self.users(users) if given is None else np.arange(given.ids.size)
+        return recommend_frame(loaded.model, loaded.data, chosen, k, loaded.device,
                                loaded.config.eval.eval_batch_size, None if columns is None else tuple(columns),
-                               loaded.config.eval.score_block_mib << 20)
+                               loaded.config.eval.score_block_mib << 20, given)
 
     def write_recommendations(self, out: str | Path, users: np.ndarray | None = None, k: int = 10,
-                              overwrite: bool = False, inputs=(), columns: Iterable[str] | None = None) -> int:
-        """Write top-k lists (contiguous `users`, every user for None) to a .tsv or .parquet file,
-        batch by batch; returns the number of rows. An existing file is replaced only with
-        `overwrite`, and only when it is recommendations that recscale wrote."""
+                              overwrite: bool = False, inputs=(), columns: Iterable[str] | None = None,
+                              histories: Histories | None = None) -> int:
+        """Write top-k lists (contiguous `users`, every user for None; or every user of
+        `histories`, scored as new users) to a .tsv or .parquet file, batch by batch; returns the
+        number of rows. An existing file is replaced only with `overwrite`, and only when it is
+        recommendations that recscale wrote."""
         if k < 1:
             raise RecscaleError(f"--k: must be >= 1, got {k}")
         loaded = self.loaded
+        if histories is not None:
+            users = np.arange(histories.ids.size)
         users = np.arange(loaded.data.n_users) if users is None else users
         return write_recommendations(loaded.model, loaded.data, users, k, out, loaded.device,
                                      loaded.config.eval.eval_batch_size, overwrite, (self.path, *inputs),
-                                     None if columns is None else tuple(columns), loaded.config.eval.score_block_mib << 20)
+                                     None if columns is None else tuple(columns), loaded.config.eval.score_block_mib << 20,
+                                     histories)
 
 
 def compare(runs: Iterable[str | Path], split: str = "test", metrics: Iterable[str] | None = None,

@@ -171,6 +171,39 @@ def test_folding_in_a_training_users_history_gives_that_users_top_k(bundles, nam
         assert empty["fallback"] and len(empty["items"]) == 3
 
 
+@pytest.mark.parametrize("name", ["neumf", "embedding-mlp"])
+def test_a_pairwise_model_folds_in_a_new_user_as_recommend_histories_does(bundles, tmp_path, name):
+    """`{"items": [...]}` to a pairwise bundle: vectors by the fold-in graph, the same top 10 (and
+    scores, within the graph's parity tolerance) as `recscale recommend --histories` from PyTorch;
+    the history left out of the list; unknown items and malformed lines skipped."""
+    from recscale.cli import main
+    run, bundle = bundles(name)
+    opened = Bundle(bundle)
+    assert {"fold_in", "vector_scores"} <= set(json.loads((bundle / "manifest.json").read_text())["graphs"])
+    histories = {f"new-{u}": opened.item_ids[opened.history[u].indices[:6 + u]].tolist() for u in range(0, 30, 6)}
+    lines = ["user\titem"] + [f"{u}\t{i}" for u, items in histories.items() for i in items] + ["new-0\tno-such-item",
+                                                                                           "just-one-field"]
+    (tmp_path / "histories.tsv").write_text("\n".join(lines) + "\n")
+    assert main(["recommend", "--run", str(run), "--histories", str(tmp_path / "histories.tsv"), "--k", "10",
+                 "--out", str(tmp_path / "recs.tsv")]) == 0
+    expected: dict = {}
+    for line in (tmp_path / "recs.tsv").read_text().splitlines()[1:]:
+        user, _, item, score, fallback, *_ = line.split("\t")
+        expected.setdefault(user, []).append((item, float(score)))
+        assert fallback == "0"
+    assert set(expected) == set(histories)
+    with TestClient(create_app(bundle)) as client:
+        for user, items in histories.items():
+            response = client.post("/recommend", json={"items": items, "k": 10})
+            assert response.status_code == 200, response.text
+            served = [(str(i["item"]), i["score"]) for i in response.json()["items"]]
+            # ONNX Runtime's and PyTorch's steps drift apart (export.py's PARITY_RTOL_OF)
+            assert _same_top(served, expected[user], tolerance=5e-2), (user, served, expected[user])
+            assert not {i for i, _ in served} & {str(i) for i in items}
+            scored = client.post("/score", json={"items": items, "candidates": [i for i, _ in served[:3]]}).json()
+            np.testing.assert_allclose([s["score"] for s in scored["scores"]], [s for _, s in served[:3]], rtol=1e-5)
+
+
 def test_bad_requests_get_a_one_line_4xx(bundles):
     _, vae = bundles("multvae")
     _, neumf = bundles("neumf")
@@ -188,7 +221,8 @@ def test_bad_requests_get_a_one_line_4xx(bundles):
         (vae, "/recommend", {"user": user, "limit": 3}, 422, "limit: Extra inputs are not permitted"),
         (vae, "/score", {"user": user, "candidates": []}, 422, "candidates: List should have at least 1 item"),
         (vae, "/recommend", b"x" * (1 << 20 + 1), 413, "request body over"),
-        (neumf, "/recommend", {"items": [Bundle(neumf).item_ids[0].item()]}, 422, "neumf cannot fold in a new user"),
+        (neumf, "/recommend", {"items": [Bundle(neumf).item_ids[0].item(), "no-such-item"]}, 422,
+         "unknown item id(s): 'no-such-item'"),
     ]
     for bundle, path, body, status, fragment in cases:
         with TestClient(create_app(bundle)) as client:

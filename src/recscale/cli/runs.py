@@ -12,7 +12,7 @@ from recscale.config.layers import Layer, build, flags
 from recscale.config.run import MAX_K, EvalConfig
 from recscale.errors import RecscaleError
 from recscale.evaluation.report import format_rows, format_table
-from recscale.recommend import read_user_file
+from recscale.recommend import read_histories_file, read_user_file
 
 
 def _add_run_choice(p) -> None:
@@ -40,6 +40,8 @@ def add_recommend(sub) -> None:
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--users", help="file with one original user id per line")
     p.add_argument("--all", action="store_true", help="every user of the dataset")
+    p.add_argument("--histories", help="file of `user<TAB or ,>item` lines (original ids): each user scored from "
+                   "these items alone, as a new user (history models read them, pairwise models fold them in)")
     p.add_argument("--out", required=True, help="recs.tsv or recs.parquet")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it is recommendations "
                    "recscale wrote")
@@ -90,13 +92,14 @@ def cmd_evaluate(args) -> int:
 def cmd_recommend(args) -> int:
     if not 1 <= args.k <= MAX_K:
         raise RecscaleError(f"--k: must lie in [1, {MAX_K}], got {args.k}")
-    if bool(args.users) == bool(args.all):
-        raise RecscaleError("recommend: give exactly one of --users FILE or --all")
+    if sum(map(bool, (args.users, args.all, args.histories))) != 1:
+        raise RecscaleError("recommend: give exactly one of --users FILE, --all or --histories FILE")
     run = api.load_run(args.run, args.device, args.checkpoint)
     users = read_user_file(args.users, run.data) if args.users else None
+    histories = read_histories_file(args.histories, run.data) if args.histories else None
     columns = None if args.columns is None else tuple(c.strip() for c in args.columns.split(",") if c.strip())
-    rows = run.write_recommendations(args.out, users, args.k, args.overwrite, [args.users] if args.users else [],
-                                     columns)
+    given = [f for f in (args.users, args.histories) if f]
+    rows = run.write_recommendations(args.out, users, args.k, args.overwrite, given, columns, histories)
     print(f"wrote {rows} recommendations -> {args.out}")
     return 0
 

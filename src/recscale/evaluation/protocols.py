@@ -182,9 +182,39 @@ def scorable_users(model: Recommender, data: PreparedDataset, inputs) -> np.ndar
     there, and, for a model that does not score new users, training interactions too. The one rule
     of evaluation (the others are not scored) and of recommend (the others get the fallback)."""
     able = np.diff(inputs.indptr) > 0
-    if not model.scores_new_users and data.has("train"):
-        able &= np.diff(data.rows("train").indptr) > 0
+    if not model.scores_new_users:
+        able &= trained_users(data)
     return able
+
+
+def trained_users(data: PreparedDataset) -> np.ndarray:
+    """(U,) whether each user has training interactions (the others are new to a model)."""
+    if not data.has("train"):
+        return np.ones(data.n_users, dtype=bool)
+    return np.diff(data.rows("train").indptr) > 0
+
+
+def batch_scorer(model: Recommender, users: np.ndarray, inputs, trained: np.ndarray, block_bytes: int, device):
+    """The catalog scorer (items -> (B, b)) of a batch of users: `catalog_scorer` for the users
+    the model was trained on, `fold_in_scorer` on their rows in `inputs` for the others
+    (`trained` (U,) says which; history models read every user's rows alike)."""
+    history = model_history(model, inputs, users, block_bytes, device)
+    u = torch.from_numpy(users).to(device)
+    new = ~trained[users]
+    if model.needs_history or not new.any():
+        return model.catalog_scorer(u, history)
+    folded = model.fold_in_scorer(dense_rows(inputs, users[new], device))  # (new, I) rows of a few users
+    known = model.catalog_scorer(u[~new], None) if not new.all() else None
+    new_rows = torch.from_numpy(new).to(device)
+
+    def block(items: slice | torch.Tensor) -> torch.Tensor:
+        part = folded(items)  # (new, b)
+        if known is None:
+            return part
+        out = part.new_empty((users.size, part.shape[1]))
+        out[new_rows], out[~new_rows] = part, known(items).to(part.dtype)
+        return out
+    return block
 
 
 def sampled_ranking(model, data, split, inputs, ks, device, batch_size, shard=slice(None), reduce=None,
@@ -214,16 +244,19 @@ def sampled_ranking(model, data, split, inputs, ks, device, batch_size, shard=sl
 
 def full_ranking(model, data, sets, ks, device, batch_size, shard=slice(None), reduce=None,
                  per_user: dict | None = None, lists: ListStats | None = None,
-                 block_bytes: int = SCORE_BLOCK_BYTES) -> dict:
+                 block_bytes: int = SCORE_BLOCK_BYTES, trained: np.ndarray | None = None) -> dict:
     """Every item ranked for each user, in item blocks (blocks.py): no (users x items) array of
-    scores larger than `block_bytes`, the same results as ranking the whole rows."""
+    scores larger than `block_bytes`, the same results as ranking the whole rows. `trained` (U,)
+    says which users the model scores as trained on (default: those with training interactions);
+    the others are folded in from their rows (benchmarks/foldin.py folds in every one)."""
     users, inputs, masked, target = sets
     users = users[shard]
+    trained = trained_users(data) if trained is None else trained
     total: dict = {}
     coverage = _Coverage(data.n_items, ks, device)
     for start in bar(range(0, users.size, batch_size), desc="evaluate", unit="batch"):
         user_ids, part, top = _ranked_batch(model, users[start:start + batch_size], inputs, masked, target, ks,
-                                            block_bytes, device)
+                                            block_bytes, device, trained)
         _accumulate(total, {"_user": user_ids, **part})
         coverage.add(None, top)
         if lists is not None:
@@ -233,10 +266,9 @@ def full_ranking(model, data, sets, ks, device, batch_size, shard=slice(None), r
     return _finish(total, ks, coverage, reduce)
 
 
-def _ranked_batch(model, u: np.ndarray, inputs, masked, target, ks, block_bytes: int, device):
+def _ranked_batch(model, u: np.ndarray, inputs, masked, target, ks, block_bytes: int, device, trained):
     """(evaluated users, their metrics, their top max(ks)) for one batch of users."""
-    history = model_history(model, inputs, u, block_bytes, device)
-    scorer = model.catalog_scorer(torch.from_numpy(u).to(device), history)
+    scorer = batch_scorer(model, u, inputs, trained, block_bytes, device)
     relevant = RowBlocks(target, u, device)
     n_items = target.shape[1]
     top, _, hits, first = rank_in_blocks(scorer, u.size, n_items, max(ks), blocked_width(u.size, n_items, block_bytes),

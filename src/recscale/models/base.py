@@ -6,6 +6,10 @@
                                              items (a slice or ids) -> (B, b), with the work every
                                              block shares done once: how a catalog whose (B, I)
                                              scores are too large to hold at once is ranked
+    fold_in_scorer(history)                  the same for users absent from training, from their
+                                             (B, I) history rows alone: history models read them
+                                             as any user's, pairwise models fit user vectors to
+                                             them (foldin.py); None where the model cannot
 
 What a model declares about itself (the trainer never tests a model's name or type):
 
@@ -20,7 +24,7 @@ What a model declares about itself (the trainer never tests a model's name or ty
     pretrained_runs(cfg)    run directories to initialize from; `init_from_pretrained` uses them
     needs_history           `score` reads the (B, I) dense rows of what each user interacted with
                             (training rows, or the fold-in rows of held-out users); else None
-    scores_new_users        `score` can rank for users absent from training (fold-in; popularity);
+    scores_new_users        it can rank for users absent from training (`fold_in_scorer`);
                             evaluation counts the others as not scored, recommend falls back
     closed_form             fitted by `fit(user_items)` (a coalesced sparse COO tensor), not by steps
     throughput_unit         what its training throughput counts (samples or users)
@@ -30,6 +34,8 @@ What a model declares about itself (the trainer never tests a model's name or ty
     scoring_module()        its scoring as a module for export: forward(history) -> (B, I) for models
                             that read a history ("rows"), forward(users, items) -> (N,) for pairwise
                             models ("pairs"); None when the bundle's data is enough (popularity)
+    fold_in_modules()       the graphs export writes so that the server folds in new users of a
+                            pairwise model (foldin.py: "fold_in", "vector_scores"); {}: none needed
     id_axes()               the axes of its state-dict tensors indexed by user, item or genre ids: what
                             grows when a warm start (`grow_from`) moves it to an extended dataset
     retrieval()             where the score is a dot product of a user vector and item vectors (plus
@@ -146,9 +152,15 @@ class Recommender(nn.Module):
 
     @property
     def scores_new_users(self) -> bool:
-        """Whether `score` ranks for a user absent from training from the user's history alone:
-        history models fold it in; a model with per-user parameters (pairwise) cannot."""
+        """Whether `fold_in_scorer` ranks for a user absent from training from its history alone."""
         return self.needs_history
+
+    def fold_in_scorer(self, history: torch.Tensor) -> Callable[[slice | torch.Tensor], torch.Tensor] | None:
+        """`catalog_scorer` for users absent from training, given their history rows (B, I): a
+        history model reads them as it reads any user's (the users' ids are not used)."""
+        if not self.needs_history:
+            return None
+        return self.catalog_scorer(torch.zeros(history.shape[0], dtype=torch.long, device=history.device), history)
 
     @property
     def scoring_kind(self) -> str | None:
@@ -157,6 +169,9 @@ class Recommender(nn.Module):
 
     def retrieval(self) -> "Retrieval | None":
         return None
+
+    def fold_in_modules(self) -> dict[str, nn.Module]:
+        return {}
 
     def score(self, users: torch.Tensor, history: torch.Tensor | None,
               items: torch.Tensor | None = None) -> torch.Tensor:

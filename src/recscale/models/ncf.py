@@ -38,6 +38,7 @@ from recscale.models.base import (
     Retrieval,
     score_pairs_in_chunks,
 )
+from recscale.models.foldin import StepFoldIn, item_part, user_vjp
 from recscale.models.tables import EmbeddingTables, TableSpec, rename_legacy_keys
 
 CATALOG_BLOCK_PAIRS = 1 << 14  # pairs per block of full-catalog scoring: (16k, 256) floats, 16 MiB
@@ -112,9 +113,11 @@ TOWER_SPACE = {
 }
 
 
-class PairTowers(Recommender):
+class PairTowers(StepFoldIn, Recommender):
     """Embedding tables, the towers a model names in `composition` (in the head's input order) and
-    one linear head over their concatenated outputs. GMF, MLP and NeuMF below are its compositions."""
+    one linear head over their concatenated outputs. GMF, MLP and NeuMF below are its compositions.
+    A user absent from training is folded in (foldin.py): its vectors, the rows of the user tables
+    side by side ((D,) = [gmf_user; mlp_user]), are fitted to its history."""
 
     composition: tuple[str, ...] = ()
     train_defaults = {"batch_size": 4096, "lr": 0.002, "epochs": 20, "optimizer": "adam"}
@@ -173,9 +176,58 @@ class PairTowers(Recommender):
 
     def logits(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Logits for equally shaped user and item index tensors."""
-        e = self.tables({"users": users, "items": items})
+        return self._head(self.tables({"users": users, "items": items}))
+
+    def _head(self, e: dict[str, torch.Tensor]) -> torch.Tensor:
         parts = [tower(e[f"{name}_user"], e[f"{name}_item"]) for name, tower in self.towers()]  # (..., F), (..., L)
         return self.head(torch.cat(parts, -1) if len(parts) > 1 else parts[0]).squeeze(-1)
+
+    # ------------------------------------------------------------ user vectors (fold-in, foldin.py)
+
+    @property
+    def n_items(self) -> int:
+        return self._n_items()
+
+    def _user_tables(self) -> list[str]:
+        return [name for name, spec in self.tables.specs.items() if spec.feature == "users"]
+
+    def user_vector(self, users: torch.Tensor | None) -> torch.Tensor:
+        """(..., D) the user tables' rows of `users` side by side (None: every user)."""
+        return torch.cat([self.tables[name].weight if users is None else self.tables[name].weight[users]
+                          for name in self._user_tables()], -1)
+
+    def _with_vectors(self, vectors: torch.Tensor, items: torch.Tensor | slice) -> dict[str, torch.Tensor]:
+        """Table rows as `tables` gives them, the user rows cut from `vectors` (..., D)."""
+        names = self._user_tables()
+        widths = [self.tables.specs[name].dim for name in names]
+        rows = dict(zip(names, torch.split(vectors, widths, -1)))
+        return rows | {name: self.tables[name].weight[items] for name, spec in self.tables.specs.items()
+                       if spec.feature == "items"}
+
+    def vector_logits(self, vectors: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """(N,) logits of user vectors (N, D) with items (N,): `logits` for a user given as vectors."""
+        return self._head(self._with_vectors(vectors, items))
+
+    def fold_in_candidates(self, items: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What each tower reads of the items (B, C), computed once for every fold-in step."""
+        return {name: tower.fold_in_items(self.tables[f"{name}_item"].weight[items]) for name, tower in self.towers()}
+
+    def fold_in_logits(self, vectors: torch.Tensor, candidates: dict[str, torch.Tensor]):
+        """(logits (B, C), backward) of users given as vectors (B, D) against their candidates:
+        each tower's share of the head and its user gradient, written out (foldin.py)."""
+        names = self._user_tables()
+        users = dict(zip(names, torch.split(vectors, [self.tables.specs[n].dim for n in names], -1)))
+        head, logits, backwards, offset = self.head.weight[0], self.head.bias, {}, 0
+        for name, tower in self.towers():
+            width = self.cfg.factors if name == "gmf" else self.cfg.layers[-1]
+            share, backwards[name] = tower.fold_in(users[f"{name}_user"], candidates[name], head[offset:offset + width])
+            logits = logits + share  # (B, C)
+            offset += width
+        return logits, lambda weights: torch.cat([backwards[n.removesuffix("_user")](weights) for n in names], -1)
+
+    def vector_catalog_scores(self, vectors: torch.Tensor, items: slice | torch.Tensor) -> torch.Tensor:
+        """(B, b) scores of users given as vectors (B, D) for `items` (a slice or ids)."""
+        return self._catalog_scores(self._with_vectors(vectors, items))
 
     def forward(self, batch: PairBatch, **schedule) -> Output:
         logits = self.logits(batch.users, batch.items)  # (B,)
@@ -183,43 +235,41 @@ class PairTowers(Recommender):
 
     def score(self, users, history, items=None):
         if items is None and isinstance(self.tables, EmbeddingTables):  # TorchRec's tables: by pairs
-            return self._catalog_scores(users)  # (B, I)
+            return self.vector_catalog_scores(self.user_vector(users), slice(None))  # (B, I)
         return score_pairs_in_chunks(self.logits, users, items, self._n_items())  # (B, C)
 
     def catalog_scorer(self, users, history):
         if not isinstance(self.tables, EmbeddingTables):
             return super().catalog_scorer(users, history)
-        return lambda items: self._catalog_scores(users, items)
+        return lambda items: self.vector_catalog_scores(self.user_vector(users), items)
 
-    def _catalog_scores(self, users: torch.Tensor, items: slice | torch.Tensor = slice(None)) -> torch.Tensor:
-        """(B, I) scores of every item, or (B, b) of `items` (a slice or item ids). The head is linear and so
+    def _catalog_scores(self, rows: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, b) scores of the item rows in `rows` for its (B, .) user rows (`_with_vectors`). The head is linear and so
         is the tower's first layer, whose input is [user; item]: W [u; i] + b = (W_u u + b) + W_i i is computed once per user and once
         per item instead of once per pair, and the GMF part of the head is one (B, F) x (F, I)
         product. The same scores as `logits` up to float rounding, 2-2.5x faster on CPU (the
         first layer is most of NeuMF's work); the rest of the tower runs on blocks of
         CATALOG_BLOCK_PAIRS pairs, so memory stays bounded."""
-        specs = self.tables.specs
-        weights = {name: table.weight[items] if specs[name].feature == "items" else table.weight
-                   for name, table in self.tables.items()}  # item tables: the range's rows only
-        n_items = next(w.shape[0] for name, w in weights.items() if specs[name].feature == "items")
+        n_users, n_items = next(iter(rows.values())).shape[0], rows[next(
+            name for name, spec in self.tables.specs.items() if spec.feature == "items")].shape[0]
         head = self.head.weight[0]  # (F + L,) in the towers' order
-        scores = self.head.bias.expand(users.shape[0], n_items).clone()  # (B, I)
+        scores = self.head.bias.expand(n_users, n_items).clone()  # (B, I)
         if self.gmf is not None:
             f = self.cfg.factors
-            scores += (weights["gmf_user"][users] * head[:f]) @ weights["gmf_item"].T  # (B, I)
+            scores += (rows["gmf_user"] * head[:f]) @ rows["gmf_item"].T  # (B, I)
             head = head[f:]
         if self.tower is None:
             return scores
         half = self.cfg.layers[0] // 2
         if len(self.tower) == 0:  # no hidden layer: the head reads [user; item] itself
-            return scores + (weights["mlp_user"][users] @ head[:half])[:, None] + weights["mlp_item"] @ head[half:]
+            return scores + (rows["mlp_user"] @ head[:half])[:, None] + rows["mlp_item"] @ head[half:]
         first, rest = self.tower[0], self.tower[1:]
-        user_part = weights["mlp_user"][users] @ first.weight[:, :half].T + first.bias  # (B, L1)
-        item_part = weights["mlp_item"] @ first.weight[:, half:].T  # (I, L1)
-        rows = max(1, CATALOG_BLOCK_PAIRS // item_part.shape[0])
-        for s in range(0, users.shape[0], rows):
-            hidden = rest(torch.relu(user_part[s:s + rows, None, :] + item_part))  # (b, I, L)
-            scores[s:s + rows] += hidden @ head  # (b, I)
+        user_part = rows["mlp_user"] @ first.weight[:, :half].T + first.bias  # (B, L1)
+        item_part = rows["mlp_item"] @ first.weight[:, half:].T  # (I, L1)
+        step = max(1, CATALOG_BLOCK_PAIRS // item_part.shape[0])
+        for s in range(0, n_users, step):
+            hidden = rest(torch.relu(user_part[s:s + step, None, :] + item_part))  # (b, I, L)
+            scores[s:s + step] += hidden @ head  # (b, I)
         return scores
 
     def scoring_module(self) -> nn.Module:
@@ -246,6 +296,13 @@ class GMFTower(nn.Module):
     def forward(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
         return user * item  # (..., F)
 
+    def fold_in_items(self, item: torch.Tensor) -> torch.Tensor:
+        return item  # (B, C, F)
+
+    def fold_in(self, user: torch.Tensor, item: torch.Tensor, upstream: torch.Tensor):
+        """(output . upstream (B, C), backward: weights (B, C) -> (B, F)) for users (B, F)."""
+        return (user[:, None, :] * item) @ upstream, lambda weights: (weights[..., None] * item).sum(1) * upstream
+
 
 class MLPTower(nn.Sequential):
     """The MLP tower over the concatenated user and item embeddings: Linear + ReLU (+ dropout) for
@@ -271,6 +328,12 @@ class MLPTower(nn.Sequential):
 
     def forward(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
         return super().forward(torch.cat([user, item], -1))  # (..., widths[-1])
+
+    def fold_in_items(self, item: torch.Tensor) -> torch.Tensor:
+        return item_part(self, item, item.shape[-1])  # (B, C, L1): the user's half is as wide
+
+    def fold_in(self, user: torch.Tensor, item: torch.Tensor, upstream: torch.Tensor):
+        return user_vjp(self, user, item, upstream)
 
 
 # Older runs recorded every setting of the three (they were one class with a `branches` flag);

@@ -37,6 +37,9 @@ class Popularity(Recommender):
     def scores_new_users(self) -> bool:
         return True  # the same list for everyone
 
+    def fold_in_scorer(self, history):
+        return self.catalog_scorer(torch.zeros(history.shape[0], dtype=torch.long, device=history.device), None)
+
     def score(self, users, history, items=None):
         scores = self.counts.expand(users.shape[0], -1)  # (B, I)
         return gather_candidates(scores, items)

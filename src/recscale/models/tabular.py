@@ -13,8 +13,9 @@ from torch import nn
 
 from recscale.config.fields import Checked, each, in_range, option
 from recscale.config.run import MAX_WIDTH, WIDTH
-from recscale.data.loading.batch import TabularBatch, TabularRows, multi_hot_batch
+from recscale.data.loading.batch import TabularBatch, TabularRows
 from recscale.models.base import DataShape, Output, Recommender, score_pairs_in_chunks
+from recscale.models.foldin import StepFoldIn, item_part, user_vjp
 from recscale.models.tables import EmbeddingTables, TableSpec, rename_legacy_keys
 
 
@@ -27,7 +28,10 @@ class EmbeddingMLPConfig(Checked):
     like_threshold: float = option(3.0, "label = rating > this")
 
 
-class EmbeddingMLP(Recommender):
+class EmbeddingMLP(StepFoldIn, Recommender):
+    """A user absent from training is folded in (foldin.py): its vector is a user-table row fitted
+    to its history."""
+
     Config = EmbeddingMLPConfig
     train_defaults = {"batch_size": 4096, "lr": 1e-3, "epochs": 10, "optimizer": "adam"}
     tune_space = {
@@ -57,8 +61,6 @@ class EmbeddingMLP(Recommender):
             values, offsets = shape.genre_values, shape.genre_offsets
             self.register_buffer("genre_values", values.clone(), persistent=False)
             self.register_buffer("genre_offsets", offsets.clone(), persistent=False)
-            self.register_buffer("genre_lengths", torch.diff(offsets, append=torch.tensor([values.numel()])),
-                                 persistent=False)
         layers: list[nn.Module] = []
         for out in cfg.layers:
             layers += [nn.Linear(width, out), nn.ReLU()]
@@ -71,14 +73,48 @@ class EmbeddingMLP(Recommender):
         return {**self.tables.id_axes("tables"), **({"genres.weight": (0,)} if self.genres is not None else {})}
 
     def logits(self, users, items, genre_values=None, genre_offsets=None) -> torch.Tensor:
-        e = self.tables({"users": users, "items": items})
-        parts = [e["user"], e["item"]]
-        if self.genres is not None:
-            if genre_values is None:
-                genre_values, genre_offsets = multi_hot_batch(self.genre_values, self.genre_offsets,
-                                                              self.genre_lengths, items)
-            parts.append(self.genres(genre_values, genre_offsets))
-        return self.mlp(torch.cat(parts, -1)).squeeze(-1)
+        e = self.tables({"users": users, "items": items})  # one lookup: sharded tables exchange ids once
+        return self.mlp(torch.cat([e["user"], self._item_inputs(items, e["item"], genre_values, genre_offsets)],
+                                  -1)).squeeze(-1)
+
+    def _item_inputs(self, items, item=None, genre_values=None, genre_offsets=None) -> torch.Tensor:
+        """(..., W - user width) the item's part of the MLP's input: [item; its genre bag]. Without
+        the batch's bags (scoring), every item's bag is taken once and gathered: the same values,
+        and a graph that export can trace (no data-dependent sizes)."""
+        item = self.tables["item"].weight[items] if item is None else item  # (..., d)
+        if self.genres is None:
+            return item
+        if genre_values is None:
+            return torch.cat([item, self.genres(self.genre_values, self.genre_offsets)[items]], -1)  # (..., d + G)
+        return torch.cat([item, self.genres(genre_values, genre_offsets)], -1)
+
+    # ------------------------------------------------------------ user vectors (fold-in, foldin.py)
+
+    def user_vector(self, users: torch.Tensor | None) -> torch.Tensor:
+        weight = self.tables["user"].weight
+        return weight if users is None else weight[users]  # (..., D)
+
+    def vector_logits(self, vectors: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """(N,) logits of user vectors (N, D) with items (N,)."""
+        return self.mlp(torch.cat([vectors, self._item_inputs(items)], -1)).squeeze(-1)
+
+    def fold_in_candidates(self, items: torch.Tensor) -> torch.Tensor:
+        """(B, C, L1) the first layer's part from the items (B, C) and their genres, computed once."""
+        return item_part(self.mlp, self._item_inputs(items), self.tables.specs["user"].dim)
+
+    def fold_in_logits(self, vectors: torch.Tensor, candidates: torch.Tensor):
+        """(logits (B, C), backward), the MLP's backward pass written out (foldin.py)."""
+        return user_vjp(self.mlp, vectors, candidates, vectors.new_ones(1))
+
+    def vector_catalog_scores(self, vectors: torch.Tensor, items: slice | torch.Tensor) -> torch.Tensor:
+        """(B, b) scores of users given as vectors (B, D) for `items` (a slice or ids)."""
+        if isinstance(items, slice):
+            items = torch.arange(self.n_items, device=vectors.device)[items]
+        items = items.expand(vectors.shape[0], -1)  # (B, b)
+
+        def pairs(u, i):  # row indices into `vectors` and item ids, (b, C) each
+            return self.vector_logits(vectors[u.reshape(-1)], i.reshape(-1)).reshape(i.shape)
+        return score_pairs_in_chunks(pairs, torch.arange(vectors.shape[0], device=vectors.device), items, self.n_items)
 
     def forward(self, batch: TabularBatch, **schedule) -> Output:
         logits = self.logits(batch.users, batch.items, batch.genre_values, batch.genre_offsets)

@@ -5,9 +5,10 @@
     POST /score      {"user": "<original id>" | "items": [...], "candidates": ["<item ids>"]}
     GET  /health, GET /metadata
 
-A new user is folded in by the models that read a history (Mult-VAE, Mult-DAE, the autoencoder,
-EASE): the items are their input row. Pairwise models (NeuMF, GMF, MLP, the embedding MLP) have no
-vector for a user they were not trained on: 422. An empty history gets the most popular items.
+A new user is folded in: the models that read a history (Mult-VAE, Mult-DAE, the autoencoder,
+EASE) take the items as their input row; pairwise models (NeuMF, GMF, MLP, the embedding MLP) fit
+user vectors to them through the bundle's fold-in graph (models/foldin.py: 10 Adam steps), then
+score every item from those. An empty history gets the most popular items.
 Requests are micro-batched (batcher.py). Bad input is a 4xx with a one-line JSON error, never a
 500: malformed JSON or fields 422, unknown user 404, unknown items listed 422, a body over
 `max_body_bytes` 413 (counted as it arrives, so chunked bodies too), a missing or wrong API key 401
@@ -105,7 +106,14 @@ class Service:
         if b.kind == "rows":
             return b.score_histories(self._history_rows(jobs))
         if b.kind == "pairs":
-            return b.score_users(np.array([job.user for job in jobs], dtype=np.int64))
+            scores = np.empty((len(jobs), b.n_items), dtype=np.float32)
+            known = [n for n, job in enumerate(jobs) if job.user is not None]
+            new = [n for n, job in enumerate(jobs) if job.user is None]
+            if known:
+                scores[known] = b.score_users(np.array([jobs[n].user for n in known], dtype=np.int64))
+            if new:
+                scores[new] = b.score_new_users([jobs[n].history for n in new])
+            return scores
         return b.popular_rows(len(jobs))
 
     def score(self, jobs: list[Job]) -> list[Any]:
@@ -118,8 +126,11 @@ class Service:
         b = self.bundle
         popular = [self._popular(job) for job in jobs]
         modelled = [n for n, p in enumerate(popular) if not p]
-        if modelled and self.index is not None and all(jobs[n].candidates is None for n in modelled):
-            return self._retrieve(jobs, modelled)
+        # the index holds the user vectors of known users (and of any history, for history models);
+        # a pairwise model's new users are scored exactly from their folded-in vectors
+        retrievable = [n for n in modelled if b.kind == "rows" or jobs[n].user is not None]
+        if retrievable and self.index is not None and all(jobs[n].candidates is None for n in modelled):
+            return self._retrieve(jobs, retrievable)
         scores = np.empty((len(jobs), b.n_items), dtype=np.float32)
         if modelled:
             scores[modelled] = self._model_scores([jobs[n] for n in modelled])
@@ -304,10 +315,10 @@ def create_app(bundle_dir: str | Path, settings: ServerConfig | None = None, **c
                 raise HTTPProblem(404, f"unknown user {user!r}")
             return Job(user=index)
         history = known_items(items)
-        if history.size and bundle.kind == "pairs":
-            raise HTTPProblem(422, f"{bundle.manifest['model']} cannot fold in a new user: it has no vector for "
-                              f"users it was not trained on (the history models can)")
-        return Job(history=history)
+        if history.size and bundle.kind == "pairs" and bundle.fold_in is None:
+            raise HTTPProblem(422, f"this bundle of {bundle.manifest['model']} has no fold-in graph for a new user "
+                              f"(exported by an older recscale: export the run again)")
+        return Job(history=np.unique(history))
 
     def item_json(index: int, score: float) -> dict:
         out = {"item": bundle.item_ids[index].item(), "score": float(score)}

@@ -117,6 +117,13 @@ class Bundle:
                               f"{None if vectors is None else vectors.shape}, the manifest says "
                               f"({self.n_items}, {spec.get('dim')}) float32")
             self.item_vectors = vectors
+        self.fold_in = self.vector_scores = None
+        if self.kind == "pairs" and ("fold_in" in graphs) != ("vector_scores" in graphs):
+            raise _refuse(self.root / MANIFEST, "graphs: fold_in and vector_scores come together")
+        if self.kind == "pairs" and "fold_in" in graphs:
+            self.fold_in = Graph(self.root, graphs["fold_in"], listed, runtime, threads, trust)
+            self.vector_scores = Graph(self.root, graphs["vector_scores"], listed, runtime, threads, trust)
+            self.vector_dim = graphs["fold_in"].get("dim")
         self._probe()
 
     def _probe(self) -> None:
@@ -128,9 +135,15 @@ class Bundle:
             checks.append((self.scores, expected))
         if self.user_vectors is not None:
             checks.append((self.user_vectors, (1, self.item_vectors.shape[1])))
+        if self.fold_in is not None:
+            checks += [(self.fold_in, (1, self.vector_dim)), (self.vector_scores, (1,))]
         for graph, expected in checks:
             if self.kind == "rows":
                 inputs = (np.zeros((1, self.n_items), dtype=np.float32),)
+            elif graph is self.fold_in:
+                inputs = (np.zeros((1, 1), dtype=np.int64), np.ones((1, 1), dtype=np.float32))
+            elif graph is self.vector_scores:
+                inputs = (np.zeros((1, self.vector_dim or 1), dtype=np.float32), np.zeros(1, dtype=np.int64))
             else:
                 inputs = tuple(np.zeros(1, dtype=np.int64) for _ in graph.inputs)
             try:
@@ -175,14 +188,31 @@ class Bundle:
         """(B, I) scores of known users, as `recscale recommend` computes them."""
         if self.kind == "rows":
             return self.score_histories(self.rows(self.history, users))
-        if self.kind == "pairs":  # pairs made a chunk at a time: no (B x I) index arrays
-            out = np.empty(users.size * self.n_items, dtype=np.float32)
-            for start in range(0, out.size, PAIRS_PER_CALL):
-                pair = np.arange(start, min(out.size, start + PAIRS_PER_CALL))
-                out[start:start + pair.size] = self.scores(users[pair // self.n_items].astype(np.int64),
-                                                           (pair % self.n_items).astype(np.int64))
-            return out.reshape(users.size, self.n_items)
+        if self.kind == "pairs":
+            return self._all_pairs(users.size, lambda rows, items: self.scores(users[rows].astype(np.int64), items))
         return np.broadcast_to(self.popularity, (users.size, self.n_items)).copy()
+
+    def _all_pairs(self, n: int, score) -> np.ndarray:
+        """(n, I) scores of every (row, item) pair, made a chunk at a time (no (n x I) index
+        arrays): score(rows (N,), items (N,) int64) -> (N,)."""
+        out = np.empty(n * self.n_items, dtype=np.float32)
+        for start in range(0, out.size, PAIRS_PER_CALL):
+            pair = np.arange(start, min(out.size, start + PAIRS_PER_CALL))
+            out[start:start + pair.size] = score(pair // self.n_items, (pair % self.n_items).astype(np.int64))
+        return out.reshape(n, self.n_items)
+
+    def score_new_users(self, histories: list[np.ndarray]) -> np.ndarray:
+        """(B, I) scores of new users of a pairwise model from their (non-empty) histories of
+        contiguous item ids: vectors by the fold-in graph, then every item scored from them, the
+        scores `recscale recommend --histories` gives (within float rounding)."""
+        length = max(h.size for h in histories)
+        items = np.zeros((len(histories), length), dtype=np.int64)
+        mask = np.zeros((len(histories), length), dtype=np.float32)
+        for row, history in enumerate(histories):
+            items[row, :history.size] = np.sort(history)  # item order, as recommend pads them
+            mask[row, :history.size] = 1.0
+        vectors = np.asarray(self.fold_in(items, mask), dtype=np.float32)  # (B, D)
+        return self._all_pairs(len(histories), lambda rows, pairs: self.vector_scores(vectors[rows], pairs))
 
     def top(self, scores: np.ndarray, exclude: list[tuple[int, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
         """(items (B, k'), scores (B, k')) of the top k, excluded items left out ((row, item ids)

@@ -58,6 +58,8 @@ def _schema():
         model_config = ConfigDict(extra="forbid", strict=True)
         scores: Optional[GraphSpec] = None
         user_vectors: Optional[GraphSpec] = None
+        fold_in: Optional[GraphSpec] = None        # pairwise models: histories -> user vectors
+        vector_scores: Optional[GraphSpec] = None  # (user vector, item) -> score
 
     class Manifest(Strict):
         bundle_version: Literal[2]
