@@ -158,9 +158,9 @@ def _export_graph(module: torch.nn.Module, kind: str, stem: Path, formats, n_use
         _require_onnx()
         shown.set_postfix_str("ONNX export")
         try:
-            torch.onnx.export(module, example, str(stem.with_suffix(".onnx")), dynamo=True,
-                              input_names=INPUT_NAMES[kind], output_names=[output],
-                              dynamic_shapes=tuple(_dynamic_shapes(kind).values()), verbose=False)
+            # from the program traced above: the exporter would otherwise trace the module again
+            torch.onnx.export(program, example, str(stem.with_suffix(".onnx")), dynamo=True,
+                              input_names=INPUT_NAMES[kind], output_names=[output], verbose=False)
         except OSError:
             raise  # a full disk or a read-only folder: reported by the bundle's atomic directory
         except Exception as exc:
