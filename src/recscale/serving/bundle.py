@@ -204,7 +204,7 @@ class Bundle:
     def score_new_users(self, histories: list[np.ndarray]) -> np.ndarray:
         """(B, I) scores of new users of a pairwise model from their (non-empty) histories of
         contiguous item ids: vectors by the fold-in graph, then every item scored from them, the
-        scores `recscale recommend --histories` gives (within float rounding)."""
+        scores `recscale recommend --histories` gives (within export.py's PARITY_RTOL_OF)."""
         length = max(h.size for h in histories)
         items = np.zeros((len(histories), length), dtype=np.int64)
         mask = np.zeros((len(histories), length), dtype=np.float32)
