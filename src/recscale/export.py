@@ -229,7 +229,8 @@ def export_run(run: str | Path, out: str | Path, formats=FORMATS, checkpoint: st
             dim = int(model.fold_in_start().shape[0])
             files = export_graph(fold_in["fold_in"], "histories", tmp / "fold_in", formats, data.n_users,
                                  data.n_items, "vectors", dim)
-            graphs["fold_in"] = {"files": files, "dim": dim, **_signature("histories", "vectors")}
+            graphs["fold_in"] = {"files": files, "dim": dim, "pool": int(fold_in["fold_in"].pool.numel()),
+                                 **_signature("histories", "vectors")}
             files = export_graph(fold_in["vector_scores"], "vector_pairs", tmp / "vector_scores", formats,
                                  data.n_users, data.n_items, "scores", dim)
             graphs["vector_scores"] = {"files": files, "dim": dim, **_signature("vector_pairs", "scores")}

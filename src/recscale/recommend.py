@@ -99,34 +99,33 @@ class Histories:
     @classmethod
     def of(cls, histories: dict, data: PreparedDataset, source: str = "histories") -> "Histories":
         """From {user id: [original item ids]}; an unknown item is refused in one line."""
-        lookup = {str(i): n for n, i in enumerate(data.original_item_ids().tolist())}
-        integer = data.original_item_ids().dtype.kind in "iu"
-        users, indptr, indices = [], [0], []
+        lookup, integer = _item_lookup(data)
+        items_of = {}
         for user, items in histories.items():
             keys = [_id_key(str(item), integer) for item in items]
             unknown = next((item for item, key in zip(items, keys) if key not in lookup), None)
             if unknown is not None:
                 raise RecscaleError(f"{source}: user {user!r}: unknown item id {unknown!r}")
-            indices.extend(sorted({lookup[key] for key in keys}))
-            users.append(user)
-            indptr.append(len(indices))
-        return cls._build(users, indptr, indices, data)
+            items_of[user] = {lookup[key] for key in keys}
+        return cls._build(items_of, data)
 
     @classmethod
-    def _build(cls, users: list, indptr: list, indices: list, data: PreparedDataset) -> "Histories":
-        rows = sp.csr_matrix((np.ones(len(indices), dtype=np.float32), np.array(indices, dtype=np.int64),
-                              np.array(indptr, dtype=np.int64)), shape=(len(users), data.n_items))
-        integer = data.original_user_ids().dtype.kind in "iu" and all(_is_int(u) for u in users)
+    def _build(cls, items_of: dict, data: PreparedDataset) -> "Histories":
+        """From {user: set of contiguous item ids}."""
+        users = list(items_of)
+        lengths = np.array([len(items_of[u]) for u in users], dtype=np.int64)
+        indices = np.array([i for u in users for i in sorted(items_of[u])], dtype=np.int64)
+        indptr = np.concatenate([[0], np.cumsum(lengths)])
+        rows = sp.csr_matrix((np.ones(indices.size, dtype=np.float32), indices, indptr), shape=(len(users), data.n_items))
+        integer = data.original_user_ids().dtype.kind in "iu" and all(_id_key(str(u), True) is not None for u in users)
         ids = np.array([int(u) for u in users], dtype=np.int64) if integer else np.array([str(u) for u in users], dtype=object)
         return cls(ids, rows)
 
 
-def _is_int(value) -> bool:
-    try:
-        int(str(value))
-        return True
-    except ValueError:
-        return False
+def _item_lookup(data: PreparedDataset) -> tuple[dict[str, int], bool]:
+    """(original item id as text -> contiguous id, whether the ids are integers)."""
+    ids = data.original_item_ids()
+    return {str(i): n for n, i in enumerate(ids.tolist())}, ids.dtype.kind in "iu"
 
 
 def read_histories_file(path: str | Path, data: PreparedDataset, report=None) -> Histories:
@@ -134,8 +133,7 @@ def read_histories_file(path: str | Path, data: PreparedDataset, report=None) ->
     a user's lines anywhere in the file); malformed lines and unknown items are reported line by
     line to `report` and skipped."""
     report = report or sys.stderr
-    lookup = {str(i): n for n, i in enumerate(data.original_item_ids().tolist())}
-    integer_items = data.original_item_ids().dtype.kind in "iu"
+    lookup, integer_items = _item_lookup(data)
     items_of: dict[str, set[int]] = {}
     for number, line in enumerate(_read_lines(path, "--histories", "a file of user, item lines"), 1):
         text = line.strip().lstrip("\ufeff")
@@ -154,12 +152,7 @@ def read_histories_file(path: str | Path, data: PreparedDataset, report=None) ->
             print(f"{path}:{number}: unknown item id {item!r} (skipped)", file=report)
             continue
         items_of.setdefault(user, set()).add(lookup[key])
-    users, indptr, indices = [], [0], []
-    for user, found in items_of.items():
-        users.append(user)
-        indices.extend(sorted(found))
-        indptr.append(len(indices))
-    return Histories._build(users, indptr, indices, data)
+    return Histories._build(items_of, data)
 
 
 def item_columns(data: PreparedDataset, columns: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:

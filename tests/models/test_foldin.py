@@ -113,6 +113,7 @@ def test_a_users_vectors_depend_on_its_history_alone():
     torch.testing.assert_close(together[0], alone[0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(together[2], alone[0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(together[3], model.fold_in_start())  # an empty history keeps the start
+    torch.testing.assert_close(model.fold_in_vectors(rows.to_sparse_csr()), together)  # sparse rows, never dense
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -204,6 +204,15 @@ def test_a_pairwise_model_folds_in_a_new_user_as_recommend_histories_does(bundle
             np.testing.assert_allclose([s["score"] for s in scored["scores"]], [s for _, s in served[:3]], rtol=1e-5)
 
 
+def test_fold_in_requests_go_through_the_graph_in_bounded_groups():
+    from recscale.serving.bundle import FOLD_IN_PAIRS, fold_in_groups
+    sizes = [3, 10_000, 5, 7, *[10_000] * 15, 1, 2]
+    groups = fold_in_groups([np.arange(n) for n in sizes], pool=256)
+    assert [h.size for group in groups for h in group] == sizes  # every history, in order
+    assert all(len(g) == 1 or len(g) * (max(h.size for h in g) + 256) <= FOLD_IN_PAIRS for g in groups)
+    assert len(groups) > 1 and max(len(g) for g in groups) > 1  # bounded, yet not one call per user
+
+
 def test_bad_requests_get_a_one_line_4xx(bundles):
     _, vae = bundles("multvae")
     _, neumf = bundles("neumf")

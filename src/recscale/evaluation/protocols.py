@@ -203,7 +203,7 @@ def batch_scorer(model: Recommender, users: np.ndarray, inputs, trained: np.ndar
     new = ~trained[users]
     if model.needs_history or not new.any():
         return model.catalog_scorer(u, history)
-    folded = model.fold_in_scorer(dense_rows(inputs, users[new], device))  # (new, I) rows of a few users
+    folded = model.fold_in_scorer(sparse_rows(inputs, users[new], device))  # their rows, never dense
     known = model.catalog_scorer(u[~new], None) if not new.all() else None
     new_rows = torch.from_numpy(new).to(device)
 

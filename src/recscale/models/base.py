@@ -7,9 +7,10 @@
                                              block shares done once: how a catalog whose (B, I)
                                              scores are too large to hold at once is ranked
     fold_in_scorer(history)                  the same for users absent from training, from their
-                                             (B, I) history rows alone: history models read them
-                                             as any user's, pairwise models fit user vectors to
-                                             them (foldin.py); None where the model cannot
+                                             (B, I) history rows alone, for models with per-user
+                                             parameters: pairwise models fit user vectors to them
+                                             (foldin.py); history models need none (their
+                                             catalog_scorer reads any user's rows)
 
 What a model declares about itself (the trainer never tests a model's name or type):
 
@@ -156,11 +157,10 @@ class Recommender(nn.Module):
         return self.needs_history
 
     def fold_in_scorer(self, history: torch.Tensor) -> Callable[[slice | torch.Tensor], torch.Tensor] | None:
-        """`catalog_scorer` for users absent from training, given their history rows (B, I): a
-        history model reads them as it reads any user's (the users' ids are not used)."""
-        if not self.needs_history:
-            return None
-        return self.catalog_scorer(torch.zeros(history.shape[0], dtype=torch.long, device=history.device), history)
+        """`catalog_scorer` for users absent from training, given their history rows (B, I), for
+        models that keep per-user parameters (a history model's `catalog_scorer` already reads
+        any user's rows); None: it cannot."""
+        return None
 
     @property
     def scoring_kind(self) -> str | None:

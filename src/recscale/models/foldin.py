@@ -168,7 +168,7 @@ class VectorScores(nn.Module):
         return self.model.vector_logits(vectors, items)
 
 
-FOLD_IN_PAIRS = 1 << 17  # (user, item) pairs of one fold-in step: bounds its (pairs, D) activations
+FOLD_IN_PAIRS = 1 << 17  # (user, item) pairs of one fold-in step: bounds its (pairs, width) activations
 
 
 def _chunks(sorted_lengths: list[int], pool: int) -> list[slice]:
@@ -182,13 +182,18 @@ def _chunks(sorted_lengths: list[int], pool: int) -> list[slice]:
     return chunks
 
 
-def padded_items(history: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(items (B, L), mask (B, L)) of dense history rows (B, I): each row's item ids in item order,
-    then padding (mask 0); L the longest row (at least 1)."""
-    length = max(1, int(lengths.max()))
-    order = torch.argsort((history <= 0).to(torch.int8), dim=1, stable=True)[:, :length]  # (B, L)
-    mask = (torch.arange(length, device=history.device) < lengths[:, None]).float()
-    return torch.where(mask > 0, order, torch.zeros_like(order)), mask
+def padded_items(history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(items (B, L), mask (B, L)) of history rows given as a sparse CSR tensor (B, I), never made
+    dense: each row's item ids in item order, then padding (mask 0); L the longest row (>= 1)."""
+    crow, col = history.crow_indices(), history.col_indices()
+    lengths = torch.diff(crow)  # (B,)
+    length = max(1, int(lengths.max())) if lengths.numel() else 1
+    rows = torch.repeat_interleave(torch.arange(lengths.numel(), device=col.device), lengths)  # (nnz,)
+    position = torch.arange(col.numel(), device=col.device) - crow[rows]
+    items = torch.zeros(lengths.numel(), length, dtype=torch.long, device=col.device)
+    mask = torch.zeros(lengths.numel(), length, device=col.device)
+    items[rows, position], mask[rows, position] = col, 1.0
+    return items, mask
 
 
 class StepFoldIn:
@@ -209,21 +214,25 @@ class StepFoldIn:
 
     @torch.no_grad()
     def fold_in_vectors(self, history: torch.Tensor) -> torch.Tensor:
-        """(B, D) vectors of new users from their dense (B, I) history rows (an empty row keeps
-        the start). Users go through in order of history length, as many at a time as fit in
-        FOLD_IN_PAIRS (user, item) pairs per step: little padding, bounded memory."""
+        """(B, D) vectors of new users from their (B, I) history rows, dense or sparse CSR (an
+        empty row keeps the start). Users go through in order of history length, as many at a
+        time as fit in FOLD_IN_PAIRS (user, item) pairs per step: little padding, bounded memory."""
+        if history.layout != torch.sparse_csr:
+            history = (history > 0).float().to_sparse_csr()
         fold_in = FoldIn(self, self.n_items, self.fold_in_config).to(history.device)
-        lengths = (history > 0).sum(1)  # (B,)
+        items, mask = padded_items(history)  # (B, L) each
+        lengths = mask.sum(1).long()
         order = torch.argsort(lengths, stable=True)
         order = order[lengths[order] > 0]  # nothing to fit for an empty history
-        out = fold_in.start.expand(history.shape[0], -1).clone()  # (B, D)
+        out = fold_in.start.expand(items.shape[0], -1).clone()  # (B, D)
         for chunk in _chunks(lengths[order].tolist(), fold_in.pool.numel()):
             rows = order[chunk]
-            out[rows] = fold_in(*padded_items(history[rows], lengths[rows]))
+            longest = max(1, int(lengths[rows].max()))
+            out[rows] = fold_in(items[rows, :longest], mask[rows, :longest])
         return out
 
     def fold_in_scorer(self, history: torch.Tensor):
-        vectors = self.fold_in_vectors(history.to_dense() if history.layout == torch.sparse_csr else history)
+        vectors = self.fold_in_vectors(history)
         return lambda items: self.vector_catalog_scores(vectors, items)
 
     def fold_in_modules(self) -> dict[str, nn.Module]:

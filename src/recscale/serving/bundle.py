@@ -21,6 +21,7 @@ from recscale.serving.format import MANIFEST, open_bundle_files
 from recscale.serving.runtime import RUNTIMES, Graph
 
 PAIRS_PER_CALL = 1 << 18  # pairs scored per graph call: bounds the activations of pairwise models
+FOLD_IN_PAIRS = 1 << 17  # (user, item) pairs of one fold-in graph call (history + pool per user)
 
 
 def _refuse(path: Path, problem: str) -> RecscaleError:
@@ -63,6 +64,21 @@ def _id_map(path: Path, rows: int) -> pl.DataFrame:
     if frame["original_id"].cast(pl.Utf8).n_unique() != rows:
         raise _refuse(path, "original ids are not unique")
     return frame
+
+
+def fold_in_groups(histories: list[np.ndarray], pool: int) -> list[list[np.ndarray]]:
+    """Consecutive groups of histories, each within FOLD_IN_PAIRS (user, item) pairs once padded
+    and given the graph's `pool` negatives (a request holds up to MAX_ITEMS items: a full batch
+    of such requests in one call would hold gigabytes); a longer history alone."""
+    groups, width = [[]], 0
+    for history in histories:
+        longest = max(width, history.size)
+        if groups[-1] and (len(groups[-1]) + 1) * (longest + pool) > FOLD_IN_PAIRS:
+            groups.append([])
+            longest = history.size
+        groups[-1].append(history)
+        width = longest
+    return groups
 
 
 class Bundle:
@@ -124,6 +140,7 @@ class Bundle:
             self.fold_in = Graph(self.root, graphs["fold_in"], listed, runtime, threads, trust)
             self.vector_scores = Graph(self.root, graphs["vector_scores"], listed, runtime, threads, trust)
             self.vector_dim = graphs["fold_in"].get("dim")
+            self.fold_in_pool = int(graphs["fold_in"].get("pool", 0))  # negatives the graph adds per user
         self._probe()
 
     def _probe(self) -> None:
@@ -205,14 +222,18 @@ class Bundle:
         """(B, I) scores of new users of a pairwise model from their (non-empty) histories of
         contiguous item ids: vectors by the fold-in graph, then every item scored from them, the
         scores `recscale recommend --histories` gives (within export.py's PARITY_RTOL_OF)."""
+        groups = fold_in_groups(histories, self.fold_in_pool)
+        vectors = np.concatenate([self._fold_in(part) for part in groups])  # (B, D)
+        return self._all_pairs(len(histories), lambda rows, pairs: self.vector_scores(vectors[rows], pairs))
+
+    def _fold_in(self, histories: list[np.ndarray]) -> np.ndarray:
         length = max(h.size for h in histories)
         items = np.zeros((len(histories), length), dtype=np.int64)
         mask = np.zeros((len(histories), length), dtype=np.float32)
         for row, history in enumerate(histories):
             items[row, :history.size] = np.sort(history)  # item order, as recommend pads them
             mask[row, :history.size] = 1.0
-        vectors = np.asarray(self.fold_in(items, mask), dtype=np.float32)  # (B, D)
-        return self._all_pairs(len(histories), lambda rows, pairs: self.vector_scores(vectors[rows], pairs))
+        return np.asarray(self.fold_in(items, mask), dtype=np.float32)  # (b, D)
 
     def top(self, scores: np.ndarray, exclude: list[tuple[int, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
         """(items (B, k'), scores (B, k')) of the top k, excluded items left out ((row, item ids)
