@@ -4,6 +4,7 @@ that drains requests in flight. Real servers on 127.0.0.1, bounded request count
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -48,12 +49,12 @@ def _free_port() -> int:
 
 
 class Server:
-    def __init__(self, bundle: Path, *flags: str, scheme: str = "http"):
+    def __init__(self, bundle: Path, *flags: str, scheme: str = "http", env: dict | None = None):
         self.port = _free_port()
         self.base = f"{scheme}://127.0.0.1:{self.port}"
         self.process = subprocess.Popen([sys.executable, "-m", "recscale", "serve", "--bundle", str(bundle),
                                          "--port", str(self.port), *flags], stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True)
+                                        stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             assert self.process.poll() is None, self.process.communicate()

@@ -135,8 +135,8 @@ def test_the_service_answers_like_recscale_recommend(bundles, tmp_path, name):
 def test_a_batch_split_under_the_score_bound_answers_as_one(bundles, monkeypatch, name):
     """A large catalog's batch is scored a few jobs at a time (no (jobs x items) array above
     SCORE_BLOCK_BYTES): the same answers, fallbacks and exclusions included."""
-    from recscale.serving import app
-    from recscale.serving.app import Job, Service
+    from recscale.serving import scoring
+    from recscale.serving.scoring import Job, Service
     _, bundle = bundles(name)
     opened = Bundle(bundle)
     jobs = [Job(user=u, k=5, exclude=np.array([u % opened.n_items])) for u in range(0, 40, 3)]
@@ -145,7 +145,7 @@ def test_a_batch_split_under_the_score_bound_answers_as_one(bundles, monkeypatch
     whole = Service(opened).score(jobs)
     sizes = []
     inner = Service._score
-    monkeypatch.setattr(app, "SCORE_BLOCK_BYTES", 4 * opened.n_items * 3)  # three jobs at a time
+    monkeypatch.setattr(scoring, "SCORE_BLOCK_BYTES", 4 * opened.n_items * 3)  # three jobs at a time
     monkeypatch.setattr(Service, "_score", lambda self, part: sizes.append(len(part)) or inner(self, part))
     split = Service(opened).score(jobs)
     assert max(sizes) == 3 and sum(sizes) == len(jobs)

@@ -3,7 +3,8 @@
     POST /recommend  {"user": "<original id>", "k": 10, "exclude_seen": true}
                      {"items": ["<original item ids>"], "k": 10}    a user not in the training data
     POST /score      {"user": "<original id>" | "items": [...], "candidates": ["<item ids>"]}
-    GET  /health, GET /metadata
+    GET  /health, GET /metadata, GET /metrics (Prometheus text format, metrics.py)
+    POST /admin/reload                 with X-Admin-Token: swap in the bundle at the served path again
 
 A new user is folded in: the models that read a history (Mult-VAE, Mult-DAE, the autoencoder,
 EASE) take the items as their input row; pairwise models (NeuMF, GMF, MLP, the embedding MLP) fit
@@ -13,19 +14,25 @@ Requests are micro-batched (batcher.py). Bad input is a 4xx with a one-line JSON
 500: malformed JSON or fields 422, unknown user 404, unknown items listed 422, a body over
 `max_body_bytes` 413 (counted as it arrives, so chunked bodies too), a missing or wrong API key 401
 (with `api_key_file`; /health stays open). The other limits are the connection's (protocol.py).
+
+The bundle can be swapped without downtime (live.py): on SIGHUP, or through /admin/reload, which
+exists only when `admin_token_env` names an environment variable holding the token (compared in
+constant time; a wrong or missing one is 403).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import gc
 import hmac
 import json
 import os
+import signal
 import time
 from pathlib import Path
-from typing import Any, Union
+from typing import Union
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -33,13 +40,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from recscale.config.run import SCORE_BLOCK_MIB
 from recscale.errors import RecscaleError
-from recscale.serving.batcher import MicroBatcher
-from recscale.serving.bundle import PAIRS_PER_CALL, Bundle
+from recscale.serving.live import LiveBundle, Served, SwapInProgress
+from recscale.serving.metrics import MetricsRecorder, ServerMetrics
+from recscale.serving.scoring import Job
 from recscale.serving.settings import MAX_ITEMS, MAX_REQUEST_K, ServerConfig
-
-SCORE_BLOCK_BYTES = SCORE_BLOCK_MIB << 20  # the largest (jobs x items) array of scores a batch holds
 
 Id = Union[int, str]
 
@@ -63,127 +68,6 @@ class HTTPProblem(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
-
-
-@dataclasses.dataclass
-class Job:
-    """One request's work for the batch: whose scores (a known user, a history, or popularity),
-    what to leave out, and what to return (top k, or the scores of candidates)."""
-
-    user: int | None = None               # a known user (contiguous id)
-    history: np.ndarray | None = None     # contiguous item ids of a folded-in user
-    exclude: np.ndarray | None = None     # contiguous item ids left out of the top k
-    k: int = 0
-    candidates: np.ndarray | None = None  # /score: contiguous item ids
-
-
-class Service:
-    """The scoring behind the endpoints: turns a batch of jobs into one graph call."""
-
-    def __init__(self, bundle: Bundle, index=None):
-        self.bundle, self.index = bundle, index
-
-    def _popular(self, job: Job) -> bool:
-        if job.user is not None:
-            return self.bundle.history_size[job.user] == 0  # nothing to go on, as `recscale recommend`
-        return job.history is None or job.history.size == 0
-
-    def _history_rows(self, jobs: list[Job]) -> np.ndarray:
-        """(B, I) input rows: known users' from the bundle (one CSR slice for all), new users' items."""
-        b = self.bundle
-        known = [n for n, job in enumerate(jobs) if job.user is not None]
-        rows = np.zeros((len(jobs), b.n_items), dtype=np.float32)
-        if known:
-            rows[known] = b.rows(b.history, np.array([jobs[n].user for n in known]))
-        for n, job in enumerate(jobs):
-            if job.user is None:
-                rows[n, job.history] = 1.0
-        return rows
-
-    def _model_scores(self, jobs: list[Job]) -> np.ndarray:
-        """(B, I) scores of jobs that have a model to go on."""
-        b = self.bundle
-        if b.kind == "rows":
-            return b.score_histories(self._history_rows(jobs))
-        if b.kind == "pairs":
-            scores = np.empty((len(jobs), b.n_items), dtype=np.float32)
-            known = [n for n, job in enumerate(jobs) if job.user is not None]
-            new = [n for n, job in enumerate(jobs) if job.user is None]
-            if known:
-                scores[known] = b.score_users(np.array([jobs[n].user for n in known], dtype=np.int64))
-            if new:
-                scores[new] = b.score_new_users([jobs[n].history for n in new])
-            return scores
-        return b.popular_rows(len(jobs))
-
-    def score(self, jobs: list[Job]) -> list[Any]:
-        """Each job's answer. The (jobs x items) scores of a large catalog are computed for a few
-        jobs at a time, so that no array of them exceeds SCORE_BLOCK_BYTES (at 1M items: 64 jobs)."""
-        rows = max(1, SCORE_BLOCK_BYTES // (4 * self.bundle.n_items))
-        return [answer for start in range(0, len(jobs), rows) for answer in self._score(jobs[start:start + rows])]
-
-    def _score(self, jobs: list[Job]) -> list[Any]:
-        b = self.bundle
-        popular = [self._popular(job) for job in jobs]
-        modelled = [n for n, p in enumerate(popular) if not p]
-        # the index holds the user vectors of known users (and of any history, for history models);
-        # a pairwise model's new users are scored exactly from their folded-in vectors
-        retrievable = [n for n in modelled if b.kind == "rows" or jobs[n].user is not None]
-        if retrievable and self.index is not None and all(jobs[n].candidates is None for n in modelled):
-            return self._retrieve(jobs, retrievable)
-        scores = np.empty((len(jobs), b.n_items), dtype=np.float32)
-        if modelled:
-            scores[modelled] = self._model_scores([jobs[n] for n in modelled])
-        if len(modelled) < len(jobs):
-            scores[[n for n, p in enumerate(popular) if p]] = b.popularity
-        results: list[Any] = [None] * len(jobs)
-        ranked = [n for n, job in enumerate(jobs) if job.candidates is None]
-        for n, job in enumerate(jobs):
-            if job.candidates is not None:
-                results[n] = (scores[n, job.candidates], popular[n])
-        if ranked:
-            exclude = [(i, jobs[n].exclude) for i, n in enumerate(ranked) if jobs[n].exclude is not None]
-            top_items, top_scores = b.top(scores[ranked], exclude, max(jobs[n].k for n in ranked))
-            for i, n in enumerate(ranked):
-                k = jobs[n].k
-                keep = np.isfinite(top_scores[i, :k])
-                results[n] = (top_items[i, :k][keep], top_scores[i, :k][keep], popular[n])
-        return results
-
-    def _retrieve(self, jobs: list[Job], modelled: list[int]) -> list[Any]:
-        """Top k by inner product through the FAISS index (the user vectors from the bundle's graph)."""
-        b = self.bundle
-        group = [jobs[n] for n in modelled]
-        if b.kind == "rows":
-            vectors = b.user_vectors(self._history_rows(group))
-        else:
-            vectors = b.user_vectors(np.array([job.user for job in group], dtype=np.int64))
-        widest = max(job.k + (job.exclude.size if job.exclude is not None else 0) for job in group)
-        found_scores, found = self.index.search(vectors, min(widest, b.n_items))
-        out: dict[int, Any] = {}
-        for n, job, ids, values in zip(modelled, group, found, found_scores):
-            keep = ids >= 0
-            if job.exclude is not None:
-                keep &= ~np.isin(ids, job.exclude)
-            out[n] = (ids[keep][:job.k], values[keep][:job.k], False)
-        rest = [n for n in range(len(jobs)) if n not in out]
-        if rest:
-            for n, result in zip(rest, Service(b).score([jobs[n] for n in rest])):
-                out[n] = result
-        return [out[n] for n in range(len(jobs))]
-
-
-def warm_up(service: Service, max_batch: int) -> None:
-    """Score one full batch before serving: the runtime sizes its buffers on the first batch of each
-    size (measured: the first batch of 64 took about 150 ms more than the next ones)."""
-    b = service.bundle
-    users = [u for u in range(min(b.n_users, max_batch)) if b.history_size[u]] or [0]
-    jobs = [Job(user=users[n % len(users)], k=10) for n in range(max_batch)]
-    if b.kind == "pairs":  # a pairwise model scores users x items pairs: one chunk is enough
-        b.score_pairs(np.zeros(min(PAIRS_PER_CALL, b.n_items * max_batch), dtype=np.int64),
-                      np.zeros(min(PAIRS_PER_CALL, b.n_items * max_batch), dtype=np.int64))
-        jobs = jobs[:1]
-    service.score(jobs)
 
 
 def _json(body: dict) -> Response:
@@ -259,36 +143,72 @@ class RequestGuard:
         await self.app(scope, counted, unless_refused)
 
 
-def create_app(bundle_dir: str | Path, settings: ServerConfig | None = None, **changes) -> RequestGuard:
+def read_admin_token(variable: str) -> bytes:
+    token = os.environ.get(variable, "").strip().encode()
+    if len(token) < 16:
+        raise RecscaleError(f"--admin-token-env: environment variable {variable} is "
+                            f"{'unset' if variable not in os.environ else 'shorter than 16 characters'}: it must "
+                            f"hold the admin token (16 or more characters)")
+    return token
+
+
+ROUTES = frozenset({"/recommend", "/score", "/health", "/metadata", "/metrics", "/admin/reload"})
+
+
+@contextlib.contextmanager
+def _sighup_swaps(live: LiveBundle):
+    """SIGHUP swaps the bundle, where signals can be had (the main thread of a Unix process; a test
+    client runs the app in another thread)."""
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_swap_quietly(live)))
+    except (AttributeError, NotImplementedError, RuntimeError, ValueError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGHUP)
+
+
+async def _swap_quietly(live: LiveBundle) -> None:
+    try:
+        await live.swap()  # the outcome is logged there
+    except SwapInProgress:
+        pass
+
+
+def create_app(bundle_dir: str | Path, settings: ServerConfig | None = None, **changes) -> MetricsRecorder:
     """The ASGI app serving `bundle_dir`; `changes` override fields of `settings` (ServerConfig)."""
     settings = dataclasses.replace(settings or ServerConfig(), **changes)
-    bundle = Bundle(bundle_dir, settings.runtime, settings.threads, trust=settings.trust_bundle)
     api_key = read_api_key(settings.api_key_file) if settings.api_key_file else None
-    index, max_batch = settings.index, settings.max_batch
-    item_index = None
-    if index != "none":
-        if bundle.item_vectors is None:
-            raise RecscaleError(f"--index {index}: {bundle.manifest['model']}'s score is not an inner product of "
-                                f"user and item vectors (its tower mixes them): serve it without an index")
-        from recscale.serving.index import ItemIndex
-        item_index = ItemIndex(bundle.item_vectors, index, nprobe=settings.nprobe, threads=settings.threads)
-    service = Service(bundle, item_index)
-    batcher = MicroBatcher(service.score, max_batch, settings.max_wait_ms)
+    admin_token = read_admin_token(settings.admin_token_env) if settings.admin_token_env else None
+    metrics = ServerMetrics(settings.max_batch)
+
+    def note_served(served: Served) -> None:
+        metrics.served(served.bundle.digest, served.bundle.manifest["model"], str(served.bundle.root))
+
+    def note_swap(outcome: dict) -> None:
+        metrics.swaps.labels("swapped" if outcome["swapped"] else "failed").inc()
+        note_served(live.current)
+
+    live = LiveBundle(bundle_dir, settings, on_batch=metrics.batch_size.observe, on_swap=note_swap)
+    note_served(live.current)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        warm_up(service, max_batch)
+        await live.start()
         # Everything loaded so far lives as long as the server: keep it out of the garbage
         # collector's full passes, which otherwise stalled every request in flight by 100+ ms
         gc.collect()
         gc.freeze()
-        await batcher.start()
-        yield
-        await batcher.stop()
+        with _sighup_swaps(live):
+            yield
+        await live.stop()
 
     docs = {} if settings.docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
     app = FastAPI(title="recscale", lifespan=lifespan, **docs)
-    app.state.bundle, app.state.batcher = bundle, batcher
+    app.state.live = live
     started = time.time()
 
     @app.exception_handler(RequestValidationError)
@@ -299,14 +219,15 @@ def create_app(bundle_dir: str | Path, settings: ServerConfig | None = None, **c
     async def problem(request: Request, exc: HTTPProblem):
         return JSONResponse({"error": str(exc)}, exc.status)
 
-    def known_items(items: list) -> np.ndarray:
-        found, unknown = bundle.items(items)
+    def known_items(served: Served, items: list) -> np.ndarray:
+        found, unknown = served.bundle.items(items)
         if unknown:
             shown = ", ".join(repr(i) for i in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
             raise HTTPProblem(422, f"unknown item id(s): {shown}")
         return found
 
-    def who(user, items) -> Job:
+    def who(served: Served, user, items) -> Job:
+        bundle = served.bundle
         if (user is None) == (items is None):
             raise HTTPProblem(422, "give exactly one of user (a known user's id) or items (a new user's history)")
         if user is not None:
@@ -314,55 +235,81 @@ def create_app(bundle_dir: str | Path, settings: ServerConfig | None = None, **c
             if index is None:
                 raise HTTPProblem(404, f"unknown user {user!r}")
             return Job(user=index)
-        history = known_items(items)
+        history = known_items(served, items)
         if history.size and bundle.kind == "pairs" and bundle.fold_in is None:
             raise HTTPProblem(422, f"this bundle of {bundle.manifest['model']} has no fold-in graph for a new user "
                               f"(exported by an older recscale: export the run again)")
         return Job(history=np.unique(history))
 
-    def item_json(index: int, score: float) -> dict:
+    def item_json(served: Served, index: int, score: float) -> dict:
+        bundle = served.bundle
         out = {"item": bundle.item_ids[index].item(), "score": float(score)}
         if bundle.titles is not None:
             out["title"] = bundle.titles[index]
         return out
 
+    # Each handler reads live.current once, before its first await: a request in flight when the
+    # bundle is swapped finishes on the bundle it started with
     @app.post("/recommend")
     async def recommend(request: RecommendRequest):
-        job = who(request.user, request.items)
+        served = live.current
+        job = who(served, request.user, request.items)
         job.k = request.k
         if request.exclude_seen:
-            job.exclude = job.history if job.user is None else bundle.seen[job.user].indices.astype(np.int64)
-        items, scores, fallback = await batcher.submit(job)
+            job.exclude = job.history if job.user is None else served.bundle.seen[job.user].indices.astype(np.int64)
+        items, scores, fallback = await served.batcher.submit(job)
         return _json({"user": request.user, "k": request.k, "fallback": bool(fallback),
-                      "items": [item_json(i, s) for i, s in zip(items.tolist(), scores.tolist())]})
+                      "items": [item_json(served, i, s) for i, s in zip(items.tolist(), scores.tolist())]})
 
     @app.post("/score")
     async def score(request: ScoreRequest):
-        job = who(request.user, request.items)
-        job.candidates = known_items(request.candidates)
-        scores, fallback = await batcher.submit(job)
+        served = live.current
+        job = who(served, request.user, request.items)
+        job.candidates = known_items(served, request.candidates)
+        scores, fallback = await served.batcher.submit(job)
         return _json({"user": request.user, "fallback": bool(fallback),
-                      "scores": [item_json(i, s) for i, s in zip(job.candidates.tolist(), scores.tolist())]})
+                      "scores": [item_json(served, i, s) for i, s in zip(job.candidates.tolist(), scores.tolist())]})
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": bundle.manifest["model"], "uptime_s": round(time.time() - started, 1)}
+        return {"status": "ok", "model": live.current.bundle.manifest["model"],
+                "uptime_s": round(time.time() - started, 1)}
 
     @app.get("/metadata")
     async def metadata():
-        m = bundle.manifest
+        served = live.current
+        bundle, batcher, m = served.bundle, served.batcher, served.bundle.manifest
         return {"model": m["model"], "kind": m["kind"], "protocol": m["protocol"], "dataset": m["dataset"],
                 "recscale_version": m["recscale_version"], "n_users": m["n_users"], "n_items": m["n_items"],
-                "fold_in": m["fold_in"], "retrieval": m["retrieval"], "index": index,
+                "digest": bundle.digest, "loaded_at": round(served.loaded_at, 3), "fold_in": m["fold_in"],
+                "retrieval": m["retrieval"], "index": settings.index,
                 "runtime": bundle.scores.runtime if bundle.scores else None,
                 "max_batch": batcher.max_batch, "max_wait_ms": batcher.max_wait * 1000,
                 "batches": batcher.batches, "requests_scored": batcher.jobs, "limits": {
                     "k": MAX_REQUEST_K, "items": MAX_ITEMS, "body_bytes": settings.max_body_bytes,
                     "request_line_bytes": settings.max_request_line, "header_bytes": settings.max_header_bytes,
                     "read_timeout_s": settings.read_timeout_s, "connections": settings.max_connections},
-                "api_key": api_key is not None}
+                "api_key": api_key is not None, "hot_swap": {"admin": admin_token is not None, **live.swaps}}
 
-    return RequestGuard(app, settings.max_body_bytes, api_key)
+    @app.get("/metrics")
+    async def prometheus_metrics():
+        return Response(metrics.text(), media_type=metrics.content_type)
+
+    if admin_token is not None:
+        @app.post("/admin/reload")
+        async def reload(request: Request):
+            given = request.headers.get("x-admin-token", "").encode()
+            if not hmac.compare_digest(given, admin_token):
+                raise HTTPProblem(403, "missing or wrong admin token (X-Admin-Token)")
+            try:
+                outcome = await live.swap()
+            except SwapInProgress as exc:
+                raise HTTPProblem(409, str(exc)) from None
+            if not outcome["swapped"]:
+                return JSONResponse({"error": outcome["error"], "serving": outcome["digest"]}, 422)
+            return outcome
+
+    return MetricsRecorder(RequestGuard(app, settings.max_body_bytes, api_key), metrics, ROUTES)
 
 
 def app_from_env():

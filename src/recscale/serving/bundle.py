@@ -95,7 +95,7 @@ class Bundle:
         self.root = Path(root)
         if runtime not in RUNTIMES:
             raise RecscaleError(f"--runtime: {', '.join(RUNTIMES)}, got {runtime!r}")
-        self.manifest = open_bundle_files(self.root)
+        self.manifest, self.digest = open_bundle_files(self.root)
         listed = self.manifest["files"]
         for name in ("users.parquet", "items.parquet", "seen.npz", "history.npz", "popularity.npy"):
             if name not in listed:

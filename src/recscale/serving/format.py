@@ -12,6 +12,7 @@ torch.export programs (`.pt2`) are loaded with `torch.export.load`, which unpick
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -79,13 +80,15 @@ def _schema():
     return Manifest
 
 
-def read_manifest(root: Path) -> dict:
-    """The manifest of the bundle in `root`, checked against the schema (one-line errors)."""
+def read_manifest(root: Path) -> tuple[dict, str]:
+    """The manifest of the bundle in `root`, checked against the schema (one-line errors), and the
+    SHA-256 of its bytes: the bundle's digest (the manifest lists every file's own SHA-256)."""
     path = root / MANIFEST
     if not root.is_dir():
         raise RecscaleError(f"--bundle: {root}: not a directory")
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_bytes()
+        raw = json.loads(text.decode("utf-8"))
     except FileNotFoundError:
         raise RecscaleError(f"--bundle: {root} is not a bundle (no {MANIFEST}; run `recscale export`)") from None
     except (OSError, ValueError) as exc:
@@ -102,7 +105,7 @@ def read_manifest(root: Path) -> dict:
         error = exc.errors()[0]
         where = ".".join(str(p) for p in error["loc"])
         raise RecscaleError(f"--bundle: {path}: {where}: {error['msg']}") from None
-    return checked.model_dump()
+    return checked.model_dump(), hashlib.sha256(text).hexdigest()
 
 
 def verify_files(root: Path, manifest: dict) -> None:
@@ -135,8 +138,8 @@ def verify_files(root: Path, manifest: dict) -> None:
                             f"remove it)")
 
 
-def open_bundle_files(root: Path) -> dict:
-    """The checked manifest of `root` after every file was verified."""
-    manifest = read_manifest(root)
+def open_bundle_files(root: Path) -> tuple[dict, str]:
+    """The checked manifest of `root` after every file was verified, and the bundle's digest."""
+    manifest, digest = read_manifest(root)
     verify_files(root, manifest)
-    return manifest
+    return manifest, digest

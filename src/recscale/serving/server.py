@@ -2,6 +2,9 @@
 
 SIGTERM or SIGINT drains: uvicorn stops accepting, closes idle connections, lets requests in
 flight finish (up to `grace_s`), then ends the app's lifespan (the batcher) and the process exits 0.
+SIGHUP swaps the bundle: in the one process (live.py), or, under several workers, sent to the main
+process, through uvicorn's rolling restart (each worker replaced once its replacement is ready;
+one that fails to load the bundle leaves the old worker serving).
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ def serve(bundle: str | Path, settings: ServerConfig) -> None:
     uvicorn = _uvicorn()
     if settings.workers == 1:
         print(f"serving {bundle} on {scheme}://{settings.host}:{settings.port} (POST /recommend, /score; GET "
-              f"/health, /metadata)", flush=True)
+              f"/health, /metadata, /metrics; SIGHUP swaps the bundle; pid {os.getpid()})", flush=True)
         # uvicorn drains on SIGTERM, then raises the signal again under the handler it found: a
         # handler that ignores it makes a drained server exit 0 instead of dying of the signal
         with signal_handlers(lambda *_: None, (signal.SIGTERM,)):

@@ -51,6 +51,9 @@ class ServerConfig(Checked):
                           "seconds to finish", check=in_range(0, 3600, high_inclusive=True))
     api_key_file: Optional[str] = option(None, "file holding an API key: every request but GET /health must "
                                          "send it (Authorization: Bearer KEY or X-API-Key: KEY), else 401")
+    admin_token_env: Optional[str] = option(None, "environment variable holding an admin token (16+ characters): "
+                                            "enables POST /admin/reload, which swaps in the bundle at --bundle "
+                                            "again (X-Admin-Token: TOKEN); off by default. SIGHUP swaps too")
     docs: bool = option(True, "the interactive API docs (/docs, /redoc, /openapi.json); --no-docs to hide them")
     tls_cert: Optional[str] = option(None, "PEM certificate: serve HTTPS (with --tls-key)")
     tls_key: Optional[str] = option(None, "PEM private key of --tls-cert")
@@ -59,6 +62,10 @@ class ServerConfig(Checked):
         from recscale.config.fields import ConfigError
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("tls_key" if self.tls_key is None else "tls_cert", "--tls-cert and --tls-key go together")
+        if self.admin_token_env is not None and self.workers > 1:
+            raise ConfigError("admin_token_env", "/admin/reload would swap the one worker that answers it: with "
+                              "--workers above 1, send SIGHUP to the server's main process (uvicorn replaces the "
+                              "workers one by one, keeping an old one whose replacement fails to start)")
         if self.runtime == "torch" and not self.trust_bundle:
             raise ConfigError("runtime", "torch runs the bundle's torch.export program, whose loader unpickles "
                               "(it can run code): pass --trust-bundle for a bundle you made, or use onnx")
