@@ -67,7 +67,9 @@ def bundles(data, tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("name", [m for m in TRAIN if m != "popularity"])
+# mlp is left out: its tower and head are NeuMF's (exported here) and its fold-in is checked in
+# tests/models/test_foldin.py; each pairwise export costs about 30 s of the suite
+@pytest.mark.parametrize("name", [m for m in TRAIN if m not in ("popularity", "mlp")])
 def test_export_round_trip_and_onnx_parity(bundles, name):
     run, bundle = bundles(name)
     manifest = json.loads((bundle / "manifest.json").read_text())
