@@ -17,7 +17,7 @@ from recscale.config.fields import (
     size_problem,
 )
 
-PROTOCOLS = ("ncf", "vae", "random", "temporal")
+PROTOCOLS = ("ncf", "vae", "random", "temporal", "seq")
 MAX_EVAL_NEGATIVES = 100_000  # far beyond the papers' 99-100; also keeps the candidate tensors int32-sized
 
 
@@ -73,7 +73,8 @@ class PrepareConfig(Checked):
 
     protocol: str = option("ncf", "split protocol: ncf (leave-latest-out + sampled test negatives), "
                            "vae (strong generalization with fold-in), random (per-user ratio split), "
-                           "temporal (one global cut in time)", choices=PROTOCOLS)
+                           "temporal (one global cut in time), seq (each user's time-ordered sequence: the last item test, "
+                           "the one before valid; full ranking)", choices=PROTOCOLS)
     seed: int = option(0, "seed for every random choice of the split (same seed, same files)", check=SEED_RANGE)
     tie_break: str = option("file", "order of interactions with equal timestamps: file (the later line of "
                             "the input is the later interaction, as a stable sort gives; RecBole's rule), "
@@ -83,6 +84,8 @@ class PrepareConfig(Checked):
                                       "random, 4.0 for vae as in Liang et al. 2018)")
     min_user_interactions: int | None = option(None, "drop users with fewer interactions after "
                                                "filtering (default: 5 for vae, 1 otherwise)", check=at_least(1))
+    min_seq: int = option(3, "seq: users with fewer interactions (after filtering) are dropped; 3 leaves each "
+                          "kept user one training item, one validation and one test item", check=at_least(3))
     valid: bool = option(True, "ncf: also hold out each user's next-latest interaction for validation; "
                          "temporal: a validation window before the cutoff")
     cutoff: str = option("0.9", "temporal: test = the interactions at or after this point: a quantile of "
@@ -123,5 +126,7 @@ class PrepareConfig(Checked):
     @property
     def effective_min_user_interactions(self) -> int:
         if self.min_user_interactions is not None:
-            return self.min_user_interactions
-        return 5 if self.protocol == "vae" else 1
+            base = self.min_user_interactions
+        else:
+            base = 5 if self.protocol == "vae" else 1
+        return max(base, self.min_seq) if self.protocol == "seq" else base

@@ -22,6 +22,7 @@ from recscale.data.dataset.schema import READABLE_SCHEMAS
 from recscale.errors import RecscaleError
 
 PROTOCOL_FILES = {"ncf": ("train", "test", "test_negatives"), "random": ("train", "test"), "temporal": ("train", "test"),
+                  "seq": ("train", "valid", "test"),
                   "vae": ("train", "valid_foldin", "valid_heldout", "test_foldin", "test_heldout")}
 
 
@@ -161,6 +162,19 @@ class PreparedDataset:
                                shape=(self.n_users, self.n_items), dtype=np.float32)
         matrix.sum_duplicates()
         return matrix
+
+    @functools.cache
+    def sequences(self, *parts: str) -> tuple[np.ndarray, np.ndarray]:
+        """(indptr (U + 1,) int64, items int32) of each user's items of the union of `parts` in time
+        order (the `seq` protocol's `position`): the items of user u are items[indptr[u]:indptr[u + 1]],
+        oldest first. Cached; callers must not modify the result."""
+        if self.protocol != "seq":
+            raise RecscaleError(f"{self.root}: prepared under {self.protocol!r}, which keeps no sequence order; "
+                                f"prepare it with --protocol seq")
+        frame = pl.concat([self.table(p).select("user", "item", "position") for p in parts]).sort("user", "position")
+        indptr = np.zeros(self.n_users + 1, dtype=np.int64)
+        np.cumsum(np.bincount(frame["user"].to_numpy(), minlength=self.n_users), out=indptr[1:])
+        return indptr, frame["item"].to_numpy().astype(np.int32)
 
     @property
     def has_index(self) -> bool:

@@ -79,6 +79,9 @@ def import_split(name: str, parts: dict[str, pl.DataFrame], protocol: str, out: 
                  item_features: pl.DataFrame | None = None, negatives: dict[str, pl.DataFrame] | None = None,
                  test_negatives: int = 100, seed: int = 0, overwrite: bool = False) -> dict:
     """Write a prepared dataset from ready parts (canonical columns, original ids)."""
+    if protocol not in PARTS:  # seq: the sequence order across parts is not imported yet
+        raise RecscaleError(f"--protocol {protocol}: no pre-split import; give the whole log (--ratings) and "
+                            f"let prepare split it")
     required, optional = PARTS[protocol]
     missing = [p for p in required if p not in parts]
     unknown = [p for p in parts if p not in required + optional]

@@ -79,6 +79,22 @@ def leave_last_out(frame: pl.DataFrame, n_holdout: int) -> dict[str, pl.DataFram
     return {name: part.drop("_from_end", "_count") for name, part in parts.items()}
 
 
+def leave_last_out_sequences(frame: pl.DataFrame) -> dict[str, pl.DataFrame]:
+    """The `seq` protocol (SASRec, BERT4Rec, RecBole's leave-one-out): each user's interactions in
+    time order (ties by `_tie`, as `leave_last_out`), the last the test target, the one before the
+    validation target, the rest train. Every part keeps `position`, the interaction's place in
+    the user's whole sequence (0 = first), so that the order survives the (user, item) sort of the
+    written parts. Users need at least 3 interactions (the filter's `min_seq` sees to it)."""
+    ranked = frame.sort("user", "timestamp", "_tie").with_columns(
+        pl.int_range(pl.len(), dtype=pl.Int32).over("user").alias("position"),
+        pl.len().over("user").alias("_count"),
+    )
+    from_end = pl.col("_count") - pl.col("position") - 1
+    parts = {"train": ranked.filter(from_end >= 2), "valid": ranked.filter(from_end == 1),
+             "test": ranked.filter(from_end == 0)}
+    return {name: part.drop("_count") for name, part in parts.items()}
+
+
 def vae_groups(users: np.ndarray, n_heldout_users: int, seed: int) -> dict[str, np.ndarray]:
     """Mult-VAE's user groups: the users (sorted) shuffled with the seed; `n_heldout_users` go to
     validation and as many to test, the rest train. Each group in its shuffled order."""
@@ -176,14 +192,18 @@ def protocol_params(cfg: PrepareConfig, n_users: int) -> dict:
         return params | {"valid": cfg.valid, "test_negatives": cfg.test_negatives}
     if cfg.protocol == "vae":
         return params | {"heldout_users": heldout_users(cfg, n_users), "holdout_fraction": cfg.holdout_fraction}
+    if cfg.protocol == "seq":
+        return params | {"min_seq": cfg.min_seq}
     if cfg.protocol == "temporal":  # the cuts themselves are added by the engine (temporal.cutoffs)
         return params | {"valid": cfg.valid, "cutoff_asked": cfg.cutoff, "valid_cutoff_asked": cfg.valid_cutoff}
     return params | {"ratios": list(cfg.ratios)}
 
 
 def split_users(frame: pl.DataFrame, cfg: PrepareConfig, offset: int = 0) -> dict[str, pl.DataFrame]:
-    """The per-user protocols (ncf, random) on a whole log or a bucket of whole users (`offset`:
+    """The per-user protocols (ncf, seq, random) on a whole log or a bucket of whole users (`offset`:
     rows of earlier buckets, as for `_random_key`)."""
     if cfg.protocol == "ncf":
         return leave_last_out(frame, 2 if cfg.valid else 1)
+    if cfg.protocol == "seq":
+        return leave_last_out_sequences(frame)
     return random_split(frame, cfg.ratios, cfg.seed, offset)

@@ -135,7 +135,8 @@ def encode_final_ids(frame: pl.DataFrame, user_ids: np.ndarray, item_ids: np.nda
     return frame.with_columns(
         pl.lit(pl.Series(user_ids)).search_sorted(pl.col("user")).cast(pl.Int32).alias("user"),
         item.cast(pl.Int32).alias("item"),
-    ).select("user", "item", pl.col("rating").cast(pl.Float32), "timestamp").sort("user", "item")
+    ).select("user", "item", pl.col("rating").cast(pl.Float32), "timestamp",
+             *(["position"] if "position" in frame.columns else [])).sort("user", "item")
 
 
 def _parent_order(counts: pl.DataFrame, parent_users: pl.DataFrame) -> pl.DataFrame:
