@@ -76,3 +76,23 @@ def test_min_seq_below_three_and_sequences_of_other_protocols_are_refused(tmp_pa
         PreparedDataset(tmp_path / "random").sequences("train")
     with pytest.raises(RecscaleError, match="no pre-split import"):
         import_split("x", {}, "seq", tmp_path / "out")
+
+
+def test_the_loading_factory_cuts_next_item_batches_from_the_training_sequences(tmp_path):
+    from recscale.config.run import LoaderConfig
+    from recscale.data.loading.batch import PAD, Sequences
+    from recscale.data.loading.factory import decide_loading, training_loader
+
+    path, _ = _log(tmp_path)
+    _prepare(path, PrepareConfig(protocol="seq"), tmp_path / "seq", "memory")
+    data = PreparedDataset(tmp_path / "seq")
+    indptr, seq = data.sequences("train")
+    loader = training_loader(Sequences(max_len=3), data, decide_loading(LoaderConfig(batch_size=4), data))
+    batches = list(loader)
+    assert sum(len(b) for b in batches) == int((np.diff(indptr) >= 2).sum())
+    for b in batches:
+        for u, x in zip(b.users.tolist(), b.inputs.tolist()):
+            train = seq[indptr[u]:indptr[u + 1]].tolist()
+            assert [i for i in x if i != PAD] == train[-4:-1]  # never a validation or test item
+    with pytest.raises(RecscaleError, match="sequence batches are read in memory"):
+        training_loader(Sequences(3), data, decide_loading(LoaderConfig(batch_size=4, data_loading="stream"), data))

@@ -69,6 +69,20 @@ class TabularBatch(_TensorBatch):
     labels: torch.Tensor         # (B,) float32
 
 
+PAD = -1  # the item id of padding in a SequenceBatch (never an item)
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceBatch(_TensorBatch):
+    """Next-item training: each user's last `max_len` training items as inputs, right-aligned (the
+    most recent in the last column) and padded on the left with PAD, and at each position the item
+    that followed (PAD where there is none to predict)."""
+
+    users: torch.Tensor    # (B,) int64
+    inputs: torch.Tensor   # (B, L) int64, oldest first
+    targets: torch.Tensor  # (B, L) int64
+
+
 def multi_hot_batch(values: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor,
                     items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The (values, offsets) pair for nn.EmbeddingBag of the given items' multi-hot features."""
@@ -104,4 +118,12 @@ class TabularRows:
     labels: Callable[[torch.Tensor], torch.Tensor]
 
 
-BatchKind = Pairs | UserRows | TabularRows
+@dataclasses.dataclass(frozen=True)
+class Sequences:
+    """SequenceBatch: per training user, the last `max_len` items of its time-ordered training
+    sequence and their successors."""
+
+    max_len: int = 50
+
+
+BatchKind = Pairs | UserRows | TabularRows | Sequences

@@ -13,8 +13,9 @@ import torch
 
 from recscale.config.run import LoaderConfig
 from recscale.data.dataset.prepared import PreparedDataset
-from recscale.data.loading.batch import BatchKind, Pairs, TabularRows, UserRows
+from recscale.data.loading.batch import BatchKind, Pairs, Sequences, TabularRows, UserRows
 from recscale.data.loading.memory import PairLoader, TabularLoader, UserRowLoader
+from recscale.data.loading.sequences import SequenceLoader
 from recscale.data.loading.stream import (
     StreamPairLoader,
     StreamRowLoader,
@@ -77,6 +78,8 @@ def training_loader(kind: BatchKind, data: PreparedDataset, loader: LoaderConfig
         return row_loader(data, options, kind.binary, kind.sparse)
     if isinstance(kind, TabularRows):
         return tabular_loader(data, options, kind.labels)
+    if isinstance(kind, Sequences):
+        return sequence_loader(data, options, kind.max_len)
     raise RecscaleError(f"no training batches of kind {kind!r}")
 
 
@@ -114,3 +117,14 @@ def tabular_loader(data: PreparedDataset, options: LoaderOptions, labels) -> Tab
     users, items, ratings = data.columns("train", "user", "item", "rating")
     return TabularLoader(users, items, labels(ratings).float(), *genres, options.batch_size, seed=options.seed,
                          rank=options.rank, world_size=options.world_size)
+
+
+def sequence_loader(data: PreparedDataset, options: LoaderOptions, max_len: int) -> SequenceLoader:
+    """Each training user's last `max_len` items and their successors (sequential models). The
+    sequences take 4 bytes an interaction and are read in memory; streaming them is not there yet."""
+    if options.window is not None:
+        raise RecscaleError("--data-loading stream: sequence batches are read in memory (4 bytes an interaction); "
+                            "use --data-loading memory")
+    indptr, items = data.sequences("train")
+    return SequenceLoader(indptr, items, options.batch_size, max_len, seed=options.seed, rank=options.rank,
+                          world_size=options.world_size, device=options.device)
